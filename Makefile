@@ -1,0 +1,22 @@
+# The two commands a new user runs: `make run` (the whole system) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: test run deps keys clean
+
+deps:
+	@deploy/install-deps.sh test
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+run:
+	@deploy/install-deps.sh run
+	@echo "make run: the process group (Redis, services, proxy) is not assembled yet; see docs/architecture.md" >&2
+	@exit 1
+
+keys: deps
+	$(PY) -m shared.keytool generate --out-dir $(or $(KEYS_DIR),.state/keys)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

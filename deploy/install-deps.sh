@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what the project needs and is missing: Debian packages (when root) and the
+# Python virtualenv. Idempotent and quiet when everything is already there.
+# Usage: deploy/install-deps.sh [test|run]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+purpose=${1:-test}
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+# binary -> Debian package
+declare -A need=([redis-server]=redis-server [slapd]=slapd [ldapwhoami]=ldap-utils)
+if [ "$purpose" = run ]; then need[caddy]=caddy; fi
+
+missing=()
+for bin in "${!need[@]}"; do
+  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("${need[$bin]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+
+stamp="$VENV/.installed"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+  echo "installing Python packages into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -r requirements-dev.txt -c constraints.txt
+  touch "$stamp"
+fi
