@@ -1,0 +1,12 @@
+"""The authorize service: route table and `main()` (routes arrive with their issue)."""
+
+from shared import service
+from shared.deps import Core
+
+
+def make_app(settings, deps: Core):
+    return service.application([], deps)
+
+
+def main(argv=None) -> None:
+    service.run("authorize", make_app, Core.from_settings, argv)

@@ -1,0 +1,12 @@
+"""The token service: route table and `main()` (routes arrive with their issue)."""
+
+from shared import service
+from shared.deps import Core
+
+
+def make_app(settings, deps: Core):
+    return service.application([], deps)
+
+
+def main(argv=None) -> None:
+    service.run("token", make_app, Core.from_settings, argv)

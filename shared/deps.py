@@ -1,0 +1,66 @@
+"""The dependencies every service builds once at start-up and hands to its handlers.
+
+`Core.from_settings` loads keys, the encryption secret and the client registry, and
+creates the (lazily connecting) Redis store. Problems with any of them are collected
+into one `StartupError`, reported like configuration problems (exit status 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .config import StartupError
+from .clients import ClientRegistry, RegistryError
+from .keys import KeyLoadError, Keyring, load_keyring
+from .sealed import Sealer, SecretError, load_secret
+from .store import Store
+from .web import parse_networks
+
+log = logging.getLogger("konnect.deps")
+
+
+@dataclass
+class Core:
+    """Keys, sealing, clients and the store: what all four services share."""
+
+    settings: Any
+    keyring: Keyring
+    sealer: Sealer
+    registry: ClientRegistry
+    store: Store
+    trusted_networks: tuple = ()
+    now: Callable[[], float] = field(default=time.time)
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, now: Callable[[], float] = time.time) -> "Core":
+        problems: list[str] = []
+        keyring = sealer = registry = None
+        try:
+            keyring = load_keyring(settings.signing_private_key,
+                                   signing_kid=settings.signing_kid or None,
+                                   signing_method=settings.signing_method,
+                                   validation_keys_path=settings.validation_keys_path)
+        except KeyLoadError as err:
+            problems.append(str(err))
+        try:
+            sealer = Sealer(load_secret(settings.encryption_secret, logger=log), now=now)
+        except SecretError as err:
+            problems.append(str(err))
+        try:
+            registry = ClientRegistry.load(settings.identifier_registration_conf,
+                                           issuer=settings.iss)
+        except RegistryError as err:
+            problems.append(str(err))
+        if problems:
+            raise StartupError(problems)
+        store = Store.from_url(settings.redis_url, prefix=settings.redis_prefix,
+                               socket_timeout=settings.redis_timeout,
+                               connect_timeout=settings.redis_timeout, now=now)
+        return cls(settings=settings, keyring=keyring, sealer=sealer, registry=registry,
+                   store=store, trusted_networks=parse_networks(settings.trusted_proxy), now=now)
+
+    async def close(self) -> None:
+        await self.store.close()

@@ -1,0 +1,163 @@
+"""Process assembly for every service: settings, logging, dependencies, HTTP server, signals.
+
+`run()` is each service's whole `main()`. Start-up problems (bad flags, unreadable keys, a
+wrong-sized secret, an invalid client registry) are printed one per line, exit status 2,
+before any port is bound. SIGTERM/SIGINT stop accepting, let in-flight requests finish
+(bounded), then close the dependencies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Any, Callable, Mapping, Sequence
+
+import tornado.httpserver
+import tornado.httputil
+import tornado.netutil
+import tornado.web
+
+from . import logs
+from .config import StartupError, settings_from_argv
+from .web import HealthCheckHandler, NotFoundHandler
+
+log = logging.getLogger("konnect.service")
+SHUTDOWN_GRACE = 10.0  # seconds for in-flight requests after a stop signal
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def make_server(app: tornado.web.Application, settings: Any) -> tornado.httpserver.HTTPServer:
+    """An HTTPServer with limits far below Tornado's defaults (100 MB bodies, no timeouts).
+
+    X-Forwarded-* are not applied here: the base handler believes them only from
+    `--trusted-proxy` peers (Tornado's xheaders would believe anyone).
+    """
+    return tornado.httpserver.HTTPServer(
+        app,
+        xheaders=False,
+        max_body_size=settings.max_body_size,
+        max_header_size=16 * 1024,
+        body_timeout=30,
+        idle_connection_timeout=75,
+        decompress_request=False,
+    )
+
+
+async def serve(service: str, app: tornado.web.Application, settings: Any, deps: Any,
+                stop: asyncio.Event | None = None) -> None:
+    """Listen on `settings.listen` until `stop` is set (or a signal arrives)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+    host, port = split_listen(settings.listen)
+    # Several token processes share one address (design.md §1): SO_REUSEPORT.
+    sockets = tornado.netutil.bind_sockets(port, host or None, reuse_port=(service == "token"))
+    server = make_server(app, settings)
+    server.add_sockets(sockets)
+    bound = sockets[0].getsockname()
+    log.info("%s listening on %s:%d (issuer %s)", service, bound[0], bound[1], settings.iss)
+    await stop.wait()
+    log.info("%s stopping", service)
+    server.stop()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
+    except asyncio.TimeoutError:
+        log.warning("%s: connections still open after %.0fs, closing", service, SHUTDOWN_GRACE)
+    closer = getattr(deps, "close", None)
+    if closer is not None:
+        await closer()
+
+
+class _TooLarge(tornado.httputil.HTTPMessageDelegate):
+    """Answers 413 as soon as the headers announce a body over the limit, before reading it
+    (Tornado itself would answer a bare 400 and close)."""
+
+    def __init__(self, inner: tornado.httputil.HTTPMessageDelegate,
+                 conn: tornado.httputil.HTTPConnection, limit: int) -> None:
+        self.inner, self.conn, self.limit, self.refused = inner, conn, limit, False
+
+    def headers_received(self, start_line, headers):  # noqa: ANN001 (tornado's signature)
+        length = headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.limit:
+            self.refused = True
+            body = json.dumps({"error": "request_too_large",
+                               "error_description": "request too large"}).encode()
+            self.conn.write_headers(
+                tornado.httputil.ResponseStartLine("HTTP/1.1", 413, "Content Too Large"),
+                tornado.httputil.HTTPHeaders({
+                    "Content-Type": "application/json; charset=utf-8",
+                    "Content-Length": str(len(body)), "Connection": "close",
+                    "Cache-Control": "no-store"}), body)
+            self.conn.finish()
+            return None
+        return self.inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk):  # noqa: ANN001
+        return None if self.refused else self.inner.data_received(chunk)
+
+    def finish(self) -> None:
+        if not self.refused:
+            self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        if not self.refused:
+            self.inner.on_connection_close()
+
+
+class Application(tornado.web.Application):
+    """tornado.web.Application with the early 413 for oversized bodies."""
+
+    body_limit = 65536
+
+    def start_request(self, server_conn, request_conn):  # noqa: ANN001
+        return _TooLarge(super().start_request(server_conn, request_conn), request_conn,
+                         self.body_limit)
+
+
+def application(routes: list, deps: Any, **kwargs: Any) -> Application:
+    """A Tornado application with what every service has: `/health-check`, a JSON 404,
+    the query-free access log, the body limit. `routes` are the service's own."""
+    app = Application(
+        [(r"/health-check", HealthCheckHandler, {"deps": deps}), *routes],
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"deps": deps},
+        xsrf_cookies=False,
+        log_function=logs.log_request,
+        **kwargs,
+    )
+    settings = getattr(deps, "settings", None)
+    app.body_limit = getattr(settings, "max_body_size", Application.body_limit)
+    return app
+
+
+def run(service: str, make_app: Callable[[Any, Any], tornado.web.Application],
+        make_deps: Callable[[Any], Any], argv: Sequence[str] | None = None,
+        environ: Mapping[str, str] | None = None) -> None:
+    """The whole `main()` of a service."""
+    settings = settings_from_argv(service, argv, environ)
+    logs.configure(service, settings.log_level, settings.log_format, settings.log_timestamp)
+    try:
+        deps = make_deps(settings)
+    except StartupError as err:
+        print(f"{service}: cannot start:", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+    app = make_app(settings, deps)
+    try:
+        asyncio.run(serve(service, app, settings, deps))
+    except OSError as err:  # e.g. address in use
+        print(f"{service}: cannot listen on {settings.listen}: {err.strerror or err}",
+              file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,225 @@
+"""The base request handler every service builds on.
+
+Owns: security headers, `Cache-Control: no-store`, request ids, the client address
+behind trusted proxies, single-valued parameters, JSON bodies, and rendering of
+`OAuth2Error` as JSON, as a redirect (only to a verified redirect_uri) or as a page.
+Internal detail goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+import json
+import logging
+import re
+import secrets
+from typing import Any, Iterable
+
+import tornado.web
+
+from .errors import (INVALID_REQUEST, METHOD_NOT_ALLOWED, NOT_FOUND, REQUEST_TOO_LARGE,
+                     SERVER_ERROR, TEMPORARILY_UNAVAILABLE, OAuth2Error, Unavailable)
+
+log = logging.getLogger("konnect.web")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_HTTP_ERRORS = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED, 413: REQUEST_TOO_LARGE}
+_DESCRIPTIONS = {
+    NOT_FOUND: "not found",
+    METHOD_NOT_ALLOWED: "method not allowed",
+    REQUEST_TOO_LARGE: "request too large",
+    SERVER_ERROR: "internal error",
+    TEMPORARILY_UNAVAILABLE: "the service is temporarily unavailable, try again later",
+}
+
+
+def parse_networks(values: Iterable[str]) -> tuple:
+    """`--trusted-proxy` values (IP or CIDR) as networks; invalid ones are refused by config."""
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+def as_oauth2_error(exc: BaseException | None) -> OAuth2Error:
+    """Map any exception to the error the client sees; nothing internal leaks."""
+    if isinstance(exc, OAuth2Error):
+        return exc
+    if isinstance(exc, Unavailable):
+        return OAuth2Error(TEMPORARILY_UNAVAILABLE, _DESCRIPTIONS[TEMPORARILY_UNAVAILABLE],
+                           retry_after=5)
+    if isinstance(exc, tornado.web.HTTPError):
+        if exc.status_code in _HTTP_ERRORS:
+            error = _HTTP_ERRORS[exc.status_code]
+            return OAuth2Error(error, _DESCRIPTIONS[error])
+        if 400 <= exc.status_code < 500:
+            return OAuth2Error(INVALID_REQUEST, "malformed request", status=exc.status_code)
+    return OAuth2Error(SERVER_ERROR, _DESCRIPTIONS[SERVER_ERROR])
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Plumbing shared by every endpoint. Dependencies arrive through `initialize`."""
+
+    # Content-Security-Policy for responses that are not HTML pages.
+    csp = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+
+    def initialize(self, deps: Any = None) -> None:
+        self.deps = deps
+
+    def set_default_headers(self) -> None:
+        # Survives send_error()'s clear(): every answer, errors included, carries these.
+        self.clear_header("Server")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Pragma", "no-cache")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Content-Security-Policy", self.csp)
+        self.set_header("X-Request-Id", self.request_id)
+
+    # --- request facts
+
+    @property
+    def request_id(self) -> str:
+        """The caller's X-Request-Id when well-formed (so ids follow a request across
+        services), else a new random one."""
+        rid = getattr(self, "_request_id", None)
+        if rid is None:
+            given = self.request.headers.get("X-Request-Id", "")
+            rid = given if _REQUEST_ID.match(given) else secrets.token_hex(8)
+            self._request_id = rid
+        return rid
+
+    @property
+    def trusted_proxies(self) -> tuple:
+        deps = self.deps
+        return getattr(deps, "trusted_networks", ()) if deps is not None else ()
+
+    def _from_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted_proxies)
+
+    @property
+    def client_ip(self) -> str:
+        """The client address. X-Forwarded-For is believed only when the peer is a trusted
+        proxy, and then only up to the first hop that is not itself trusted (RFC 9700 §4.13)."""
+        peer = self.request.remote_ip or ""
+        if not self._from_trusted(peer):
+            return peer
+        hops = [h.strip() for h in self.request.headers.get("X-Forwarded-For", "").split(",")]
+        for hop in reversed([h for h in hops if h]):
+            if not self._from_trusted(hop):
+                try:
+                    return str(ipaddress.ip_address(hop))
+                except ValueError:
+                    return peer
+        return peer
+
+    @property
+    def forwarded_proto(self) -> str:
+        """The scheme the client used: X-Forwarded-Proto only from a trusted proxy."""
+        if self._from_trusted(self.request.remote_ip or ""):
+            proto = self.request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
+            if proto in ("http", "https"):
+                return proto
+        return self.request.protocol
+
+    def param(self, name: str, default: str | None = None) -> str | None:
+        """One query/form parameter; sent more than once is `invalid_request` (RFC 6749 §3.1)."""
+        values = self.request.query_arguments.get(name, []) + \
+            self.request.body_arguments.get(name, [])
+        if len(values) > 1:
+            raise OAuth2Error(INVALID_REQUEST, f"parameter {name} given more than once")
+        if not values:
+            return default
+        try:
+            return values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise OAuth2Error(INVALID_REQUEST, f"parameter {name} is not UTF-8") from None
+
+    def json_body(self) -> dict:
+        """The request body as a JSON object, or `invalid_request`."""
+        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise OAuth2Error(INVALID_REQUEST, "expected application/json")
+        try:
+            body = json.loads(self.request.body or b"")
+        except (ValueError, UnicodeDecodeError):
+            raise OAuth2Error(INVALID_REQUEST, "body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise OAuth2Error(INVALID_REQUEST, "body must be a JSON object")
+        return body
+
+    def write_json(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(obj, separators=(",", ":")))
+
+    # --- errors
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        err = as_oauth2_error(exc)
+        if exc is None and status_code != 500:  # send_error(status) without an exception
+            err = as_oauth2_error(tornado.web.HTTPError(status_code))
+        self.set_status(err.status_code)
+        for name, value in err.headers():
+            self.set_header(name, value)
+        if err.redirect_uri:
+            self.redirect(err.location())
+            return
+        self.render_error(err)
+
+    def render_error(self, err: OAuth2Error) -> None:
+        """JSON rendering (token, userinfo, identifier API); pages override this."""
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(err.to_dict(), separators=(",", ":")))
+
+    def log_exception(self, typ, value, tb) -> None:  # noqa: ANN001 (tornado's signature)
+        summary = f"{self.request.method} {self.request.path} rid={self.request_id}"
+        if isinstance(value, OAuth2Error):
+            log.info("%s -> %s %s%s", summary, value.status_code, value.error,
+                     f" ({value.detail})" if value.detail else "")
+        elif isinstance(value, Unavailable):
+            log.warning("%s -> 503 dependency unavailable: %s", summary, value)
+        elif isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
+            log.info("%s -> %s", summary, value.status_code)
+        else:
+            # No stack trace at error level: it may carry request data. Debug has it.
+            log.error("%s -> 500 unexpected %s: %s", summary, typ.__name__, value)
+            log.debug("traceback for rid=%s", self.request_id, exc_info=(typ, value, tb))
+
+
+class PageHandler(BaseHandler):
+    """HTML endpoints: errors become a small page, never a redirect to anything unverified."""
+
+    csp = "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; " \
+          "base-uri 'none'; form-action 'self'"
+
+    def render_error(self, err: OAuth2Error) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        title = "Sign-in error" if err.status_code < 500 else "Service error"
+        message = err.description or err.error.replace("_", " ")
+        self.finish(
+            "<!doctype html><html lang=en><meta charset=utf-8>"
+            "<meta name=viewport content='width=device-width,initial-scale=1'>"
+            f"<title>{html.escape(title)}</title><main><h1>{html.escape(title)}</h1>"
+            f"<p>{html.escape(message)}</p><p><small>{html.escape(err.error)} &middot; "
+            f"request {html.escape(self.request_id)}</small></p></main></html>")
+
+
+class NotFoundHandler(BaseHandler):
+    """Default handler: a JSON 404 for any path no route claims."""
+
+    def prepare(self) -> None:
+        raise OAuth2Error(NOT_FOUND, _DESCRIPTIONS[NOT_FOUND])
+
+
+class HealthCheckHandler(BaseHandler):
+    """`/health-check`: 200 "ok" while the process serves (Konnect §2.10)."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish("ok\n")
+
+    head = get

@@ -1,0 +1,276 @@
+"""The base handler: error renderings, security headers, limits, proxies, request ids."""
+
+import json
+import logging
+from types import SimpleNamespace
+
+import pytest
+import tornado.httpclient
+import tornado.web
+
+from shared import errors
+from shared.errors import OAuth2Error, Unavailable
+from shared.service import application, make_server
+from shared.web import BaseHandler, PageHandler, parse_networks
+
+SECRET = "s3cr3t-do-not-leak"
+
+
+class Boom(BaseHandler):
+    def get(self):
+        kind = self.get_query_argument("kind")
+        if kind == "oauth":
+            raise OAuth2Error(errors.INVALID_GRANT, "code is invalid", detail=SECRET)
+        if kind == "client":
+            raise OAuth2Error(errors.INVALID_CLIENT, "client authentication failed",
+                              auth_scheme="Basic")
+        if kind == "bearer":
+            raise OAuth2Error(errors.INVALID_TOKEN, auth_scheme="Bearer")
+        if kind == "redirect":
+            raise OAuth2Error(errors.ACCESS_DENIED, "denied", state="xyz", issuer="https://op",
+                              redirect_uri="https://rp.example/cb?keep=1")
+        if kind == "fragment":
+            raise OAuth2Error(errors.ACCESS_DENIED, "denied", state="xyz", fragment=True,
+                              redirect_uri="https://rp.example/cb")
+        if kind == "down":
+            raise Unavailable(f"redis at {SECRET} refused")
+        raise RuntimeError(f"internal detail {SECRET}")
+
+
+class Page(PageHandler):
+    def get(self):
+        raise OAuth2Error(errors.INVALID_REQUEST, "unknown <client>", detail=SECRET)
+
+
+class Echo(BaseHandler):
+    def get(self):
+        self.write_json({"ip": self.client_ip, "proto": self.forwarded_proto,
+                         "a": self.param("a")})
+
+    def post(self):
+        self.write_json(self.json_body())
+
+
+@pytest.fixture
+def app():
+    deps = SimpleNamespace(trusted_networks=parse_networks(["127.0.0.0/8", "10.0.0.0/8"]))
+    return application([(r"/boom", Boom, {"deps": deps}), (r"/page", Page, {"deps": deps}),
+                        (r"/echo", Echo, {"deps": deps})], deps)
+
+
+@pytest.fixture
+def untrusted_app():
+    deps = SimpleNamespace(trusted_networks=())
+    return application([(r"/echo", Echo, {"deps": deps})], deps)
+
+
+async def fetch(http_client, url, **kw):
+    kw.setdefault("raise_error", False)
+    kw.setdefault("follow_redirects", False)
+    return await http_client.fetch(url, **kw)
+
+
+def assert_no_leak(resp):
+    body = resp.body.decode()
+    assert SECRET not in body and "Traceback" not in body and "redis" not in body.lower()
+
+
+@pytest.mark.gen_test
+async def test_oauth_error_is_json_with_status_and_no_detail(http_client, base_url):
+    resp = await fetch(http_client, base_url + "/boom?kind=oauth")
+    assert resp.code == 400
+    assert resp.headers["Content-Type"].startswith("application/json")
+    assert json.loads(resp.body) == {"error": "invalid_grant", "error_description": "code is invalid"}
+    assert resp.headers["Cache-Control"] == "no-store" and resp.headers["Pragma"] == "no-cache"
+    assert_no_leak(resp)
+
+
+@pytest.mark.gen_test
+async def test_invalid_client_is_401_with_basic_challenge(http_client, base_url):
+    resp = await fetch(http_client, base_url + "/boom?kind=client")
+    assert resp.code == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Basic")
+    assert json.loads(resp.body)["error"] == "invalid_client"
+
+
+@pytest.mark.gen_test
+async def test_invalid_token_is_401_with_bearer_challenge(http_client, base_url):
+    resp = await fetch(http_client, base_url + "/boom?kind=bearer")
+    assert resp.code == 401
+    assert resp.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+
+@pytest.mark.gen_test
+async def test_verified_redirect_error_goes_to_redirect_uri_with_state_and_iss(http_client,
+                                                                              base_url):
+    resp = await fetch(http_client, base_url + "/boom?kind=redirect")
+    assert resp.code == 302
+    loc = resp.headers["Location"]
+    assert loc.startswith("https://rp.example/cb?keep=1&error=access_denied")
+    assert "state=xyz" in loc and "iss=https%3A%2F%2Fop" in loc
+
+
+@pytest.mark.gen_test
+async def test_fragment_redirect_error(http_client, base_url):
+    resp = await fetch(http_client, base_url + "/boom?kind=fragment")
+    assert resp.headers["Location"] == \
+        "https://rp.example/cb#error=access_denied&error_description=denied&state=xyz"
+
+
+@pytest.mark.gen_test
+async def test_unavailable_dependency_is_503_temporarily_unavailable(http_client, base_url):
+    resp = await fetch(http_client, base_url + "/boom?kind=down")
+    assert resp.code == 503
+    assert json.loads(resp.body)["error"] == "temporarily_unavailable"
+    assert resp.headers["Retry-After"] == "5"
+    assert_no_leak(resp)
+
+
+@pytest.mark.gen_test
+async def test_unexpected_exception_is_bare_server_error_without_trace(http_client, base_url,
+                                                                       caplog):
+    with caplog.at_level(logging.INFO):
+        resp = await fetch(http_client, base_url + "/boom?kind=crash")
+    assert resp.code == 500
+    assert json.loads(resp.body) == {"error": "server_error",
+                                     "error_description": "internal error"}
+    assert_no_leak(resp)
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.gen_test
+async def test_page_error_is_escaped_html_not_redirect(http_client, base_url):
+    resp = await fetch(http_client, base_url + "/page")
+    assert resp.code == 400
+    assert resp.headers["Content-Type"].startswith("text/html")
+    assert "Location" not in resp.headers
+    assert "unknown &lt;client&gt;" in resp.body.decode()
+    assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+    assert_no_leak(resp)
+
+
+@pytest.mark.gen_test
+async def test_security_headers_on_every_answer(http_client, base_url):
+    for path in ("/echo", "/nowhere", "/boom?kind=oauth", "/health-check"):
+        resp = await fetch(http_client, base_url + path)
+        assert resp.headers["X-Frame-Options"] == "DENY", path
+        assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"], path
+        assert resp.headers["Referrer-Policy"] == "no-referrer", path
+        assert "Server" not in resp.headers, path
+
+
+@pytest.mark.gen_test
+async def test_unknown_path_is_json_404(http_client, base_url):
+    resp = await fetch(http_client, base_url + "/nowhere")
+    assert resp.code == 404 and json.loads(resp.body)["error"] == "not_found"
+
+
+@pytest.mark.gen_test
+async def test_wrong_method_is_405_json(http_client, base_url):
+    resp = await fetch(http_client, base_url + "/boom", method="DELETE")
+    assert resp.code == 405 and json.loads(resp.body)["error"] == "method_not_allowed"
+
+
+@pytest.mark.gen_test
+async def test_health_check(http_client, base_url):
+    resp = await fetch(http_client, base_url + "/health-check")
+    assert resp.code == 200 and resp.body == b"ok\n"
+
+
+@pytest.mark.gen_test
+async def test_duplicate_parameter_is_invalid_request(http_client, base_url):
+    resp = await fetch(http_client, base_url + "/echo?a=1&a=2")
+    assert resp.code == 400 and json.loads(resp.body)["error"] == "invalid_request"
+    resp = await fetch(http_client, base_url + "/echo?a=1")
+    assert json.loads(resp.body)["a"] == "1"
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("body,ctype", [(b"{not json", "application/json"),
+                                        (b"[1,2]", "application/json"),
+                                        (b"{}", "text/plain")])
+async def test_bad_json_body_is_invalid_request(http_client, base_url, body, ctype):
+    resp = await fetch(http_client, base_url + "/echo", method="POST", body=body,
+                       headers={"Content-Type": ctype})
+    assert resp.code == 400 and json.loads(resp.body)["error"] == "invalid_request"
+
+
+@pytest.mark.gen_test
+async def test_request_id_is_kept_when_sane_and_replaced_when_not(http_client, base_url):
+    resp = await fetch(http_client, base_url + "/echo", headers={"X-Request-Id": "abcdef0123"})
+    assert resp.headers["X-Request-Id"] == "abcdef0123"
+    resp = await fetch(http_client, base_url + "/echo", headers={"X-Request-Id": "bad id!"})
+    assert resp.headers["X-Request-Id"] != "bad id!" and len(resp.headers["X-Request-Id"]) == 16
+
+
+@pytest.mark.gen_test
+async def test_forwarded_headers_believed_from_trusted_proxy(http_client, base_url):
+    resp = await fetch(http_client, base_url + "/echo", headers={
+        "X-Forwarded-For": "203.0.113.9, 10.1.2.3", "X-Forwarded-Proto": "https"})
+    body = json.loads(resp.body)
+    assert body == {"ip": "203.0.113.9", "proto": "https", "a": None}
+
+
+@pytest.mark.gen_test
+async def test_spoofed_forwarded_for_cannot_skip_past_untrusted_hop(http_client, base_url):
+    resp = await fetch(http_client, base_url + "/echo", headers={
+        "X-Forwarded-For": "1.1.1.1, 198.51.100.7, 10.0.0.5"})
+    assert json.loads(resp.body)["ip"] == "198.51.100.7"
+
+
+@pytest.fixture
+def untrusted_server(untrusted_app, io_loop):
+    import tornado.testing
+    sock, port = tornado.testing.bind_unused_port()
+    server = tornado.httpserver.HTTPServer(untrusted_app)
+    server.add_sockets([sock])
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.mark.gen_test
+async def test_forwarded_headers_ignored_from_untrusted_peer(http_client, untrusted_server):
+    resp = await fetch(http_client, untrusted_server + "/echo", headers={
+        "X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"})
+    assert json.loads(resp.body) == {"ip": "127.0.0.1", "proto": "http", "a": None}
+
+
+@pytest.fixture
+def limited_server(app, io_loop):
+    import tornado.testing
+    sock, port = tornado.testing.bind_unused_port()
+    app.body_limit = 2048
+    server = make_server(app, SimpleNamespace(max_body_size=2048))
+    server.add_sockets([sock])
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.mark.gen_test
+async def test_oversized_body_is_refused_before_reading(http_client, limited_server):
+    resp = await fetch(http_client, limited_server + "/echo", method="POST",
+                       body=b"{" + b" " * 4096 + b"}", headers={"Content-Type": "application/json"})
+    assert resp.code == 413
+    assert json.loads(resp.body)["error"] == "request_too_large"
+    ok = await fetch(http_client, limited_server + "/echo", method="POST", body=b"{}",
+                     headers={"Content-Type": "application/json"})
+    assert ok.code == 200
+
+
+def test_location_refuses_without_verified_redirect_uri():
+    with pytest.raises(ValueError):
+        OAuth2Error(errors.ACCESS_DENIED).location()
+
+
+def test_add_params_replaces_existing_keys_instead_of_duplicating():
+    """Konnect quirk Q3: response parameters were added next to the RP's own."""
+    uri = errors.add_params("https://rp/cb?state=old&x=1", [("state", "new")])
+    assert uri == "https://rp/cb?x=1&state=new"
+
+
+def test_status_table():
+    assert errors.status_for(errors.INVALID_CLIENT) == 401
+    assert errors.status_for(errors.INSUFFICIENT_SCOPE) == 403
+    assert errors.status_for(errors.TEMPORARILY_UNAVAILABLE) == 503
+    assert errors.status_for(errors.INVALID_GRANT) == 400
