@@ -48,6 +48,9 @@ class StartupError(ConfigError):
     """Dependencies (keys, secret, registry) could not be built; reported like ConfigError."""
 
 
+_ARGS_OPT = next(o for o in OPTIONS if o.name == "identity_manager_args")
+
+
 def build_parser(service: str) -> argparse.ArgumentParser:
     """The argparse parser; `--help` lists every option with its env names and default."""
     parser = argparse.ArgumentParser(
@@ -73,7 +76,8 @@ def build_parser(service: str) -> argparse.ArgumentParser:
             kw.update(metavar=opt.name.upper())
         parser.add_argument(opt.flag_name, **kw)
     parser.add_argument("positional", nargs="*", metavar="IDENTITY_MANAGER [ARG ...]",
-                        help="identity manager and its arguments, as `konnectd serve` takes them")
+                        help="identity manager and its arguments, as `konnectd serve` takes them "
+                             f"[env: {', '.join(_ARGS_OPT.envs)}; default: none]")
     return parser
 
 
@@ -188,7 +192,8 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str], *, service: s
     return settings
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback_host(host: str | None) -> bool:
+    """localhost or a loopback IP address (RFC 8252 §7.3)."""
     if not host:
         return False
     if host == "localhost":
@@ -201,7 +206,7 @@ def _is_loopback(host: str | None) -> bool:
 
 def _check_host_port(value: str) -> bool:
     host, sep, port = value.rpartition(":")
-    return bool(sep) and port.isdigit() and 0 < int(port) < 65536 and host != ""
+    return bool(sep) and port.isdigit() and 0 <= int(port) < 65536 and host != ""
 
 
 def validate(s) -> list[str]:
@@ -248,9 +253,9 @@ def _check_issuer(s) -> list[str]:
         return [f"iss has value {s.iss!r}: must be a URL with a host and no query or fragment"]
     if parts.scheme == "https":
         return []
-    if parts.scheme == "http" and _is_loopback(parts.hostname) and s.allow_http_loopback_issuer:
+    if parts.scheme == "http" and is_loopback_host(parts.hostname) and s.allow_http_loopback_issuer:
         return []
-    if parts.scheme == "http" and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and is_loopback_host(parts.hostname):
         return [f"iss has value {s.iss!r}: http is allowed only with "
                 "--allow-http-loopback-issuer (tests)"]
     return [f"iss has value {s.iss!r}: must be an https URL"]

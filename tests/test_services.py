@@ -64,6 +64,7 @@ def test_service_serves_health_check_and_stops_on_sigterm(service, dev_state):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     rest = proc.stderr.read()
+    proc.stderr.close()
     assert "Traceback" not in rest
 
 
@@ -79,9 +80,11 @@ def test_token_processes_share_one_address_with_reuseport(dev_state):
         finally:
             second.send_signal(signal.SIGTERM)
             assert second.wait(timeout=20) == 0
+            second.stderr.close()
     finally:
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=20) == 0
+        first.stderr.close()
 
 
 def test_identifier_does_not_share_its_address(dev_state):
@@ -97,6 +100,7 @@ def test_identifier_does_not_share_its_address(dev_state):
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=20)
+        first.stderr.close()
 
 
 @pytest.mark.parametrize("problem", ["corrupt_key", "short_secret", "bad_registry"])

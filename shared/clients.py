@@ -1,0 +1,314 @@
+"""The client registry: `identifier-registration.yaml` (konnect.md §5).
+
+Every entry is validated at load and every problem is reported at once; an entry that
+fails stops the start-up (Konnect skipped it with a warning, which hides mistakes).
+Redirect URIs match exactly, query included (RFC 6749 §3.1.2.2, RFC 9700 §4.1.3), with
+one exception for native clients: a registered http loopback URI matches any port and any
+loopback host (RFC 8252 §7.3, §8.3). Secrets compare in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator, Mapping, Optional
+from urllib.parse import urlsplit
+
+import yaml
+
+from .config import is_loopback_host
+
+log = logging.getLogger("konnect.clients")
+
+MAX_CLIENT_ID = 255
+MAX_URI = 2048
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+_LISTS = ("redirect_uris", "origins", "trusted_scopes", "post_logout_redirect_uris",
+          "contacts", "grant_types", "response_types")
+_STRINGS = ("secret", "name", "uri", "token_endpoint_auth_method",
+            "token_endpoint_auth_signing_alg", "request_object_signing_alg",
+            "id_token_signed_response_alg", "userinfo_signed_response_alg")
+_BOOLS = ("trusted", "insecure")
+_KNOWN = {"id", "application_type", "jwks", *_LISTS, *_STRINGS, *_BOOLS}
+_BAD_CHARS = re.compile(r"[\x00-\x20\x7f]")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+
+
+class RegistryError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("client registry: " + "; ".join(problems))
+        self.problems = problems
+
+
+def uri_problem(uri: Any) -> Optional[str]:
+    """Why a redirect URI can never be accepted (None if it can): RFC 6749 §3.1.2."""
+    if not isinstance(uri, str) or not uri:
+        return "must be a non-empty string"
+    if len(uri) > MAX_URI:
+        return f"is longer than {MAX_URI} characters"
+    if _BAD_CHARS.search(uri):
+        return "contains whitespace or control characters"
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return "is not a valid URI"
+    if not parts.scheme or not _SCHEME.match(parts.scheme):
+        return "must be absolute"
+    if "#" in uri:
+        return "must not contain a fragment"
+    if "@" in parts.netloc:
+        return "must not contain user information"
+    if parts.scheme in ("http", "https") and not parts.hostname:
+        return "must have a host"
+    return None
+
+
+def origin_of(uri: str) -> str:
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+@dataclass(frozen=True)
+class Client:
+    id: str
+    redirect_uris: tuple = ()
+    secret: str = ""
+    name: str = ""
+    application_type: str = "web"
+    origins: tuple = ()
+    trusted: bool = False
+    trusted_scopes: tuple = ()
+    insecure: bool = False
+    jwks: Optional[dict] = field(default=None, repr=False)
+    request_object_signing_alg: str = ""
+    id_token_signed_response_alg: str = ""
+    userinfo_signed_response_alg: str = ""
+    token_endpoint_auth_method: str = ""
+    token_endpoint_auth_signing_alg: str = ""
+    post_logout_redirect_uris: tuple = ()
+    contacts: tuple = ()
+    uri: str = ""
+    grant_types: tuple = ()
+    response_types: tuple = ()
+    implicit: bool = False
+    dynamic: bool = False
+
+    def __repr__(self) -> str:
+        return f"Client(id={self.id!r}, application_type={self.application_type!r}, trusted={self.trusted})"
+
+    @property
+    def is_public(self) -> bool:
+        return not self.secret and self.token_endpoint_auth_method != "private_key_jwt"
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+    def check_secret(self, presented: Optional[str]) -> bool:
+        """Constant-time comparison (RFC 6749 §10.3 / RFC 6819 §5.1.4.2.2)."""
+        if not self.secret or not isinstance(presented, str):
+            return False
+        return hmac.compare_digest(self.secret.encode("utf-8"), presented.encode("utf-8"))
+
+    def redirect_uri_ok(self, uri: Any) -> bool:
+        """Exact match, or the native loopback rule of RFC 8252 §7.3."""
+        if uri_problem(uri) is not None:
+            return False
+        if uri in self.redirect_uris:
+            return True
+        if self.application_type != "native":
+            return False
+        got = urlsplit(uri)
+        if got.scheme != "http" or not is_loopback_host(got.hostname):
+            return False
+        for registered in self.redirect_uris:
+            want = urlsplit(registered)
+            if want.scheme == "http" and is_loopback_host(want.hostname) and want.query == got.query \
+                    and want.path in ("", got.path):
+                return True
+        return False
+
+    def post_logout_redirect_uri_ok(self, uri: Any) -> bool:
+        """OIDC RP-Initiated Logout §3: registered post-logout URIs, else the redirect URIs."""
+        if uri_problem(uri) is not None:
+            return False
+        if self.post_logout_redirect_uris:
+            return uri in self.post_logout_redirect_uris
+        return self.redirect_uri_ok(uri)
+
+
+def _check_redirect(client_type: str, insecure: bool, uri: Any) -> Optional[str]:
+    problem = uri_problem(uri)
+    if problem:
+        return problem
+    parts = urlsplit(uri)
+    if client_type == "web":
+        if parts.scheme == "https" or (parts.scheme == "http" and insecure):
+            return None
+        return "must use https" + ("" if parts.scheme != "http" else " (or set insecure: yes)")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        return "http is only allowed with a loopback host for native clients"
+    return None
+
+
+def _validate(entry: Any) -> tuple[Optional[Client], list[str]]:
+    if not isinstance(entry, Mapping):
+        return None, ["must be a mapping"]
+    problems: list[str] = []
+    unknown = sorted(set(map(str, entry)) - _KNOWN)
+    if unknown:
+        problems.append("unknown field(s) " + ", ".join(unknown))
+    client_id = entry.get("id")
+    if not isinstance(client_id, str) or not client_id:
+        problems.append("id is required")
+    elif len(client_id) > MAX_CLIENT_ID or _BAD_CHARS.search(client_id):
+        problems.append(f"id must be at most {MAX_CLIENT_ID} printable characters without spaces")
+    values: dict[str, Any] = {}
+    for name in _LISTS:
+        value = entry.get(name) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(f"{name} must be a list of strings")
+            value = []
+        values[name] = tuple(value)
+    for name in _STRINGS:
+        value = entry.get(name)
+        if value is not None and not isinstance(value, str):
+            problems.append(f"{name} must be a string")
+        values[name] = value if isinstance(value, str) else ""
+    for name in _BOOLS:
+        value = entry.get(name, False)
+        if not isinstance(value, bool):
+            problems.append(f"{name} must be true or false")
+        values[name] = value is True
+    app_type = entry.get("application_type") or "web"
+    if app_type not in ("web", "native"):
+        problems.append("application_type must be web or native")
+    for name in ("request_object_signing_alg", "id_token_signed_response_alg",
+                 "userinfo_signed_response_alg", "token_endpoint_auth_signing_alg"):
+        if values[name] and values[name] not in ALGS:
+            problems.append(f"{name} {values[name]!r} is not supported")
+    if values["token_endpoint_auth_method"] and values["token_endpoint_auth_method"] not in AUTH_METHODS:
+        problems.append("token_endpoint_auth_method must be one of " + ", ".join(AUTH_METHODS))
+    if not values["redirect_uris"]:
+        problems.append("redirect_uris is required (at least one)")
+    for i, uri in enumerate(values["redirect_uris"]):
+        problem = _check_redirect(app_type, values["insecure"], uri)
+        if problem:
+            problems.append(f"redirect_uris[{i}] {problem}")
+    for i, uri in enumerate(values["post_logout_redirect_uris"]):
+        problem = uri_problem(uri)
+        if problem:
+            problems.append(f"post_logout_redirect_uris[{i}] {problem}")
+    for i, origin in enumerate(values["origins"]):
+        parts = urlsplit(origin)
+        if not parts.scheme or not parts.netloc or parts.path or parts.query:
+            problems.append(f"origins[{i}] must be scheme://host[:port]")
+    jwks = entry.get("jwks")
+    if jwks is not None and (not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list)):
+        problems.append("jwks must be a mapping with a 'keys' list")
+    if values["token_endpoint_auth_method"] == "private_key_jwt" and not jwks:
+        problems.append("private_key_jwt needs jwks")
+    if problems:
+        return None, problems
+    if app_type == "web" and not values["origins"]:
+        values["origins"] = (origin_of(values["redirect_uris"][0]),)
+    values["origins"] = tuple(o.lower() for o in values["origins"])
+    return Client(id=client_id, application_type=app_type,
+                  jwks=dict(jwks) if jwks else None, **values), []
+
+
+class ClientRegistry:
+    def __init__(self, clients: Mapping[str, Client] | None = None, *, issuer: str = "") -> None:
+        self._clients: dict[str, Client] = dict(clients or {})
+        self.issuer_origin = origin_of(issuer) if issuer else ""
+
+    @classmethod
+    def from_document(cls, doc: Any, *, issuer: str, source: str = "registry") -> "ClientRegistry":
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, Mapping):
+            raise RegistryError([f"{source}: expected a mapping with a 'clients' list"])
+        entries = doc.get("clients") or []
+        if not isinstance(entries, list):
+            raise RegistryError([f"{source}: 'clients' must be a list"])
+        problems: list[str] = []
+        clients: dict[str, Client] = {}
+        seen: set = set()
+        for i, entry in enumerate(entries):
+            label = f"clients[{i}]"
+            if isinstance(entry, Mapping) and isinstance(entry.get("id"), str):
+                label += f' (id "{entry["id"][:80]}")'
+            client, found = _validate(entry)
+            problems += [f"{label}: {p}" for p in found]
+            entry_id = entry.get("id") if isinstance(entry, Mapping) else None
+            if isinstance(entry_id, str) and entry_id in seen:
+                problems.append(f"{label}: duplicate id")
+            seen.add(entry_id)
+            if client is not None:
+                clients[client.id] = client
+        if problems:
+            raise RegistryError(problems)
+        return cls(clients, issuer=issuer)
+
+    @classmethod
+    def load(cls, path: Optional[str], *, issuer: str,
+             logger: logging.Logger = log) -> "ClientRegistry":
+        if not path:
+            logger.info("no client registry configured: only clients on the issuer's origin work")
+            return cls(issuer=issuer)
+        try:
+            with open(path, "rb") as stream:
+                doc = yaml.safe_load(stream)
+        except OSError as err:
+            raise RegistryError([f"{path}: cannot read ({err.strerror})"]) from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise RegistryError([f"{path}: not valid YAML{where}"]) from None
+        registry = cls.from_document(doc, issuer=issuer, source=path)
+        logger.info("client registry loaded: %d client(s)", len(registry))
+        return registry
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def __iter__(self) -> Iterator[Client]:
+        return iter(self._clients.values())
+
+    def add(self, client: Client) -> None:
+        if client.id in self._clients:
+            raise ValueError(f"client {client.id!r} exists")
+        self._clients[client.id] = client
+
+    def get(self, client_id: Any) -> Optional[Client]:
+        if not isinstance(client_id, str) or not client_id or len(client_id) > MAX_CLIENT_ID:
+            return None
+        return self._clients.get(client_id)
+
+    def lookup(self, client_id: Any, redirect_uri: Any) -> Optional[Client]:
+        """The client for an authorization request, or None.
+
+        Unregistered ids are accepted only with a redirect URI on the issuer's own origin,
+        as trusted implicit clients (konnect.md §5.4).
+        """
+        client = self.get(client_id)
+        if client is not None:
+            return client
+        if not isinstance(client_id, str) or not client_id or len(client_id) > MAX_CLIENT_ID \
+                or _BAD_CHARS.search(client_id) or uri_problem(redirect_uri) is not None:
+            return None
+        if self.issuer_origin and origin_of(redirect_uri) == self.issuer_origin:
+            return Client(id=client_id, redirect_uris=(redirect_uri,), trusted=True,
+                          implicit=True, origins=(self.issuer_origin,))
+        return None
+
+    def with_client(self, client: Client) -> "ClientRegistry":
+        copy = ClientRegistry(self._clients, issuer="")
+        copy.issuer_origin = self.issuer_origin
+        copy._clients[client.id] = replace(client)
+        return copy

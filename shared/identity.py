@@ -1,0 +1,65 @@
+"""Who signed in: the identity every backend returns, and Konnect's public subject.
+
+The public `sub` is Konnect's (konnect.md §6.4), so subjects survive a migration:
+base64url_nopad(BLAKE2b-512(key="konnect-IDToken-v1", raw_sub + " " + backend)) + "@konnect".
+The identity travels inside sealed cookies, code records and the `kc.identity` claim of
+access tokens; `to_record`/`from_record` are its one serialisation.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping, Optional
+
+SUBJECT_KEY = b"konnect-IDToken-v1"
+
+
+def public_subject(raw_sub: str, backend: str) -> str:
+    digest = hashlib.blake2b(f"{raw_sub} {backend}".encode("utf-8"), key=SUBJECT_KEY,
+                             digest_size=64).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii") + "@konnect"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A user as a backend knows them. `raw_sub` is stable per backend; `backend` salts `sub`."""
+
+    raw_sub: str
+    backend: str
+    username: str
+    name: str = ""
+    given_name: str = ""
+    family_name: str = ""
+    email: str = ""
+    email_verified: bool = False
+    numeric_id: Optional[int] = None
+    uuid: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def sub(self) -> str:
+        return public_subject(self.raw_sub, self.backend)
+
+    def kc_identity(self) -> dict:
+        """The `kc.identity` map of access and refresh tokens (konnect.md §6.6)."""
+        result = {"kc.i.id": self.raw_sub, "kc.i.un": self.username}
+        if self.name:
+            result["kc.i.dn"] = self.name
+        return result
+
+    def to_record(self) -> dict:
+        record = {k: v for k, v in asdict(self).items() if v not in (None, "", {}, False)}
+        if self.email_verified:
+            record["email_verified"] = True
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "Identity":
+        known = {f.name for f in fields(cls)}
+        if not isinstance(record, Mapping) or not {"raw_sub", "backend", "username"} <= record.keys():
+            raise ValueError("not an identity record")
+        values = {k: v for k, v in record.items() if k in known}
+        values["extra"] = dict(values.get("extra") or {})
+        return cls(**values)

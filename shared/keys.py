@@ -1,0 +1,393 @@
+"""Signing and validation keys: loading, policy, the keyring and the JWKS document.
+
+Files are read once at start-up into `cryptography` key objects and python-jose backend
+objects; nothing is parsed per request. Each of our keys is pinned to ONE algorithm
+(its JWK `alg`, else `--signing-method` when the key fits it, else its family's default),
+so the alg in a token header can only ever confirm what we already decided (RFC 8725 §3.1).
+Client keys (private_key_jwt, request objects) without an `alg` accept their family's
+algorithms only.
+
+Key files (konnect.md §8): `.json` is a JWK; anything else is PEM (PKCS#1, PKCS#8, SEC1
+EC; public PKIX/PKCS#1 for validation keys). The kid is the JWK's `kid`, else the file
+name without extension; for a symlink, the name of its target (rotation by symlink).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from . import jose
+
+log = logging.getLogger("konnect.keys")
+
+MIN_RSA_BITS = 2048
+MIN_RSA_EXPONENT = 65537
+_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+_MAX_KEY_FILE = 64 * 1024
+
+
+class KeyLoadError(Exception):
+    """A key file that cannot be used; the message names the file, never key material."""
+
+
+def _b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64u_decode(value: Any, what: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise KeyLoadError(f"JWK member {what!r} missing")
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (ValueError, TypeError):
+        raise KeyLoadError(f"JWK member {what!r} is not base64url") from None
+
+
+def _int(value: Any, what: str) -> int:
+    return int.from_bytes(_b64u_decode(value, what), "big")
+
+
+def key_family(crypto_key: Any) -> str:
+    if isinstance(crypto_key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
+        return "RSA"
+    if isinstance(crypto_key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
+        return "EC"
+    if isinstance(crypto_key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
+        return "OKP"
+    raise KeyLoadError(f"unsupported key type {type(crypto_key).__name__}")
+
+
+def family_algs(crypto_key: Any) -> frozenset:
+    """The algorithms a key type may ever be used with (RFC 7518 §3.1, RFC 8037 §3.1)."""
+    family = key_family(crypto_key)
+    if family == "RSA":
+        return jose.RSA_ALGS
+    if family == "OKP":
+        return frozenset({"EdDSA"})
+    return frozenset({jose.EC_ALGS[_CURVES[crypto_key.curve.name]]})
+
+
+def check_policy(crypto_key: Any) -> None:
+    """Refuse weak or unsupported keys: RSA < 2048 bits or e < 65537, EC off P-256/384/521."""
+    family = key_family(crypto_key)
+    if family == "RSA":
+        public = crypto_key.public_key() if isinstance(crypto_key, rsa.RSAPrivateKey) else crypto_key
+        if public.key_size < MIN_RSA_BITS:
+            raise KeyLoadError(f"RSA key has {public.key_size} bits; at least {MIN_RSA_BITS} required")
+        if public.public_numbers().e < MIN_RSA_EXPONENT:
+            raise KeyLoadError(f"RSA public exponent must be at least {MIN_RSA_EXPONENT}")
+    elif family == "EC" and crypto_key.curve.name not in _CURVES:
+        raise KeyLoadError(f"EC curve {crypto_key.curve.name} is not supported (P-256, P-384, P-521)")
+
+
+def public_jwk(crypto_key: Any) -> dict:
+    """Public JWK members of a key (RFC 7518 §6, RFC 8037 §2)."""
+    public = crypto_key.public_key() if hasattr(crypto_key, "private_bytes") else crypto_key
+    family = key_family(public)
+    if family == "RSA":
+        n = public.public_numbers()
+        return {"kty": "RSA", "n": _b64u(n.n.to_bytes((n.n.bit_length() + 7) // 8, "big")),
+                "e": _b64u(n.e.to_bytes((n.e.bit_length() + 7) // 8, "big"))}
+    if family == "EC":
+        n, size = public.public_numbers(), (public.curve.key_size + 7) // 8
+        return {"kty": "EC", "crv": _CURVES[public.curve.name],
+                "x": _b64u(n.x.to_bytes(size, "big")), "y": _b64u(n.y.to_bytes(size, "big"))}
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": _b64u(raw)}
+
+
+def private_jwk(crypto_key: Any) -> dict:
+    """Private JWK of a key, for the `keys jwk-from-pem` command."""
+    jwk = public_jwk(crypto_key)
+    family = key_family(crypto_key)
+    if family == "RSA":
+        p = crypto_key.private_numbers()
+        for name, value in (("d", p.d), ("p", p.p), ("q", p.q), ("dp", p.dmp1), ("dq", p.dmq1), ("qi", p.iqmp)):
+            jwk[name] = _b64u(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+    elif family == "EC":
+        size = (crypto_key.curve.key_size + 7) // 8
+        jwk["d"] = _b64u(crypto_key.private_numbers().private_value.to_bytes(size, "big"))
+    else:
+        jwk["d"] = _b64u(crypto_key.private_bytes(serialization.Encoding.Raw,
+                                                  serialization.PrivateFormat.Raw,
+                                                  serialization.NoEncryption()))
+    return jwk
+
+
+def key_from_jwk(data: Mapping[str, Any], *, private: bool) -> Any:
+    """A cryptography key object from a JWK dict (RFC 7517/7518/8037)."""
+    if not isinstance(data, Mapping):
+        raise KeyLoadError("JWK must be a JSON object")
+    kty = data.get("kty")
+    has_private = "d" in data
+    if private and not has_private:
+        raise KeyLoadError("JWK is not a private key")
+    try:
+        if kty == "RSA":
+            pub = rsa.RSAPublicNumbers(_int(data.get("e"), "e"), _int(data.get("n"), "n"))
+            if not (private and has_private):
+                return pub.public_key()
+            d = _int(data.get("d"), "d")
+            if all(k in data for k in ("p", "q", "dp", "dq", "qi")):
+                p, q = _int(data["p"], "p"), _int(data["q"], "q")
+                dp, dq, qi = _int(data["dp"], "dp"), _int(data["dq"], "dq"), _int(data["qi"], "qi")
+            else:
+                p, q = rsa.rsa_recover_prime_factors(pub.n, pub.e, d)
+                dp, dq, qi = rsa.rsa_crt_dmp1(d, p), rsa.rsa_crt_dmq1(d, q), rsa.rsa_crt_iqmp(p, q)
+            return rsa.RSAPrivateNumbers(p, q, d, dp, dq, qi, pub).private_key()
+        if kty == "EC":
+            curves = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
+            curve = curves.get(data.get("crv"))
+            if curve is None:
+                raise KeyLoadError(f"EC curve {data.get('crv')!r} is not supported")
+            pub = ec.EllipticCurvePublicNumbers(_int(data.get("x"), "x"), _int(data.get("y"), "y"), curve)
+            if not (private and has_private):
+                return pub.public_key()
+            return ec.EllipticCurvePrivateNumbers(_int(data["d"], "d"), pub).private_key()
+        if kty == "OKP":
+            if data.get("crv") != "Ed25519":
+                raise KeyLoadError(f"OKP curve {data.get('crv')!r} is not supported (Ed25519)")
+            if private and has_private:
+                return ed25519.Ed25519PrivateKey.from_private_bytes(_b64u_decode(data["d"], "d"))
+            return ed25519.Ed25519PublicKey.from_public_bytes(_b64u_decode(data.get("x"), "x"))
+    except KeyLoadError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise KeyLoadError(f"invalid {kty} JWK: {err}") from None
+    raise KeyLoadError(f"JWK key type {kty!r} is not supported (RSA, EC, OKP)")
+
+
+def kid_for_path(path: str | Path) -> str:
+    """The file name without extension; for a symlink, its target's (konnect.md §8)."""
+    return Path(path).resolve().stem
+
+
+def _read(path: str | Path) -> bytes:
+    try:
+        p = Path(path)
+        if p.stat().st_size > _MAX_KEY_FILE:
+            raise KeyLoadError(f"{path}: file too large for a key")
+        return p.read_bytes()
+    except OSError as err:
+        raise KeyLoadError(f"{path}: cannot read key file ({err.strerror or err})") from None
+
+
+def _load_pem(data: bytes, *, private: bool) -> Any:
+    loaders = [lambda d: serialization.load_pem_private_key(d, password=None)]
+    if not private:
+        loaders.insert(0, serialization.load_pem_public_key)
+    for loader in loaders:
+        try:
+            return loader(data)
+        except (ValueError, TypeError):
+            continue
+        except Exception:  # cryptography raises UnsupportedAlgorithm for odd key types
+            continue
+    raise KeyLoadError("not a usable PEM " + ("private key" if private else "key")
+                       + " (PKCS#1, PKCS#8, SEC1" + ("" if private else ", PKIX") + ")")
+
+
+def load_key_file(path: str | Path, *, private: bool = True) -> tuple[str, Any, Optional[str]]:
+    """(kid, cryptography key, alg from the JWK or None) from one key file."""
+    data = _read(path)
+    try:
+        if str(path).endswith(".json"):
+            try:
+                doc = json.loads(data)
+            except ValueError:
+                raise KeyLoadError("not valid JSON") from None
+            key = key_from_jwk(doc, private=private)
+            kid = doc.get("kid") or kid_for_path(path)
+            alg = doc.get("alg")
+        else:
+            key, kid, alg = _load_pem(data, private=private), kid_for_path(path), None
+        check_policy(key)
+    except KeyLoadError as err:
+        raise KeyLoadError(f"{path}: {err}") from None
+    if not isinstance(kid, str) or not kid:
+        raise KeyLoadError(f"{path}: kid must be a non-empty string")
+    if alg is not None and alg not in family_algs(key):
+        raise KeyLoadError(f"{path}: alg {alg!r} does not fit a {key_family(key)} key")
+    return kid, key, alg
+
+
+@dataclass
+class VerificationKey:
+    """A public key under a kid, with the algorithms it may verify."""
+
+    kid: str
+    public: Any = field(repr=False)
+    algs: frozenset
+    alg: str
+    _backends: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def kty(self) -> str:
+        return key_family(self.public)
+
+    def backend(self, alg: str) -> Any:
+        if alg not in self.algs:
+            raise jose.JoseError("algorithm not allowed for this key")
+        if alg not in self._backends:
+            self._backends[alg] = jose.backend_key(self.public, alg)
+        return self._backends[alg]
+
+    def public_jwk(self) -> dict:
+        return {**public_jwk(self.public), "kid": self.kid, "use": "sig", "alg": self.alg}
+
+
+@dataclass
+class SigningKey(VerificationKey):
+    """A private key pinned to one algorithm; `backend` signs."""
+
+    private: Any = field(default=None, repr=False)
+
+    def backend(self, alg: str) -> Any:
+        if alg != self.alg:
+            raise jose.JoseError("algorithm not allowed for this key")
+        if alg not in self._backends:
+            self._backends[alg] = jose.backend_key(self.private, alg)
+        return self._backends[alg]
+
+    def verifier(self) -> VerificationKey:
+        return VerificationKey(kid=self.kid, public=self.public, algs=frozenset({self.alg}), alg=self.alg)
+
+
+def client_key(jwk: Mapping[str, Any]) -> VerificationKey:
+    """A client's registered public JWK (private_key_jwt, request objects)."""
+    if jwk.get("use") not in (None, "sig"):
+        raise KeyLoadError("client key is not for signatures")
+    key = key_from_jwk(jwk, private=False)
+    check_policy(key)
+    algs = family_algs(key)
+    alg = jwk.get("alg")
+    if alg is not None:
+        if alg not in algs:
+            raise KeyLoadError(f"alg {alg!r} does not fit a {key_family(key)} key")
+        algs = frozenset({alg})
+    return VerificationKey(kid=str(jwk.get("kid") or ""), public=key, algs=algs,
+                           alg=alg or sorted(algs)[0])
+
+
+def _pin(crypto_key: Any, alg: Optional[str], signing_method: str) -> str:
+    allowed = family_algs(crypto_key)
+    if alg:
+        return alg
+    if signing_method in allowed:
+        return signing_method
+    return "PS256" if key_family(crypto_key) == "RSA" else sorted(allowed)[0]
+
+
+class Keyring:
+    """All keys of this OP: the signer, other signing keys, validation-only keys."""
+
+    def __init__(self, signer: SigningKey, signing: Sequence[SigningKey],
+                 validation: Sequence[VerificationKey], *, ephemeral: bool = False) -> None:
+        self.signer = signer
+        self.ephemeral = ephemeral
+        self._signing = {key.kid: key for key in signing}
+        self._signing[signer.kid] = signer
+        self._verify: dict[str, VerificationKey] = {}
+        for key in validation:
+            self._verify[key.kid] = key
+        for key in self._signing.values():
+            self._verify[key.kid] = key.verifier()
+        self._verify["default"] = signer.verifier()
+        self._jwks = {"keys": [dict(key.public_jwk(), kid=kid) for kid, key in self._verify.items()]}
+
+    @property
+    def signing_algs(self) -> list[str]:
+        """Algs we can sign with, the signer's first (discovery's *_signing_alg_values_supported)."""
+        algs = [self.signer.alg] + sorted({k.alg for k in self._signing.values()} - {self.signer.alg})
+        return algs
+
+    def signer_for(self, alg: Optional[str] = None) -> SigningKey:
+        """The signer, or the first signing key pinned to `alg` (a client's registered alg)."""
+        if alg is None or alg == self.signer.alg:
+            return self.signer
+        for key in self._signing.values():
+            if key.alg == alg:
+                return key
+        raise KeyError(alg)
+
+    def verification_key(self, kid: str) -> Optional[VerificationKey]:
+        return self._verify.get(kid)
+
+    def jwks(self) -> dict:
+        """The JWK Set (RFC 7517 §5): public parts only, built once."""
+        return self._jwks
+
+    def sign(self, claims: Mapping[str, Any], *, alg: Optional[str] = None, typ: str = "JWT") -> str:
+        return jose.sign(claims, self.signer_for(alg), typ=typ)
+
+    def verify(self, token: str, **kwargs: Any) -> tuple[dict, dict]:
+        return jose.verify(token, self.verification_key, **kwargs)
+
+
+def _signing_key(kid: str, key: Any, alg: str) -> SigningKey:
+    return SigningKey(kid=kid, public=key.public_key(), algs=frozenset({alg}), alg=alg, private=key)
+
+
+def load_keyring(paths: Iterable[str], *, signing_kid: Optional[str] = None,
+                 signing_method: str = "PS256", validation_keys_path: Optional[str] = None,
+                 logger: logging.Logger = log) -> Keyring:
+    """Load every key; one `KeyLoadError` lists every problem.
+
+    The signer is deterministic (fixing Konnect's quirk Q11): the key whose kid equals
+    `signing_kid`, else the first key, which is then also known under `signing_kid`.
+    """
+    problems: list[str] = []
+    signing: list[SigningKey] = []
+    if signing_method not in jose.ASYMMETRIC_ALGS:
+        problems.append(f"signing method {signing_method!r} is not supported")
+    for path in paths or ():
+        try:
+            kid, key, alg = load_key_file(path, private=True)
+            signing.append(_signing_key(kid, key, _pin(key, alg, signing_method)))
+        except KeyLoadError as err:
+            problems.append(str(err))
+    validation: list[VerificationKey] = []
+    if validation_keys_path:
+        directory = Path(validation_keys_path)
+        if not directory.is_dir():
+            problems.append(f"{validation_keys_path}: validation keys path is not a directory")
+        else:
+            for path in sorted(p for p in directory.iterdir() if p.suffix in (".pem", ".json")):
+                try:
+                    kid, key, alg = load_key_file(path, private=False)
+                    public = key.public_key() if hasattr(key, "private_bytes") else key
+                    pinned = _pin(public, alg, signing_method)
+                    validation.append(VerificationKey(kid=kid, public=public,
+                                                      algs=frozenset({pinned}), alg=pinned))
+                except KeyLoadError as err:
+                    problems.append(str(err))
+    if problems:
+        raise KeyLoadError("; ".join(problems))
+    ephemeral = not signing
+    if ephemeral:
+        kid = signing_kid or f"ephemeral-{secrets.token_hex(4)}"
+        logger.warning("NO SIGNING KEY CONFIGURED: using a random RSA-2048 key (kid %s). Tokens "
+                       "will not survive a restart and other processes cannot verify them; "
+                       "set --signing-private-key (make keys creates one)", kid)
+        signer = _signing_key(kid, rsa.generate_private_key(65537, 2048), "PS256")
+        return Keyring(signer, [], validation, ephemeral=True)
+    chosen = next((k for k in signing if signing_kid and k.kid == signing_kid), signing[0])
+    if chosen.alg != signing_method:
+        if signing_method in family_algs(chosen.private):
+            reason = f"its JWK pins alg {chosen.alg}"
+        else:
+            reason = f"it is an {key_family(chosen.private)} key"
+        raise KeyLoadError(f"signing method {signing_method} cannot be used with the signing "
+                           f"key {chosen.kid!r}: {reason}")
+    if signing_kid and chosen.kid != signing_kid:
+        chosen = _signing_key(signing_kid, chosen.private, chosen.alg)
+    return Keyring(chosen, signing, validation)

@@ -1,0 +1,124 @@
+"""Scopes, the claims each scope releases, and `scopes.yaml` (konnect.md §6.1-6.3).
+
+Scopes the active manager does not support are dropped from a request (Konnect's
+behaviour; RFC 6749 §3.3 lets the server grant fewer scopes and say so in `scope`).
+`--allow-scope` replaces the manager's list, `offline_access` included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional, Sequence
+
+import yaml
+
+OPENID = "openid"
+OFFLINE = "offline_access"
+
+PROFILE_CLAIMS = ("name", "family_name", "given_name", "preferred_username")
+EMAIL_CLAIMS = ("email", "email_verified")
+CLAIMS_BY_SCOPE = {"profile": PROFILE_CLAIMS, "email": EMAIL_CLAIMS}
+SCOPE_OF_CLAIM = {claim: scope for scope, claims in CLAIMS_BY_SCOPE.items() for claim in claims}
+
+MANAGER_SCOPES = {
+    "users": (OFFLINE, "profile", "email", "konnect/id", "konnect/uuid", "konnect/raw_sub"),
+    "ldap": (OFFLINE, "profile", "email", "konnect/id", "konnect/uuid", "konnect/raw_sub"),
+    "kc": (OFFLINE, "profile", "email", "konnect/id", "konnect/uuid", "konnect/raw_sub", "kopano/gc"),
+    "cookie": ("profile", "email", "konnect/id"),
+    "dummy": ("profile", "email"),
+}
+
+# Plain words for the consent page; scopes.yaml descriptions override (by scope or alias).
+DESCRIPTIONS = {
+    "basic": {"en": "Your basic account information (name, email address, user id)",
+              "de": "Grundlegende Kontoinformationen (Name, E-Mail-Adresse, Benutzer-ID)"},
+    OFFLINE: {"en": "Stay signed in to the application while you are away",
+              "de": "In der Anwendung angemeldet bleiben, auch wenn Sie nicht da sind"},
+    "kopano/gc": {"en": "Read and write your Kopano Groupware data",
+                  "de": "Ihre Kopano-Groupware-Daten lesen und schreiben"},
+}
+BASIC = ("openid", "email", "profile", "konnect/id", "konnect/uuid", "konnect/raw_sub")
+
+
+class ScopesError(Exception):
+    pass
+
+
+def parse(value: Optional[str]) -> list[str]:
+    """A scope string as an ordered list without duplicates (RFC 6749 §3.3)."""
+    seen: list[str] = []
+    for item in (value or "").split(" "):
+        if item and item not in seen:
+            seen.append(item)
+    return seen
+
+
+def join(scopes: Iterable[str]) -> str:
+    return " ".join(scopes)
+
+
+@dataclass
+class ScopeDefinitions:
+    """The contents of scopes.yaml: `mapping` (scope -> alias) and `scopes` (definitions)."""
+
+    mapping: dict = field(default_factory=dict)
+    definitions: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Optional[str]) -> "ScopeDefinitions":
+        if not path:
+            return cls()
+        try:
+            with open(path, "rb") as stream:
+                doc = yaml.safe_load(stream) or {}
+        except OSError as err:
+            raise ScopesError(f"{path}: cannot read scopes file ({err.strerror})") from None
+        except yaml.YAMLError as err:
+            raise ScopesError(f"{path}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        if not isinstance(doc, dict):
+            raise ScopesError(f"{path}: expected a mapping with 'mapping' and 'scopes'")
+        mapping, definitions = doc.get("mapping") or {}, doc.get("scopes") or {}
+        if not isinstance(mapping, dict) or not isinstance(definitions, dict):
+            raise ScopesError(f"{path}: 'mapping' and 'scopes' must be mappings")
+        for name, spec in definitions.items():
+            if spec is not None and not isinstance(spec, dict):
+                raise ScopesError(f"{path}: scopes.{name} must be a mapping")
+        return cls({str(k): str(v) for k, v in mapping.items()},
+                   {str(k): dict(v or {}) for k, v in definitions.items()})
+
+    def describe(self, scope: str, lang: str = "en") -> tuple[str, str]:
+        """(group, plain words) for a scope on the consent page."""
+        alias = self.mapping.get(scope) or ("basic" if scope in BASIC else scope)
+        for key in (scope, alias):
+            spec = self.definitions.get(key)
+            if spec and spec.get("description"):
+                return alias, str(spec["description"])
+        words = DESCRIPTIONS.get(alias)
+        if words:
+            return alias, words.get(lang) or words["en"]
+        return alias, ("Bereich: " if lang == "de" else "Scope: ") + scope
+
+
+def supported(manager: str, allow_scope: Sequence[str] = (),
+              definitions: Optional[ScopeDefinitions] = None) -> list[str]:
+    """`scopes_supported` for discovery: openid first (konnect.md §6.3)."""
+    if allow_scope:
+        scopes = list(allow_scope)
+    else:
+        scopes = list(MANAGER_SCOPES.get(manager, ()))
+        if definitions and manager in ("users", "ldap", "kc"):
+            scopes += [s for s in definitions.definitions if s not in scopes]
+    return [OPENID] + [s for s in scopes if s != OPENID]
+
+
+def claims_for(scopes: Iterable[str], identity_claims: Mapping[str, object]) -> dict:
+    """Standard claims released by `profile`/`email` (OIDC Core §5.4), empty values left out."""
+    result: dict = {}
+    for scope in scopes:
+        for claim in CLAIMS_BY_SCOPE.get(scope, ()):
+            value = identity_claims.get(claim)
+            if claim == "email_verified" and "email" in result:
+                result[claim] = bool(value)
+            elif value not in (None, ""):
+                result[claim] = value
+    return result

@@ -1,0 +1,419 @@
+"""Everything in Redis: codes, refresh tokens, the revocation list, replay markers, rate limits.
+
+The only module that imports redis. Every key carries one prefix and a TTL; every redis
+failure reaches callers as `StoreUnavailable` (rendered as 503 temporarily_unavailable).
+It does not decide protocol outcomes: the grants and handlers do (design.md §3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from .errors import Unavailable
+
+log = logging.getLogger("konnect.store")
+
+T = TypeVar("T")
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+# Atomic refresh-token redemption: the record goes (GETDEL) and, in the same step, a
+# marker holding the family id takes its place for the record's remaining life, so a
+# second presentation of the rotated token is recognised as reuse (RFC 6819 §5.2.2.3).
+_TAKE_REFRESH = """
+local pttl = redis.call('PTTL', KEYS[1])
+local value = redis.call('GETDEL', KEYS[1])
+if not value then return false end
+local ok, record = pcall(cjson.decode, value)
+if pttl > 0 and ok and type(record) == 'table' and type(record['family']) == 'string' then
+  redis.call('SET', KEYS[2], cjson.encode(record['family']), 'PX', pttl)
+end
+return value
+"""
+
+# A subject's not-before time only moves forward and its entry only lives longer, so a
+# later, weaker call can never un-revoke tokens that an earlier call revoked.
+_REVOKE_SUBJECT = """
+local nbf = tonumber(ARGV[1])
+local ttl_ms = tonumber(ARGV[2]) * 1000
+local current = redis.call('GET', KEYS[1])
+if current then
+  local cur = tonumber(current)
+  if cur and cur > nbf then nbf = cur end
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl > ttl_ms then ttl_ms = pttl end
+end
+redis.call('SET', KEYS[1], string.format('%d', nbf), 'PX', string.format('%d', ttl_ms))
+return string.format('%d', nbf)
+"""
+
+
+class StoreUnavailable(Unavailable):
+    """Redis cannot be reached, timed out, or refused the command.
+
+    The message names the operation and the redis error class, for the log only; it never
+    contains keys, tokens or credentials.
+    """
+
+
+class StoreConflict(Exception):
+    """A single-use record (code, refresh token) already exists under that key.
+
+    With 256-bit random tokens this means a bug (the same token issued twice), so it is an
+    exception, not a return value that a caller could ignore.
+    """
+
+
+def digest(value: str | bytes) -> str:
+    """sha256 hex of a token: the only form in which token material appears in a key."""
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    return hashlib.sha256(value).hexdigest()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _loads(raw: bytes | str | None) -> Any:
+    return None if raw is None else json.loads(raw)
+
+
+def _check_ttl(ttl: float) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) \
+            or ttl < 1:
+        raise ValueError(f"ttl must be a number of seconds >= 1, got {ttl!r}")
+    return math.ceil(ttl)
+
+
+def _check_name(what: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"{what} must match {_NAME.pattern}, got {name!r}")
+    return name
+
+
+def _check_ident(what: str, value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string")
+    return value
+
+
+class Store:
+    """All shared state of the provider, in one Redis database (design.md §3).
+
+    Keys (after the prefix):
+
+    - ``code:<sha256>``          authorization code grant, single use
+    - ``code-used:<sha256>``     what was issued from a redeemed code
+    - ``rt:<sha256>``            refresh-token record; ``rt-spent:<sha256>`` after rotation
+    - ``revoked:jti:<jti>``, ``revoked:family:<id>``, ``revoked:sub:<sub>`` (not-before)
+    - ``once:<kind>:<sha256>``   replay markers
+    - ``ratelimit:<bucket>:<sha256>`` counters
+    - ``kv:<kind>:<sha256>``     generic JSON values
+
+    Every key is written with a TTL and values are compact JSON. Every method either
+    returns, raises `ValueError` for a bad argument (before any round trip), or raises
+    `StoreUnavailable`; nothing waits longer than `timeout` seconds. The Store recovers by
+    itself when Redis comes back (connections are re-established on the next call).
+    Multi-key scripts assume one Redis primary (not Redis Cluster).
+    """
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "konnect:",
+                 now: Callable[[], float] = time.time, timeout: float | None = None) -> None:
+        """Wrap a `redis.asyncio.Redis` client; the Store owns it and `close()` closes it.
+
+        `timeout` bounds each operation as a whole (connect + command); `from_url` sets it
+        to connect_timeout + socket_timeout.
+        """
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError("prefix must be a non-empty string")
+        self._redis = client
+        self.prefix = prefix
+        self.now = now
+        self._timeout = timeout
+        self._down = False
+        self._take_refresh_script = client.register_script(_TAKE_REFRESH)
+        self._revoke_subject_script = client.register_script(_REVOKE_SUBJECT)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "konnect:", socket_timeout: float = 2.0,
+                 connect_timeout: float = 2.0, health_check_interval: int = 30,
+                 now: Callable[[], float] = time.time) -> "Store":
+        """A Store for a ``redis://``, ``rediss://`` or ``unix://`` URL; connects lazily.
+
+        redis-py 8 defaults to 5 s timeouts and 10 retries with back-off, so a dead Redis
+        would hold a request for many seconds: here the timeouts are explicit and there are
+        no retries (a stale pooled connection is still replaced transparently by the pool's
+        own check before use). `health_check_interval` PINGs a connection that was idle
+        that long before reusing it, so half-open connections are noticed.
+        """
+        if socket_timeout <= 0 or connect_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            health_check_interval=health_check_interval,
+            retry=Retry(NoBackoff(), 0),
+            client_name="konnect",
+        )
+        return cls(client, prefix=prefix, now=now, timeout=socket_timeout + connect_timeout)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def key(self, *parts: str) -> str:
+        """The full Redis key for `parts` (joined with ':' after the prefix)."""
+        return self.prefix + ":".join(parts)
+
+    async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await fn()
+        except (RedisError, OSError) as err:  # builtin TimeoutError is an OSError
+            if not self._down:
+                log.warning("redis unavailable during %s: %s", op, type(err).__name__)
+            self._down = True
+            raise StoreUnavailable(f"redis {op} failed: {type(err).__name__}: {err}"[:300]) \
+                from err
+        if self._down:
+            self._down = False
+            log.info("redis available again")
+        return result
+
+    async def close(self) -> None:
+        """Close the client and its connection pool."""
+        await self._redis.aclose()
+
+    async def ping(self) -> bool:
+        """True if Redis answers; raises StoreUnavailable otherwise (health checks)."""
+        return bool(await self._call("ping", self._redis.ping))
+
+    # -- authorization codes (RFC 6749 §4.1.2, §10.5) ---------------------------------------
+
+    async def put_code(self, code: str, record: dict, ttl: int) -> None:
+        """Store the grant behind an authorization code for `ttl` seconds (SET NX EX).
+
+        The key is ``code:<sha256(code)>``: the code itself never reaches Redis.
+        Raises `StoreConflict` if that code is already stored.
+        """
+        k = self.key("code", digest(_check_ident("code", code)))
+        value, ex = _dumps(_check_record(record)), _check_ttl(ttl)
+        if not await self._call("put_code", lambda: self._redis.set(k, value, ex=ex, nx=True)):
+            raise StoreConflict("authorization code already stored")
+
+    async def take_code(self, code: str) -> dict | None:
+        """Redeem a code: return its grant and delete it in one GETDEL, or None.
+
+        RFC 6749 §4.1.2: a code is single use; concurrent redemptions of one code get the
+        record exactly once.
+        """
+        k = self.key("code", digest(_check_ident("code", code)))
+        return _loads(await self._call("take_code", lambda: self._redis.getdel(k)))
+
+    async def mark_code_redeemed(self, code: str, info: dict, ttl: int) -> None:
+        """Remember what was issued from a redeemed code (``code-used:<sha256>``).
+
+        RFC 6749 §4.1.2 / §10.5: if the code is presented again, the token endpoint SHOULD
+        revoke the tokens issued from it; `info` holds their ids (jti, family, ...), `ttl`
+        their lifetime.
+        """
+        k = self.key("code-used", digest(_check_ident("code", code)))
+        value, ex = _dumps(_check_record(info)), _check_ttl(ttl)
+        await self._call("mark_code_redeemed", lambda: self._redis.set(k, value, ex=ex))
+
+    async def code_redemption(self, code: str) -> dict | None:
+        """What `mark_code_redeemed` recorded for this code, or None."""
+        k = self.key("code-used", digest(_check_ident("code", code)))
+        return _loads(await self._call("code_redemption", lambda: self._redis.get(k)))
+
+    # -- refresh tokens (RFC 6749 §6, §10.4; RFC 6819 §5.2.2.3 rotation) ----------------------
+
+    async def put_refresh(self, token: str, record: dict, ttl: int) -> None:
+        """Store a refresh-token record under ``rt:<sha256(token)>`` (SET NX EX).
+
+        `record["family"]` (a non-empty string) names the rotation family: every token
+        rotated from the same grant shares it. Raises `StoreConflict` if the token exists.
+        """
+        k = self.key("rt", digest(_check_ident("refresh token", token)))
+        _check_record(record)
+        _check_ident('record["family"]', record.get("family"))
+        value, ex = _dumps(record), _check_ttl(ttl)
+        if not await self._call("put_refresh", lambda: self._redis.set(k, value, ex=ex, nx=True)):
+            raise StoreConflict("refresh token already stored")
+
+    async def take_refresh(self, token: str) -> dict | None:
+        """Redeem a refresh token for rotation: return its record and delete it, or None.
+
+        In the same atomic step (a Lua script) ``rt-spent:<sha256>`` is set to the record's
+        family for the record's remaining lifetime, so `spent_refresh_family` can tell a
+        replayed, already rotated token (revoke the family, RFC 6819 §5.2.2.3) from an
+        unknown one.
+        """
+        h = digest(_check_ident("refresh token", token))
+        keys = [self.key("rt", h), self.key("rt-spent", h)]
+        return _loads(await self._call(
+            "take_refresh", lambda: self._take_refresh_script(keys=keys)))
+
+    async def spent_refresh_family(self, token: str) -> str | None:
+        """The family of a refresh token that was already redeemed, or None."""
+        k = self.key("rt-spent", digest(_check_ident("refresh token", token)))
+        return _loads(await self._call("spent_refresh_family", lambda: self._redis.get(k)))
+
+    # -- revocation list (RFC 7009; design.md §3) ------------------------------------------
+
+    def _remaining(self, exp: float) -> int:
+        """Seconds until `exp`, rounded up, at least 1: the entry outlives the token."""
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
+            raise ValueError(f"exp must be a unix time, got {exp!r}")
+        return max(1, math.ceil(exp - self.now()))
+
+    async def _revoke(self, op: str, k: str, exp: float) -> None:
+        ttl = self._remaining(exp)
+
+        async def run() -> None:
+            # SET NX keeps an existing entry; EXPIRE GT only ever lengthens it.
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(k, _dumps(int(exp)), ex=ttl, nx=True)
+                pipe.expire(k, ttl, gt=True)
+                await pipe.execute()
+
+        await self._call(op, run)
+
+    async def revoke_jti(self, jti: str, exp: float) -> None:
+        """Revoke one token by its `jti` until its `exp` (RFC 7009 §2.1)."""
+        await self._revoke("revoke_jti", self.key("revoked", "jti", _check_ident("jti", jti)), exp)
+
+    async def revoke_family(self, family: str, exp: float) -> None:
+        """Revoke every token of a grant/rotation family until `exp` (the family's last
+        possible expiry), e.g. on refresh-token reuse (RFC 6819 §5.2.2.3) or code replay
+        (RFC 6749 §4.1.2)."""
+        await self._revoke("revoke_family",
+                           self.key("revoked", "family", _check_ident("family", family)), exp)
+
+    async def revoke_subject(self, sub: str, not_before: int, ttl: int) -> None:
+        """Revoke every token of `sub` issued at or before `not_before` (logout everywhere).
+
+        `ttl` should be the longest lifetime of any token of that subject. Repeated calls
+        keep the latest not-before and the longest remaining TTL.
+        """
+        k = self.key("revoked", "sub", _check_ident("sub", sub))
+        if isinstance(not_before, bool) or not isinstance(not_before, (int, float)) \
+                or not math.isfinite(not_before):
+            raise ValueError(f"not_before must be a unix time, got {not_before!r}")
+        # rounded up: a token issued in the same second as the revocation is revoked too
+        args = [math.ceil(not_before), _check_ttl(ttl)]
+        await self._call("revoke_subject",
+                         lambda: self._revoke_subject_script(keys=[k], args=args))
+
+    async def is_revoked(self, *, jti: str | None = None, family: str | None = None,
+                         sub: str | None = None, iat: float | None = None) -> bool:
+        """True if the token is revoked by its jti, its family, or its subject's not-before.
+
+        One round trip (a single MGET over the keys that apply). Fails closed: if Redis
+        cannot answer this raises `StoreUnavailable`, never returns False.
+        """
+        keys, kinds = [], []
+        if jti is not None:
+            keys.append(self.key("revoked", "jti", _check_ident("jti", jti)))
+            kinds.append("jti")
+        if family is not None:
+            keys.append(self.key("revoked", "family", _check_ident("family", family)))
+            kinds.append("family")
+        if sub is not None:
+            if iat is None:
+                raise ValueError("is_revoked(sub=...) needs the token's iat")
+            keys.append(self.key("revoked", "sub", _check_ident("sub", sub)))
+            kinds.append("sub")
+        if not keys:
+            raise ValueError("is_revoked needs at least one of jti, family, sub")
+        values = await self._call("is_revoked", lambda: self._redis.mget(keys))
+        for kind, raw in zip(kinds, values):
+            if raw is None:
+                continue
+            if kind != "sub" or iat <= int(_loads(raw)):
+                return True
+        return False
+
+    # -- replay markers --------------------------------------------------------------------
+
+    async def first_use(self, kind: str, ident: str, ttl: int) -> bool:
+        """True the first time (`kind`, `ident`) is seen within `ttl` seconds, else False.
+
+        One SET NX EX, so concurrent callers cannot both see True (e.g. the `jti` of a
+        private_key_jwt client assertion, RFC 7523 §3 item 7).
+        """
+        k = self.key("once", _check_name("kind", kind), digest(_check_ident("ident", ident)))
+        ex = _check_ttl(ttl)
+        return bool(await self._call("first_use",
+                                     lambda: self._redis.set(k, b"1", ex=ex, nx=True)))
+
+    # -- rate limits -----------------------------------------------------------------------
+
+    def _rl_key(self, bucket: str, key: str) -> str:
+        return self.key("ratelimit", _check_name("bucket", bucket),
+                        digest(_check_ident("key", key)))
+
+    async def hit(self, bucket: str, key: str, *, window: int) -> int:
+        """Count one attempt for `key` (a user name, an IP, ...) in a fixed window.
+
+        Returns the number of attempts in the current window. INCR and EXPIRE NX run in one
+        MULTI, so the window starts at the first attempt and is never extended by later ones.
+        """
+        k, ex = self._rl_key(bucket, key), _check_ttl(window)
+
+        async def run() -> int:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(k)
+                pipe.expire(k, ex, nx=True)
+                count, _ = await pipe.execute()
+            return int(count)
+
+        return await self._call("hit", run)
+
+    async def retry_after(self, bucket: str, key: str) -> int:
+        """Seconds until the current window of `key` ends (0 if there is none)."""
+        k = self._rl_key(bucket, key)
+        return max(0, int(await self._call("retry_after", lambda: self._redis.ttl(k))))
+
+    async def reset(self, bucket: str, key: str) -> None:
+        """Forget the attempts of `key` (e.g. after a successful logon)."""
+        k = self._rl_key(bucket, key)
+        await self._call("reset", lambda: self._redis.delete(k))
+
+    # -- generic JSON values ---------------------------------------------------------------
+
+    def _kv_key(self, kind: str, key: str) -> str:
+        return self.key("kv", _check_name("kind", kind), digest(_check_ident("key", key)))
+
+    async def put_json(self, kind: str, key: str, value: Any, ttl: int) -> None:
+        """Store a JSON value under ``kv:<kind>:<sha256(key)>`` for `ttl` seconds."""
+        k, raw, ex = self._kv_key(kind, key), _dumps(value), _check_ttl(ttl)
+        await self._call("put_json", lambda: self._redis.set(k, raw, ex=ex))
+
+    async def get_json(self, kind: str, key: str) -> Any:
+        """The value stored by `put_json`, or None."""
+        k = self._kv_key(kind, key)
+        return _loads(await self._call("get_json", lambda: self._redis.get(k)))
+
+    async def delete(self, kind: str, key: str) -> bool:
+        """Delete a `put_json` value; True if it existed."""
+        k = self._kv_key(kind, key)
+        return bool(await self._call("delete", lambda: self._redis.delete(k)))
+
+
+def _check_record(record: dict) -> dict:
+    if not isinstance(record, dict):
+        raise ValueError("record must be a dict")
+    return record

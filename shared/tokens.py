@@ -1,0 +1,155 @@
+"""Mint and validate tokens (design.md §4, konnect.md §6.5-6.7).
+
+- ID token: OIDC Core §2 claims with `aud` = client id, `nonce`, `sid`, `auth_time`,
+  `at_hash`/`c_hash` (§3.3.2.11); signed with the client's registered alg or the default.
+- Access token: a JWT Kopano services can read (`kc.isAccessToken`, `kc.authorizedScopes`,
+  `kc.identity`, `kc.provider`, `jti`), plus `kc.family` (the grant family, so revoking a
+  grant reaches its access tokens), `client_id` and `scope` (RFC 9068 §2.2).
+- Refresh token: an opaque 256-bit random string; its record lives in Redis (store.py) and
+  is rotated on every use. Konnect's stateless refresh JWTs could not be revoked.
+
+Validation (`validate_access_token`) checks signature (pinned alg, known kid), `iss`,
+`exp`/`nbf`/`iat` with a small skew and `kc.isAccessToken`; `check_revocation` then asks
+the revocation list in one round trip and fails closed (RFC 6750 §3.1 `invalid_token`).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+from . import jose
+from .identity import Identity
+from .keys import Keyring
+
+
+class TokenError(Exception):
+    """A token that is not valid here; the message is for logs only."""
+
+
+def random_token(nbytes: int = 32) -> str:
+    return secrets.token_urlsafe(nbytes)
+
+
+@dataclass
+class Minted:
+    token: str
+    jti: str
+    exp: int
+
+
+class Tokens:
+    def __init__(self, keyring: Keyring, issuer: str, *, access_ttl: int = 600,
+                 id_ttl: int = 3600, refresh_ttl: int = 94608000, skew: int = 60,
+                 now: Callable[[], float] = time.time) -> None:
+        self.keyring, self.issuer = keyring, issuer
+        self.access_ttl, self.id_ttl, self.refresh_ttl = access_ttl, id_ttl, refresh_ttl
+        self.skew, self.now = skew, now
+
+    @classmethod
+    def from_core(cls, core: Any) -> "Tokens":
+        s = core.settings
+        return cls(core.keyring, s.iss, access_ttl=s.access_token_expiration,
+                   id_ttl=s.id_token_expiration, refresh_ttl=s.refresh_token_expiration,
+                   skew=s.clock_skew, now=core.now)
+
+    def _alg(self, alg: Optional[str]) -> Optional[str]:
+        return alg if alg in self.keyring.signing_algs else None
+
+    def access_token(self, *, client_id: str, identity: Identity, scopes: Iterable[str],
+                     family: str, claims: Optional[Mapping[str, Any]] = None,
+                     alg: Optional[str] = None) -> Minted:
+        now = int(self.now())
+        jti = random_token(24)
+        scopes = list(scopes)
+        payload: dict[str, Any] = {
+            "iss": self.issuer, "sub": identity.sub, "aud": client_id, "exp": now + self.access_ttl,
+            "iat": now, "nbf": now, "jti": jti, "client_id": client_id, "scope": " ".join(scopes),
+            "kc.isAccessToken": True, "kc.authorizedScopes": scopes,
+            "kc.identity": identity.kc_identity(), "kc.provider": identity.backend,
+            "kc.family": family,
+        }
+        if claims:
+            payload["kc.authorizedClaims"] = dict(claims)
+        token = self.keyring.sign(payload, alg=self._alg(alg))
+        return Minted(token, jti, payload["exp"])
+
+    def id_token(self, *, client_id: str, identity: Identity, sub: Optional[str] = None,
+                 nonce: Optional[str] = None, sid: Optional[str] = None,
+                 auth_time: Optional[int] = None, access_token: Optional[str] = None,
+                 code: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None,
+                 alg: Optional[str] = None) -> str:
+        """OIDC Core §2; `sub` overrides the public subject (konnect/raw_sub)."""
+        now = int(self.now())
+        signer = self.keyring.signer_for(self._alg(alg))
+        payload: dict[str, Any] = dict(extra or {})
+        payload.update({"iss": self.issuer, "sub": sub or identity.sub, "aud": client_id,
+                        "exp": now + self.id_ttl, "iat": now})
+        if nonce:
+            payload["nonce"] = nonce
+        if sid:
+            payload["sid"] = sid
+        if auth_time is not None:
+            payload["auth_time"] = int(auth_time)
+        if access_token:
+            payload["at_hash"] = jose.left_hash(access_token, signer.alg)
+        if code:
+            payload["c_hash"] = jose.left_hash(code, signer.alg)
+        return jose.sign(payload, signer)
+
+    def sign(self, payload: Mapping[str, Any], *, alg: Optional[str] = None, typ: str = "JWT") -> str:
+        return self.keyring.sign(payload, alg=self._alg(alg), typ=typ)
+
+    def verify(self, token: str, **kwargs: Any) -> dict:
+        """Signature only (pinned alg, known kid); claims are the caller's to check."""
+        try:
+            return self.keyring.verify(token, **kwargs)[1]
+        except jose.JoseError as err:
+            raise TokenError(str(err)) from None
+
+    def check_times(self, claims: Mapping[str, Any], *, require_exp: bool = True) -> None:
+        """`exp`, `nbf`, `iat` with `skew` seconds of leeway (RFC 7519 §4.1.4-4.1.6)."""
+        now = self.now()
+        for name in ("exp", "nbf", "iat"):
+            value = claims.get(name)
+            if value is None:
+                if name == "exp" and require_exp:
+                    raise TokenError("exp missing")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TokenError(f"{name} is not a number")
+        if "exp" in claims and claims["exp"] + self.skew <= now:
+            raise TokenError("token expired")
+        if "nbf" in claims and claims["nbf"] - self.skew > now:
+            raise TokenError("token not yet valid")
+        if "iat" in claims and claims["iat"] - self.skew > now:
+            raise TokenError("token issued in the future")
+
+    def validate_access_token(self, token: str) -> dict:
+        """Claims of a valid access token of this issuer; raises TokenError otherwise."""
+        claims = self.verify(token)
+        self.check_times(claims)
+        if claims.get("iss") != self.issuer:
+            raise TokenError("wrong issuer")
+        if claims.get("kc.isAccessToken") is not True:
+            raise TokenError("not an access token")
+        for name in ("sub", "jti", "aud"):
+            if not isinstance(claims.get(name), str) or not claims[name]:
+                raise TokenError(f"{name} missing")
+        if not isinstance(claims.get("kc.identity"), dict):
+            raise TokenError("kc.identity missing")
+        return claims
+
+
+async def is_revoked(store: Any, claims: Mapping[str, Any]) -> bool:
+    """One round trip to the revocation list for a token's jti, family and subject.
+
+    Raises the store's `StoreUnavailable` when Redis cannot answer: callers answer 503,
+    never a success without the check (fail closed).
+    """
+    family = claims.get("kc.family")
+    return await store.is_revoked(jti=claims.get("jti") or None,
+                                  family=family if isinstance(family, str) and family else None,
+                                  sub=claims.get("sub") or None, iat=claims.get("iat", 0))

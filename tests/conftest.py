@@ -1,0 +1,77 @@
+"""Shared fixtures: real redis-server and slapd processes (tests/support/servers.py).
+
+Session servers start lazily, the first time a test asks for them. Tests that stop or pause
+a server use `private_redis` / `private_slapd`, so the shared ones are never disturbed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import pytest_asyncio
+
+from shared.store import Store
+from tests.support.servers import RedisServer, SlapdServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One redis-server for the whole run (TCP on 127.0.0.1 and a unix socket)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The session Redis, database 0 flushed before the test."""
+    if not redis_server.running:  # a test that stopped it by mistake must not break the rest
+        redis_server.start()
+    client = redis_server.client()
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return redis_server.url
+
+
+@pytest_asyncio.fixture
+async def store(redis_url):
+    """A `Store` on the flushed session Redis, closed after the test."""
+    s = Store.from_url(redis_url)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path_factory):
+    """A redis-server of this test's own, free to be stopped, restarted or paused."""
+    with RedisServer(tmp_path_factory.mktemp("redis-private")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def slapd_server(tmp_path_factory):
+    """One slapd for the whole run: suffix dc=example,dc=test with ou=people, admin bind."""
+    with SlapdServer(tmp_path_factory.mktemp("slapd")) as server:
+        yield server
+
+
+@pytest.fixture
+def private_slapd(tmp_path_factory):
+    """A slapd of this test's own, free to be stopped and restarted."""
+    with SlapdServer(tmp_path_factory.mktemp("slapd-private")) as server:
+        yield server
+
+
+def _ou_name(request) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", request.node.name).strip("_")[:64] or "test"
+
+
+@pytest.fixture
+def ldap_ou(slapd_server, request) -> str:
+    """An ou named after the test, under the base DN, deleted with its entries afterwards."""
+    if not slapd_server.running:
+        slapd_server.start()
+    with slapd_server.temporary_ou(_ou_name(request)) as dn:
+        yield dn
