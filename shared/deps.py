@@ -16,7 +16,9 @@ from .config import StartupError
 from .clients import ClientRegistry, RegistryError
 from .keys import KeyLoadError, Keyring, load_keyring
 from .sealed import Sealer, SecretError, load_secret
+from .scopes import ScopeDefinitions, ScopesError
 from .store import Store
+from .tokens import Tokens
 from .web import parse_networks
 
 log = logging.getLogger("konnect.deps")
@@ -33,6 +35,18 @@ class Core:
     store: Store
     trusted_networks: tuple = ()
     now: Callable[[], float] = field(default=time.time)
+    scope_definitions: ScopeDefinitions = field(default_factory=ScopeDefinitions)
+    users: Any = None  # the user backend, for the services that build one
+
+    @property
+    def tokens(self) -> Tokens:
+        if getattr(self, "_tokens", None) is None:
+            self._tokens = Tokens.from_core(self)
+        return self._tokens
+
+    async def lookup_client(self, client_id: Any, redirect_uri: Any = None):
+        """A registered client, or an implicitly trusted one on the issuer's origin."""
+        return self.registry.lookup(client_id, redirect_uri)
 
     @classmethod
     def from_settings(cls, settings: Any, *, now: Callable[[], float] = time.time) -> "Core":
@@ -54,13 +68,21 @@ class Core:
                                            issuer=settings.iss)
         except RegistryError as err:
             problems.append(str(err))
+        definitions = ScopeDefinitions()
+        try:
+            definitions = ScopeDefinitions.load(settings.identifier_scopes_conf)
+        except ScopesError as err:
+            problems.append(str(err))
         if problems:
             raise StartupError(problems)
         store = Store.from_url(settings.redis_url, prefix=settings.redis_prefix,
                                socket_timeout=settings.redis_timeout,
                                connect_timeout=settings.redis_timeout, now=now)
         return cls(settings=settings, keyring=keyring, sealer=sealer, registry=registry,
-                   store=store, trusted_networks=parse_networks(settings.trusted_proxy), now=now)
+                   store=store, trusted_networks=parse_networks(settings.trusted_proxy), now=now,
+                   scope_definitions=definitions)
 
     async def close(self) -> None:
+        if self.users is not None:
+            await self.users.close()
         await self.store.close()

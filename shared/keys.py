@@ -310,6 +310,13 @@ class Keyring:
         algs = [self.signer.alg] + sorted({k.alg for k in self._signing.values()} - {self.signer.alg})
         return algs
 
+    def id_token_signer(self, registered_alg: Optional[str] = None) -> SigningKey:
+        """A client's registered alg, else RS256 where we have it, else the signer."""
+        for alg in (registered_alg, "RS256"):
+            if alg and alg in self.signing_algs:
+                return self.signer_for(alg)
+        return self.signer
+
     def signer_for(self, alg: Optional[str] = None) -> SigningKey:
         """The signer, or the first signing key pinned to `alg` (a client's registered alg)."""
         if alg is None or alg == self.signer.alg:
@@ -379,7 +386,7 @@ def load_keyring(paths: Iterable[str], *, signing_kid: Optional[str] = None,
                        "will not survive a restart and other processes cannot verify them; "
                        "set --signing-private-key (make keys creates one)", kid)
         signer = _signing_key(kid, rsa.generate_private_key(65537, 2048), "PS256")
-        return Keyring(signer, [], validation, ephemeral=True)
+        return Keyring(signer, _rs256_view(signer, []), validation, ephemeral=True)
     chosen = next((k for k in signing if signing_kid and k.kid == signing_kid), signing[0])
     if chosen.alg != signing_method:
         if signing_method in family_algs(chosen.private):
@@ -390,4 +397,14 @@ def load_keyring(paths: Iterable[str], *, signing_kid: Optional[str] = None,
                            f"key {chosen.kid!r}: {reason}")
     if signing_kid and chosen.kid != signing_kid:
         chosen = _signing_key(signing_kid, chosen.private, chosen.alg)
-    return Keyring(chosen, signing, validation)
+    return Keyring(chosen, signing + _rs256_view(chosen, signing), validation)
+
+
+def _rs256_view(signer: SigningKey, signing: Sequence[SigningKey]) -> list[SigningKey]:
+    """RS256 is the default ID-token alg of clients that registered none (OIDC Registration
+    §2) and MUST be offered (OIDC Discovery §3). When the signer is an RSA key pinned to
+    another alg, the same key is also published as `<kid>-rs256`, pinned to RS256, so that
+    each kid keeps exactly one algorithm."""
+    if key_family(signer.private) != "RSA" or any(k.alg == "RS256" for k in [signer, *signing]):
+        return []
+    return [_signing_key(f"{signer.kid}-rs256", signer.private, "RS256")]

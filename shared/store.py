@@ -266,6 +266,11 @@ class Store:
         return _loads(await self._call(
             "take_refresh", lambda: self._take_refresh_script(keys=keys)))
 
+    async def peek_refresh(self, token: str) -> dict | None:
+        """A refresh-token record without redeeming it (introspection, revocation checks)."""
+        k = self.key("rt", digest(_check_ident("refresh token", token)))
+        return _loads(await self._call("peek_refresh", lambda: self._redis.get(k)))
+
     async def spent_refresh_family(self, token: str) -> str | None:
         """The family of a refresh token that was already redeemed, or None."""
         k = self.key("rt-spent", digest(_check_ident("refresh token", token)))

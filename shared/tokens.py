@@ -83,7 +83,7 @@ class Tokens:
                  alg: Optional[str] = None) -> str:
         """OIDC Core §2; `sub` overrides the public subject (konnect/raw_sub)."""
         now = int(self.now())
-        signer = self.keyring.signer_for(self._alg(alg))
+        signer = self.keyring.id_token_signer(alg)
         payload: dict[str, Any] = dict(extra or {})
         payload.update({"iss": self.issuer, "sub": sub or identity.sub, "aud": client_id,
                         "exp": now + self.id_ttl, "iat": now})

@@ -237,10 +237,22 @@ def test_jwks_holds_only_public_parts(tmp_path, rsa_key):
     for key in keys.values():
         assert key["use"] == "sig" and not PRIVATE_MEMBERS & key.keys()
     assert keys["default"]["n"] == keys["r"]["n"]
-    assert ring.signing_algs == ["PS256", "ES256", "EdDSA"]
+    assert ring.signing_algs == ["PS256", "ES256", "EdDSA", "RS256"]
     assert ring.signer_for("ES256").kid == "e"
+    assert keys["r-rs256"]["alg"] == "RS256" and keys["r-rs256"]["n"] == keys["r"]["n"]
     with pytest.raises(KeyError):
-        ring.signer_for("RS256")
+        ring.signer_for("RS384")
+
+
+def test_id_tokens_default_to_rs256_for_clients_that_registered_no_alg(tmp_path, rsa_key):
+    ring = load_keyring([str(write_pem(tmp_path / "r.pem", rsa_key))])
+    assert ring.id_token_signer().kid == "r-rs256" and ring.id_token_signer().alg == "RS256"
+    assert ring.id_token_signer("PS256").kid == "r"
+    token = jose.sign({"a": 1}, ring.id_token_signer())
+    assert ring.verify(token)[0]["alg"] == "RS256"
+    ec_ring = load_keyring([str(write_pem(tmp_path / "e.pem", ec.generate_private_key(ec.SECP256R1())))],
+                           signing_method="ES256")
+    assert ec_ring.id_token_signer().alg == "ES256" and ec_ring.signing_algs == ["ES256"]
 
 
 def test_signing_key_repr_hides_private_material(tmp_path, rsa_key):

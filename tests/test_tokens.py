@@ -108,10 +108,13 @@ def test_access_token_carries_konnect_claims(tokens, keyring, clock):
 def test_id_token_hashes_follow_the_signing_alg(tokens, keyring):
     token = tokens.id_token(client_id="rp", identity=ALICE, nonce="n-1", sid="s-1", auth_time=5,
                             access_token="AT", code="CODE")
-    _, claims = keyring.verify(token)
+    header, claims = keyring.verify(token)
+    assert header["alg"] == "RS256"  # OIDC Registration §2 default
+    ps = keyring.verify(tokens.id_token(client_id="rp", identity=ALICE, access_token="AT", alg="PS256"))
+    assert ps[1]["at_hash"] == jose.left_hash("AT", "PS256")
     assert claims["nonce"] == "n-1" and claims["sid"] == "s-1" and claims["auth_time"] == 5
-    assert claims["at_hash"] == jose.left_hash("AT", "PS256")
-    assert claims["c_hash"] == jose.left_hash("CODE", "PS256")
+    assert claims["at_hash"] == jose.left_hash("AT", "RS256")
+    assert claims["c_hash"] == jose.left_hash("CODE", "RS256")
     assert claims["aud"] == "rp" and claims["exp"] - claims["iat"] == 3600
 
 

@@ -1,11 +1,26 @@
-"""The token service: route table and `main()` (routes arrive with their issue)."""
+"""The token service: token, revoke, introspect, discovery, JWKS (N processes, SO_REUSEPORT)."""
 
-from shared import service
+from shared import discovery, service
 from shared.deps import Core
+
+from .grants import Issuer
+from .handlers import (DiscoveryHandler, IntrospectHandler, JWKSHandler, RevokeHandler,
+                       TokenHandler, encode)
 
 
 def make_app(settings, deps: Core):
-    return service.application([], deps)
+    deps.issuer = Issuer(deps.tokens, deps.store, deps.users)
+    deps.assertion_audiences = (settings.iss, discovery.url(settings, "token_endpoint"))
+    deps.discovery_json = encode(discovery.document(settings, deps.keyring, deps.scope_definitions))
+    deps.jwks_json = encode(deps.keyring.jwks())
+    args = {"deps": deps}
+    return service.application([
+        (discovery.DISCOVERY_PATH, DiscoveryHandler, args),
+        (discovery.PATHS["jwks_uri"], JWKSHandler, args),
+        (discovery.PATHS["token_endpoint"], TokenHandler, args),
+        (discovery.PATHS["revocation_endpoint"], RevokeHandler, args),
+        (discovery.PATHS["introspection_endpoint"], IntrospectHandler, args),
+    ], deps)
 
 
 def main(argv=None) -> None:

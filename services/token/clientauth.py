@@ -1,0 +1,132 @@
+"""Client authentication at the token, revocation and introspection endpoints.
+
+RFC 6749 §2.3.1 (client_secret_basic: id and secret form-urlencoded before base64, so
+they are URL-decoded after; client_secret_post), RFC 7523 §2.2 / OIDC Core §9
+(private_key_jwt: `iss` = `sub` = client id, `aud` = the endpoint, `exp`, single-use
+`jti`), and `none` for public clients (which must then use PKCE, RFC 9700 §2.1.1).
+A client may use one method per request (RFC 6749 §2.3).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+from urllib.parse import unquote_plus
+
+from shared import jose
+from shared.clients import Client
+from shared.errors import INVALID_CLIENT, INVALID_REQUEST, OAuth2Error
+from shared.keys import KeyLoadError, client_key
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+MAX_ASSERTION_LIFETIME = 600
+
+
+def _invalid(detail: str, basic: bool) -> OAuth2Error:
+    return OAuth2Error(INVALID_CLIENT, "client authentication failed", detail=detail,
+                       status=401, auth_scheme="Basic")
+
+
+@dataclass
+class Authenticated:
+    client: Client
+    method: str
+
+
+def parse_basic(header: Optional[str]) -> Optional[tuple[str, str]]:
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise OAuth2Error(INVALID_CLIENT, "malformed Basic credentials", status=401,
+                          auth_scheme="Basic") from None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        raise OAuth2Error(INVALID_CLIENT, "malformed Basic credentials", status=401,
+                          auth_scheme="Basic")
+    return unquote_plus(user), unquote_plus(password)
+
+
+async def authenticate(handler: Any, *, lookup: Callable[[str, Optional[str]], Any],
+                       store: Any, audiences: tuple, now: Callable[[], float]) -> Authenticated:
+    """The authenticated client of this request, or an `invalid_client` (401) error."""
+    basic = parse_basic(handler.request.headers.get("Authorization"))
+    form_id = handler.param("client_id")
+    form_secret = handler.param("client_secret")
+    assertion = handler.param("client_assertion")
+    assertion_type = handler.param("client_assertion_type")
+    methods = [m for m, used in (("client_secret_basic", basic), ("client_secret_post", form_secret),
+                                 ("private_key_jwt", assertion)) if used]
+    if len(methods) > 1:
+        raise OAuth2Error(INVALID_REQUEST, "more than one client authentication method used")
+    redirect_uri = handler.param("redirect_uri")
+    if assertion:
+        if assertion_type != ASSERTION_TYPE:
+            raise OAuth2Error(INVALID_REQUEST, "unsupported client_assertion_type")
+        return await _private_key_jwt(assertion, form_id, lookup, store, audiences, now, redirect_uri)
+    if basic:
+        client_id, secret = basic
+        if form_id is not None and form_id != client_id:
+            raise _invalid("client_id in body differs from Basic credentials", True)
+    else:
+        client_id, secret = form_id, form_secret
+    if not client_id:
+        raise _invalid("no client_id", bool(basic))
+    client = await lookup(client_id, redirect_uri)
+    if client is None:
+        raise _invalid("unknown client", bool(basic))
+    if client.token_endpoint_auth_method == "private_key_jwt":
+        raise _invalid("client must authenticate with private_key_jwt", bool(basic))
+    if client.secret:
+        if not client.check_secret(secret):
+            raise _invalid("wrong client secret", bool(basic))
+        return Authenticated(client, methods[0] if methods else "none")
+    return Authenticated(client, "none")
+
+
+async def _private_key_jwt(assertion: str, form_id: Optional[str], lookup: Any, store: Any,
+                           audiences: tuple, now: Callable[[], float],
+                           redirect_uri: Optional[str]) -> Authenticated:
+    try:
+        claims = jose.unverified_claims(assertion)
+    except jose.JoseError:
+        raise _invalid("malformed client assertion", False) from None
+    client_id = claims.get("sub")
+    if not isinstance(client_id, str) or claims.get("iss") != client_id:
+        raise _invalid("assertion iss/sub must be the client id", False)
+    if form_id is not None and form_id != client_id:
+        raise _invalid("client_id differs from the assertion", False)
+    client = await lookup(client_id, redirect_uri)
+    if client is None or not client.jwks:
+        raise _invalid("client has no registered keys", False)
+    keys = {}
+    for jwk in client.jwks.get("keys", []):
+        try:
+            key = client_key(jwk)
+        except KeyLoadError:
+            continue
+        keys[key.kid] = key
+    single = next(iter(keys.values())) if len(keys) == 1 else None
+    try:
+        _, claims = jose.verify(assertion, lambda kid: keys.get(kid) or single, require_kid=False)
+    except jose.JoseError as err:
+        raise _invalid(f"client assertion: {err}", False) from None
+    aud = claims.get("aud")
+    auds = aud if isinstance(aud, list) else [aud]
+    if not any(a in audiences for a in auds):
+        raise _invalid("assertion audience is not this server", False)
+    t, exp, jti = now(), claims.get("exp"), claims.get("jti")
+    if not isinstance(exp, (int, float)) or isinstance(exp, bool) or exp < t - 30 \
+            or exp > t + MAX_ASSERTION_LIFETIME:
+        raise _invalid("assertion expired or too long-lived", False)
+    if not isinstance(jti, str) or not jti:
+        raise _invalid("assertion has no jti", False)
+    if not await store.first_use("client-assertion", f"{client_id} {jti}", int(exp - t) + 60):
+        raise _invalid("client assertion replayed", False)
+    return Authenticated(client, "private_key_jwt")

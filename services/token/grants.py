@@ -1,0 +1,153 @@
+"""The token endpoint's grants: authorization_code and refresh_token (RFC 6749 §4.1.3, §6).
+
+- Codes are redeemed atomically (GETDEL); a code presented a second time fails AND
+  revokes what its first redemption issued (RFC 6749 §4.1.2, RFC 9700 §4.5).
+- PKCE S256 (RFC 7636 §4.6); a public client must have used it.
+- Refresh tokens are rotated on every use; presenting a rotated one revokes the whole
+  family, access tokens included (RFC 9700 §4.14.2). Scope may narrow, never widen (§6).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from typing import Any, Optional
+
+from shared import scopes as scopelib
+from shared.clients import Client
+from shared.errors import INVALID_GRANT, INVALID_REQUEST, INVALID_SCOPE, OAuth2Error
+from shared.grants import Grant
+from shared.tokens import Tokens, is_revoked, random_token
+
+_VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+
+
+def _grant_error(description: str, detail: str = "") -> OAuth2Error:
+    return OAuth2Error(INVALID_GRANT, description, detail=detail or description)
+
+
+def check_pkce(grant: Grant, verifier: Optional[str], client: Client) -> None:
+    if not grant.code_challenge:
+        if verifier:
+            raise _grant_error("code_verifier given but no code_challenge was sent")
+        if client.is_public:
+            raise _grant_error("PKCE is required for public clients")
+        return
+    if not verifier or not _VERIFIER.match(verifier):
+        raise _grant_error("code_verifier missing or malformed")
+    computed = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest())
+    if not hmac.compare_digest(computed.rstrip(b"="), grant.code_challenge.encode("ascii")):
+        raise _grant_error("code_verifier does not match the code_challenge")
+
+
+class Issuer:
+    """Builds the token response for a grant and records what it issued."""
+
+    def __init__(self, tokens: Tokens, store: Any, users: Any = None) -> None:
+        self.tokens, self.store, self.users = tokens, store, users
+
+    async def _current_identity(self, grant: Grant):
+        if self.users is None:
+            return grant.identity
+        identity = await self.users.lookup(grant.identity.raw_sub)
+        if identity is None:
+            raise _grant_error("the user is no longer available")
+        return identity
+
+    async def respond(self, client: Client, grant: Grant, scopes: list, *, id_token: bool,
+                      refresh: bool) -> tuple[dict, dict]:
+        """(response body, issued ids) for `grant`, narrowed to `scopes`."""
+        identity = await self._current_identity(grant)
+        alg = client.id_token_signed_response_alg or None
+        access = self.tokens.access_token(client_id=client.id, identity=identity, scopes=scopes,
+                                          family=grant.family, claims=grant.claims, alg=alg)
+        body: dict[str, Any] = {"access_token": access.token, "token_type": "Bearer",
+                                "expires_in": self.tokens.access_ttl, "scope": " ".join(scopes)}
+        issued = {"family": grant.family, "jti": access.jti, "exp": access.exp}
+        if id_token and scopelib.OPENID in scopes:
+            sub = identity.raw_sub if "konnect/raw_sub" in scopes else None
+            body["id_token"] = self.tokens.id_token(
+                client_id=client.id, identity=identity, sub=sub, nonce=grant.nonce or None,
+                sid=grant.sid or None, auth_time=grant.auth_time or None,
+                access_token=access.token, extra=_id_token_claims(grant, identity), alg=alg)
+        if refresh and scopelib.OFFLINE in grant.scopes:
+            token = random_token(32)
+            remaining = grant.created + self.tokens.refresh_ttl - int(self.tokens.now())
+            if remaining > 0:
+                await self.store.put_refresh(token, grant.to_record(), remaining)
+                body["refresh_token"] = token
+        return body, issued
+
+
+def _id_token_claims(grant: Grant, identity: Any) -> dict:
+    """Claims asked for in `claims.id_token` (OIDC Core §5.5) that the grant allows."""
+    wanted = (grant.claims or {}).get("id_token") or {}
+    if not isinstance(wanted, dict):
+        return {}
+    values = {"name": identity.name, "given_name": identity.given_name,
+              "family_name": identity.family_name, "preferred_username": identity.username,
+              "email": identity.email, "email_verified": identity.email_verified}
+    out = {}
+    for claim in wanted:
+        if claim in values and scopelib.SCOPE_OF_CLAIM.get(claim, "profile") in grant.scopes \
+                and values[claim] not in ("", None):
+            out[claim] = values[claim]
+    return out
+
+
+async def authorization_code(handler: Any, client: Client, issuer: Issuer) -> dict:
+    code = handler.param("code")
+    redirect_uri = handler.param("redirect_uri")
+    if not code:
+        raise OAuth2Error(INVALID_REQUEST, "code is required")
+    store = issuer.store
+    record = await store.take_code(code)
+    if record is None:
+        used = await store.code_redemption(code)
+        if used:
+            await store.revoke_family(used["family"], used["exp"])
+            await store.revoke_jti(used["jti"], used["exp"])
+            raise _grant_error("code already used", "code replayed: issued tokens revoked")
+        raise _grant_error("code is invalid or expired")
+    grant = Grant.from_record(record)
+    if grant.client_id != client.id:
+        raise _grant_error("code was issued to another client")
+    if grant.redirect_uri and redirect_uri != grant.redirect_uri:
+        raise _grant_error("redirect_uri does not match the authorization request")
+    check_pkce(grant, handler.param("code_verifier"), client)
+    if not grant.created:
+        grant.created = int(issuer.tokens.now())
+    body, issued = await issuer.respond(client, grant, grant.scopes, id_token=True, refresh=True)
+    lifetime = issuer.tokens.refresh_ttl if "refresh_token" in body else issuer.tokens.access_ttl
+    issued["exp"] = max(issued["exp"], int(issuer.tokens.now()) + lifetime)
+    await store.mark_code_redeemed(code, issued, lifetime)
+    return body
+
+
+async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
+    token = handler.param("refresh_token")
+    if not token:
+        raise OAuth2Error(INVALID_REQUEST, "refresh_token is required")
+    store, now = issuer.store, int(issuer.tokens.now())
+    record = await store.take_refresh(token)
+    if record is None:
+        family = await store.spent_refresh_family(token)
+        if family:
+            await store.revoke_family(family, now + issuer.tokens.refresh_ttl)
+            raise _grant_error("refresh token already used",
+                               "refresh token reuse: family revoked")
+        raise _grant_error("refresh token is invalid or expired")
+    grant = Grant.from_record(record)
+    if grant.client_id != client.id:
+        raise _grant_error("refresh token was issued to another client")
+    if await is_revoked(store, {"kc.family": grant.family, "sub": grant.identity.sub,
+                                "iat": grant.created}):
+        raise _grant_error("grant has been revoked")
+    requested = scopelib.parse(handler.param("scope"))
+    if requested and not set(requested) <= set(grant.scopes):
+        raise OAuth2Error(INVALID_SCOPE, "scope exceeds the original grant")
+    body, _ = await issuer.respond(client, grant, requested or grant.scopes, id_token=True,
+                                   refresh=True)
+    return body

@@ -1,0 +1,171 @@
+"""Handlers of the token service: token, revoke, introspect, discovery, JWKS."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from shared import discovery
+from shared.errors import (INVALID_REQUEST, METHOD_NOT_ALLOWED, UNSUPPORTED_GRANT_TYPE,
+                           OAuth2Error)
+from shared.grants import Grant
+from shared.tokens import TokenError, is_revoked
+from shared.web import BaseHandler
+
+from . import grants
+from .clientauth import authenticate
+
+GRANTS = {"authorization_code": grants.authorization_code, "refresh_token": grants.refresh_token}
+
+
+class FormHandler(BaseHandler):
+    """POST endpoints taking `application/x-www-form-urlencoded` (RFC 6749 §3.2)."""
+
+    def prepare(self) -> None:
+        if self.request.method != "POST":
+            self.set_header("Allow", "POST")
+            raise OAuth2Error(METHOD_NOT_ALLOWED, "use POST", status=405)
+        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != "application/x-www-form-urlencoded":
+            raise OAuth2Error(INVALID_REQUEST, "expected application/x-www-form-urlencoded")
+
+    def get(self) -> None:  # prepare() answers; these exist so tornado routes the method
+        pass
+
+    put = delete = patch = get
+
+    async def client(self):
+        deps = self.deps
+        return await authenticate(self, lookup=deps.lookup_client, store=deps.store,
+                                  audiences=deps.assertion_audiences, now=deps.now)
+
+
+class TokenHandler(FormHandler):
+    async def post(self) -> None:
+        grant_type = self.param("grant_type")
+        if not grant_type:
+            raise OAuth2Error(INVALID_REQUEST, "grant_type is required")
+        run = GRANTS.get(grant_type)
+        if run is None:
+            raise OAuth2Error(UNSUPPORTED_GRANT_TYPE, "grant_type not supported")
+        auth = await self.client()
+        body = await run(self, auth.client, self.deps.issuer)
+        self.write_json(body)
+
+
+class RevokeHandler(FormHandler):
+    """RFC 7009: revoke a refresh token (its whole family) or an access token (its jti)."""
+
+    async def post(self) -> None:
+        token = self.param("token")
+        if not token:
+            raise OAuth2Error(INVALID_REQUEST, "token is required")
+        self.param("token_type_hint")  # optional; duplicates refused, value only a hint (§2.1)
+        client = (await self.client()).client
+        deps = self.deps
+        if "." in token:
+            await self._revoke_access(token, client)
+        else:
+            record = await deps.store.peek_refresh(token)
+            if record and record.get("client_id") == client.id:
+                grant = Grant.from_record(record)
+                await deps.store.take_refresh(token)
+                await deps.store.revoke_family(grant.family, grant.created + deps.tokens.refresh_ttl)
+        self.set_status(200)  # §2.2: also for invalid or unknown tokens
+        self.finish()
+
+    async def _revoke_access(self, token: str, client) -> None:
+        try:
+            claims = self.deps.tokens.verify(token)
+        except TokenError:
+            return
+        if claims.get("kc.isAccessToken") is True and claims.get("aud") == client.id \
+                and isinstance(claims.get("jti"), str) and isinstance(claims.get("exp"), int):
+            if claims["exp"] > self.deps.now():
+                await self.deps.store.revoke_jti(claims["jti"], claims["exp"])
+
+
+class IntrospectHandler(FormHandler):
+    """RFC 7662: the state of a token issued to the calling client (or any, if trusted)."""
+
+    async def post(self) -> None:
+        token = self.param("token")
+        if not token:
+            raise OAuth2Error(INVALID_REQUEST, "token is required")
+        self.param("token_type_hint")
+        client = (await self.client()).client
+        info = await (self._access(token) if "." in token else self._refresh(token))
+        if info is None or (info.get("client_id") != client.id and not client.trusted):
+            info = None
+        self.write_json(dict(info, active=True) if info else {"active": False})
+
+    async def _access(self, token: str) -> Optional[dict]:
+        try:
+            claims = self.deps.tokens.validate_access_token(token)
+        except TokenError:
+            return None
+        if await is_revoked(self.deps.store, claims):
+            return None
+        keep = ("iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope")
+        info = {k: claims[k] for k in keep if k in claims}
+        info["token_type"] = "Bearer"
+        info["username"] = claims["kc.identity"].get("kc.i.un", "")
+        return info
+
+    async def _refresh(self, token: str) -> Optional[dict]:
+        record = await self.deps.store.peek_refresh(token)
+        if not record:
+            return None
+        grant = Grant.from_record(record)
+        if await is_revoked(self.deps.store, {"kc.family": grant.family, "sub": grant.identity.sub,
+                                              "iat": grant.created}):
+            return None
+        return {"client_id": grant.client_id, "sub": grant.identity.sub, "scope": " ".join(grant.scopes),
+                "exp": grant.created + self.deps.tokens.refresh_ttl, "iat": grant.created,
+                "token_type": "refresh_token", "username": grant.identity.username,
+                "iss": self.deps.settings.iss}
+
+
+class PublicDocumentHandler(BaseHandler):
+    """Discovery and JWKS: public, cacheable for a short while, CORS for any origin."""
+
+    content_type = "application/json"
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Cache-Control", "public, max-age=300")
+        self.clear_header("Pragma")
+        self.set_header("Access-Control-Allow-Origin", "*")
+        self.set_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+
+    def body(self) -> bytes:
+        raise NotImplementedError
+
+    def get(self) -> None:
+        self.set_header("Content-Type", self.content_type)
+        self.finish(self.body())
+
+    def head(self) -> None:
+        self.set_header("Content-Type", self.content_type)
+        self.finish()
+
+    def options(self) -> None:
+        self.set_header("Access-Control-Allow-Headers", "Accept, Content-Type")
+        self.set_status(204)
+        self.finish()
+
+
+class DiscoveryHandler(PublicDocumentHandler):
+    def body(self) -> bytes:
+        return self.deps.discovery_json
+
+
+class JWKSHandler(PublicDocumentHandler):
+    content_type = "application/jwk-set+json"
+
+    def body(self) -> bytes:
+        return self.deps.jwks_json
+
+
+def encode(doc: Any) -> bytes:
+    return json.dumps(doc, indent=2).encode("utf-8")

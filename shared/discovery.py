@@ -1,0 +1,71 @@
+"""Every public URL of the OP, and the discovery document (OpenID Connect Discovery 1.0 §3).
+
+One place computes the URLs so that all services agree (design.md §1). The document
+lists exactly what is implemented (Konnect omitted `code` and others: quirk fixed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import scopes
+
+PATHS = {
+    "authorization_endpoint": "/signin/v1/identifier/_/authorize",
+    "token_endpoint": "/konnect/v1/token",
+    "userinfo_endpoint": "/konnect/v1/userinfo",
+    "end_session_endpoint": "/signin/v1/identifier/_/endsession",
+    "check_session_iframe": "/konnect/v1/session/check-session.html",
+    "jwks_uri": "/konnect/v1/jwks.json",
+    "revocation_endpoint": "/konnect/v1/revoke",
+    "introspection_endpoint": "/konnect/v1/introspect",
+    "registration_endpoint": "/konnect/v1/register",
+}
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+RESPONSE_TYPES = ["code", "id_token", "id_token token", "code id_token", "code token",
+                  "code id_token token"]
+AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+REQUEST_OBJECT_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                       "ES256", "ES384", "ES512", "EdDSA"]
+
+
+def url(settings: Any, name: str) -> str:
+    return settings.iss.rstrip("/") + PATHS[name]
+
+
+def document(settings: Any, keyring: Any, definitions: Any = None) -> dict:
+    issuer = settings.iss
+    algs = list(keyring.signing_algs)
+    doc: dict[str, Any] = {"issuer": issuer}
+    for name in PATHS:
+        if name == "registration_endpoint" and not settings.allow_dynamic_client_registration:
+            continue
+        doc[name] = url(settings, name)
+    manager = settings.identity_manager
+    doc.update({
+        "scopes_supported": scopes.supported(manager, settings.allow_scope, definitions),
+        "response_types_supported": RESPONSE_TYPES,
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "grant_types_supported": ["authorization_code", "implicit", "refresh_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": algs,
+        "userinfo_signing_alg_values_supported": algs,
+        "request_object_signing_alg_values_supported": REQUEST_OBJECT_ALGS,
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": REQUEST_OBJECT_ALGS,
+        "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "code_challenge_methods_supported": ["S256"],
+        "claims_parameter_supported": True,
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid",
+                             "name", "family_name", "given_name", "preferred_username",
+                             "email", "email_verified"],
+        "request_parameter_supported": True,
+        "request_uri_parameter_supported": False,
+        "require_request_uri_registration": False,
+        "authorization_response_iss_parameter_supported": True,
+        "frontchannel_logout_supported": False,
+        "backchannel_logout_supported": False,
+        "ui_locales_supported": ["en", "de"],
+    })
+    return doc

@@ -1,0 +1,34 @@
+"""The one async interface every user backend implements (design.md §2 "users").
+
+Backends never block the event loop: network and CPU-heavy work (LDAP, SOAP, password
+hashing) runs in a bounded thread pool or natively async. Every network call has a timeout.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Optional
+
+from ..errors import Unavailable
+from ..identity import Identity
+
+
+class BackendUnavailable(Unavailable):
+    """The directory or server behind a backend cannot be reached (rendered as 503)."""
+
+
+class UserBackend(abc.ABC):
+    #: the manager name (`--identity-manager`) and Konnect's subject salt (`Identity.backend`)
+    manager: str = ""
+    provider: str = ""
+
+    @abc.abstractmethod
+    async def authenticate(self, username: str, password: str) -> Optional[Identity]:
+        """The identity if the credentials are right, else None (never says which part was wrong)."""
+
+    @abc.abstractmethod
+    async def lookup(self, raw_sub: str) -> Optional[Identity]:
+        """The current identity for a raw subject, or None if the user is gone or disabled."""
+
+    async def close(self) -> None:
+        """Release connections and threads."""
