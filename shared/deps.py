@@ -49,6 +49,24 @@ class Core:
         return self.registry.lookup(client_id, redirect_uri)
 
     @classmethod
+    def with_users(cls, settings: Any, *, now: Callable[[], float] = time.time) -> "Core":
+        """`from_settings` plus the user backend (identifier, userinfo, token)."""
+        from .users import BackendConfigError, make_backend
+        problems, users = [], None
+        try:
+            users = make_backend(settings)
+        except BackendConfigError as err:
+            problems.append(str(err))
+        try:
+            core = cls.from_settings(settings, now=now)
+        except StartupError as err:
+            problems = err.problems + problems
+        if problems:
+            raise StartupError(problems)
+        core.users = users
+        return core
+
+    @classmethod
     def from_settings(cls, settings: Any, *, now: Callable[[], float] = time.time) -> "Core":
         problems: list[str] = []
         keyring = sealer = registry = None

@@ -24,12 +24,15 @@ def dev_state(tmp_path):
     subprocess.run([sys.executable, "-m", "shared.keytool", "generate", "--type", "ec",
                     "--out-dir", str(tmp_path)], cwd=ROOT, check=True, capture_output=True,
                    timeout=60)
+    (tmp_path / "users.yaml").write_text("users: []\n")
     return tmp_path
 
 
-def clean_env(**extra):
+def clean_env(users_file=None, **extra):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("KONNECTD_", "LDAP_", "KOPANO_", "OIDC_"))}
+    if users_file:
+        env["KONNECTD_USERS_FILE"] = str(users_file)
     env.update(extra)
     return env
 
@@ -40,7 +43,8 @@ def start(service, dev_state, *args, listen="127.0.0.1:0"):
            "--signing-private-key", str(dev_state / "konnectd-signing-private-key.pem"),
            "--encryption-secret", str(dev_state / "konnectd-encryption-secret.key"),
            "--redis-url", "redis://127.0.0.1:1/0", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(dev_state / "users.yaml"),
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     seen = []
     while time.monotonic() < deadline:
@@ -94,7 +98,8 @@ def test_identifier_does_not_share_its_address(dev_state):
             [sys.executable, "-m", "services.identifier", "--iss", "https://idp.example.test",
              "--listen", url.removeprefix("http://"), "--signing-method", "ES256",
              "--signing-private-key", str(dev_state / "konnectd-signing-private-key.pem")],
-            cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60)
+            cwd=ROOT, env=clean_env(dev_state / "users.yaml"), capture_output=True, text=True,
+            timeout=60)
         assert second.returncode == 1
         assert "cannot listen" in second.stderr and "Traceback" not in second.stderr
     finally:
@@ -121,7 +126,8 @@ def test_startup_problem_exits_2_with_clear_message(problem, dev_state, tmp_path
         [sys.executable, "-m", "services.token", "--iss", "https://idp.example.test",
          "--signing-method", "ES256", "--signing-private-key", str(key),
          "--encryption-secret", str(secret), "--identifier-registration-conf", str(registry)],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60)
+        cwd=ROOT, env=clean_env(dev_state / "users.yaml"), capture_output=True, text=True,
+        timeout=60)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     expected = {"corrupt_key": "corrupt.pem", "short_secret": "16", "bad_registry": "bad"}

@@ -9,4 +9,4 @@ def make_app(settings, deps: Core):
 
 
 def main(argv=None) -> None:
-    service.run("identifier", make_app, Core.from_settings, argv)
+    service.run("identifier", make_app, Core.with_users, argv)

@@ -24,4 +24,4 @@ def make_app(settings, deps: Core):
 
 
 def main(argv=None) -> None:
-    service.run("token", make_app, Core.from_settings, argv)
+    service.run("token", make_app, Core.with_users, argv)

@@ -1,12 +1,16 @@
-"""The userinfo service: route table and `main()` (routes arrive with their issue)."""
+"""The userinfo service: `/konnect/v1/userinfo`."""
 
-from shared import service
+from shared import discovery, service
 from shared.deps import Core
+
+from .handlers import UserInfoHandler
 
 
 def make_app(settings, deps: Core):
-    return service.application([], deps)
+    return service.application([
+        (discovery.PATHS["userinfo_endpoint"], UserInfoHandler, {"deps": deps}),
+    ], deps)
 
 
 def main(argv=None) -> None:
-    service.run("userinfo", make_app, Core.from_settings, argv)
+    service.run("userinfo", make_app, Core.with_users, argv)

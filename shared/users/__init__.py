@@ -1,5 +1,33 @@
 """User backends: `users` (local YAML file, the default), `ldap`, `kc` (Kopano server), `cookie`."""
 
+from __future__ import annotations
+
+from typing import Any
+
 from .base import BackendUnavailable, UserBackend
 
-__all__ = ["BackendUnavailable", "UserBackend"]
+__all__ = ["BackendUnavailable", "UserBackend", "make_backend", "BackendConfigError"]
+
+
+class BackendConfigError(Exception):
+    """The configured identity manager cannot be built (reported as a start-up problem)."""
+
+
+def make_backend(settings: Any) -> UserBackend:
+    manager = settings.identity_manager
+    if manager == "users":
+        from .userfile import UsersFileBackend, UsersFileError
+        if not settings.users_file:
+            raise BackendConfigError("identity manager 'users' needs --users-file "
+                                     "(KONNECTD_USERS_FILE)")
+        try:
+            return UsersFileBackend(settings.users_file)
+        except UsersFileError as err:
+            raise BackendConfigError(str(err)) from None
+    if manager == "ldap":
+        try:
+            from .ldap import LDAPBackend
+        except ImportError:
+            raise BackendConfigError("identity manager 'ldap' is not available yet") from None
+        return LDAPBackend.from_settings(settings)
+    raise BackendConfigError(f"identity manager {manager!r} is not available yet")

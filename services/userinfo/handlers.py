@@ -1,0 +1,125 @@
+"""The UserInfo endpoint (OpenID Connect Core §5.3, RFC 6750).
+
+The access token comes from `Authorization: Bearer` or, for POST, the form body
+(RFC 6750 §2.1, §2.2), never the query string (§2.3 is refused: URLs end up in logs).
+It is checked for signature (pinned alg, known kid), times, issuer, `kc.isAccessToken`,
+then against the revocation list in one Redis round trip; if Redis cannot answer, the
+answer is 503, never claims. The claims come from the user backend, so a user deleted or
+disabled there gets `invalid_token`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared import scopes as scopelib
+from shared.errors import INSUFFICIENT_SCOPE, INVALID_REQUEST, INVALID_TOKEN, OAuth2Error
+from shared.identity import Identity
+from shared.tokens import TokenError, is_revoked
+from shared.web import BaseHandler
+
+
+def _invalid_token(detail: str) -> OAuth2Error:
+    # RFC 6750 §3.1: no detail for the client beyond the error code.
+    return OAuth2Error(INVALID_TOKEN, "", detail=detail, status=401, auth_scheme="Bearer")
+
+
+class _NoToken(OAuth2Error):
+    """RFC 6750 §3.1: a request without credentials gets a challenge without an error code."""
+
+    def __init__(self) -> None:
+        super().__init__(INVALID_TOKEN, "an access token is required", status=401,
+                         auth_scheme="Bearer", detail="no access token")
+
+    def headers(self) -> list:
+        return [("WWW-Authenticate", 'Bearer realm="konnect"')]
+
+
+def userinfo_claims(identity: Identity, claims: dict) -> dict:
+    """OIDC Core §5.4 claims per scope, Konnect's extensions (konnect.md §6.8)."""
+    scopes = claims.get("kc.authorizedScopes") or []
+    out: dict[str, Any] = {"sub": identity.raw_sub if "konnect/raw_sub" in scopes else identity.sub}
+    values = {"name": identity.name, "given_name": identity.given_name,
+              "family_name": identity.family_name, "preferred_username": identity.username,
+              "email": identity.email, "email_verified": identity.email_verified}
+    out.update(scopelib.claims_for(scopes, values))
+    if "konnect/id" in scopes:
+        if identity.numeric_id:
+            out["id"] = identity.numeric_id
+        out["username"] = identity.username or out["sub"]
+    if "konnect/uuid" in scopes and identity.uuid:
+        out["kc.uuid"] = identity.uuid
+    if "kopano/gc" in scopes:
+        out["kopano/gc/id"] = identity.raw_sub
+    requested = ((claims.get("kc.authorizedClaims") or {}).get("userinfo") or {})
+    if isinstance(requested, dict):
+        for name, spec in requested.items():
+            if name in values and values[name] not in ("", None):
+                out.setdefault(name, values[name])
+            elif name not in out and isinstance(spec, dict) and "value" in spec:
+                out[name] = spec["value"]
+    return out
+
+
+class UserInfoHandler(BaseHandler):
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Access-Control-Allow-Origin", "*")  # CORS "allow all", as Konnect
+
+    def options(self) -> None:
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
+
+    def _bearer(self) -> str:
+        if "access_token" in self.request.query_arguments:
+            raise OAuth2Error(INVALID_REQUEST, "access token in the query string is not accepted")
+        header = self.request.headers.get_list("Authorization")
+        form = self.request.body_arguments.get("access_token", [])
+        if len(header) > 1 or len(form) > 1 or (header and form):
+            raise OAuth2Error(INVALID_REQUEST, "more than one access token")
+        if header:
+            scheme, _, token = header[0].partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise OAuth2Error(INVALID_REQUEST, "expected a Bearer token")
+            return token.strip()
+        if form:
+            return self.param("access_token") or ""
+        raise _NoToken()
+
+    async def _answer(self) -> None:
+        token = self._bearer()
+        deps = self.deps
+        try:
+            claims = deps.tokens.validate_access_token(token)
+        except TokenError as err:
+            raise _invalid_token(str(err)) from None
+        if await is_revoked(deps.store, claims):
+            raise _invalid_token("token revoked")
+        if scopelib.OPENID not in (claims.get("kc.authorizedScopes") or []):
+            raise OAuth2Error(INSUFFICIENT_SCOPE, "the openid scope is required", status=403,
+                              auth_scheme="Bearer")
+        raw_sub = claims["kc.identity"].get("kc.i.id")
+        identity = await deps.users.lookup(raw_sub) if isinstance(raw_sub, str) else None
+        if identity is None or identity.sub != claims["sub"]:
+            raise _invalid_token("user no longer available")
+        body = userinfo_claims(identity, claims)
+        client = deps.registry.get(claims.get("aud"))
+        alg = client.userinfo_signed_response_alg if client else ""
+        if alg and alg in deps.keyring.signing_algs:
+            body.update(iss=deps.settings.iss, aud=claims["aud"])
+            self.set_header("Content-Type", "application/jwt")
+            self.finish(deps.tokens.sign(body, alg=alg))
+            return
+        self.write_json(body)
+
+    async def get(self) -> None:
+        await self._answer()
+
+    async def post(self) -> None:
+        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if self.request.body and ctype != "application/x-www-form-urlencoded":
+            raise OAuth2Error(INVALID_REQUEST, "expected application/x-www-form-urlencoded")
+        await self._answer()

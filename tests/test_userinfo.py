@@ -1,0 +1,217 @@
+"""The userinfo service over HTTP, with real Redis and the users-file backend."""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import urlencode
+
+import pytest
+import yaml
+
+from services.userinfo.app import make_app
+from shared import jose
+from shared.users.passwords import hash_password
+from shared.users.userfile import UsersFileBackend
+from tests.support.op import ISSUER, make_core, make_state
+
+USERS = {"users": [
+    {"username": "alice", "password": hash_password("wonderland"), "name": "Alice Example",
+     "given_name": "Alice", "family_name": "Example", "email": "alice@example.test",
+     "email_verified": True, "id": 1001, "uuid": "7c0e-alice"},
+    {"username": "bob", "password": hash_password("builder"), "name": "Bob", "id": 1002,
+     "uuid": "bob-uuid"},
+]}
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory):
+    return make_state(tmp_path_factory.mktemp("userinfo-state"))
+
+
+@pytest.fixture
+def users_file(tmp_path):
+    path = tmp_path / "users.yaml"
+    path.write_text(yaml.safe_dump(USERS))
+    return path
+
+
+@pytest.fixture
+def core(state, redis_url, users_file, io_loop):
+    core = make_core("userinfo", state, redis_url)
+    core.users = UsersFileBackend(str(users_file))
+    yield core
+    io_loop.run_sync(core.close)
+
+
+@pytest.fixture
+def app(core):
+    return make_app(core.settings, core)
+
+
+async def alice(core):
+    return await core.users.lookup("7c0e-alice")
+
+
+async def mint(core, scopes=("openid", "profile", "email"), *, client_id="web-rp", identity=None,
+               claims=None, family="fam"):
+    identity = identity or await alice(core)
+    return core.tokens.access_token(client_id=client_id, identity=identity, scopes=list(scopes),
+                                    family=family, claims=claims)
+
+
+async def get(http_client, base_url, token=None, *, method="GET", form=None, headers=None, query=""):
+    hdrs = dict(headers or {})
+    if token:
+        hdrs["Authorization"] = f"Bearer {token}"
+    body = None
+    if method == "POST":
+        hdrs.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        body = urlencode(form or {})
+    return await http_client.fetch(f"{base_url}/konnect/v1/userinfo{query}", method=method,
+                                   body=body, headers=hdrs, raise_error=False)
+
+
+@pytest.mark.gen_test
+async def test_profile_and_email_claims(http_client, base_url, core):
+    minted = await mint(core)
+    resp = await get(http_client, base_url, minted.token)
+    assert resp.code == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    body = json.loads(resp.body)
+    ident = await alice(core)
+    assert body == {"sub": ident.sub, "name": "Alice Example", "given_name": "Alice",
+                    "family_name": "Example", "preferred_username": "alice",
+                    "email": "alice@example.test", "email_verified": True}
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("scopes,expected", [
+    (("openid",), set()),
+    (("openid", "email"), {"email", "email_verified"}),
+    (("openid", "konnect/id"), {"id", "username"}),
+    (("openid", "konnect/uuid"), {"kc.uuid"}),
+])
+async def test_claims_follow_the_authorized_scopes(http_client, base_url, core, scopes, expected):
+    body = json.loads((await get(http_client, base_url, (await mint(core, scopes)).token)).body)
+    assert set(body) - {"sub"} == expected
+    if "id" in expected:
+        assert body["id"] == 1001 and body["username"] == "alice"
+    if "kc.uuid" in expected:
+        assert body["kc.uuid"] == "7c0e-alice"
+
+
+@pytest.mark.gen_test
+async def test_raw_sub_scope_returns_the_raw_subject(http_client, base_url, core):
+    body = json.loads((await get(http_client, base_url,
+                                 (await mint(core, ("openid", "konnect/raw_sub"))).token)).body)
+    assert body["sub"] == "7c0e-alice"
+
+
+@pytest.mark.gen_test
+async def test_claims_request_userinfo_part(http_client, base_url, core):
+    claims = {"userinfo": {"email": None, "custom": {"value": "x"}, "other": {"essential": True}}}
+    body = json.loads((await get(http_client, base_url,
+                                 (await mint(core, ("openid",), claims=claims)).token)).body)
+    assert body["email"] == "alice@example.test" and body["custom"] == "x" and "other" not in body
+
+
+@pytest.mark.gen_test
+async def test_post_with_form_token(http_client, base_url, core):
+    minted = await mint(core)
+    resp = await get(http_client, base_url, method="POST", form={"access_token": minted.token})
+    assert resp.code == 200 and json.loads(resp.body)["name"] == "Alice Example"
+
+
+@pytest.mark.gen_test
+async def test_query_string_token_is_refused(http_client, base_url, core):
+    minted = await mint(core)
+    resp = await get(http_client, base_url, query=f"?access_token={minted.token}")
+    assert resp.code == 400 and json.loads(resp.body)["error"] == "invalid_request"
+
+
+@pytest.mark.gen_test
+async def test_missing_token_is_a_bare_challenge(http_client, base_url):
+    resp = await get(http_client, base_url)
+    assert resp.code == 401 and resp.headers["WWW-Authenticate"] == 'Bearer realm="konnect"'
+
+
+@pytest.mark.gen_test
+async def test_two_tokens_is_invalid_request(http_client, base_url, core):
+    minted = await mint(core)
+    resp = await get(http_client, base_url, minted.token, method="POST",
+                     form={"access_token": minted.token})
+    assert resp.code == 400 and json.loads(resp.body)["error"] == "invalid_request"
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("mangle", [
+    lambda t: t[:-4] + "AAAA",
+    lambda t: "garbage",
+    lambda t: t.split(".")[0] + ".e30.",
+])
+async def test_bad_tokens_are_invalid_token_without_detail(http_client, base_url, core, mangle):
+    minted = await mint(core)
+    resp = await get(http_client, base_url, mangle(minted.token))
+    assert resp.code == 401
+    assert resp.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    assert json.loads(resp.body) == {"error": "invalid_token"}
+
+
+@pytest.mark.gen_test
+async def test_expired_token_is_invalid(http_client, base_url, core):
+    minted = await mint(core)
+    core.tokens.now = lambda: time.time() + 600 + core.settings.clock_skew + 1
+    resp = await get(http_client, base_url, minted.token)
+    assert resp.code == 401
+
+
+@pytest.mark.gen_test
+async def test_id_token_is_not_accepted(http_client, base_url, core):
+    id_token = core.tokens.id_token(client_id="web-rp", identity=await alice(core))
+    resp = await get(http_client, base_url, id_token)
+    assert resp.code == 401
+
+
+@pytest.mark.gen_test
+async def test_revoked_token_is_refused_at_once(http_client, base_url, core):
+    minted = await mint(core, family="fam-r")
+    assert (await get(http_client, base_url, minted.token)).code == 200
+    await core.store.revoke_jti(minted.jti, minted.exp)
+    assert (await get(http_client, base_url, minted.token)).code == 401
+    other = await mint(core, family="fam-s")
+    await core.store.revoke_family("fam-s", other.exp)
+    assert (await get(http_client, base_url, other.token)).code == 401
+    third = await mint(core, family="fam-t")
+    await core.store.revoke_subject((await alice(core)).sub, int(time.time()), 600)
+    assert (await get(http_client, base_url, third.token)).code == 401
+
+
+@pytest.mark.gen_test
+async def test_without_openid_scope_is_insufficient_scope(http_client, base_url, core):
+    resp = await get(http_client, base_url, (await mint(core, ("profile",))).token)
+    assert resp.code == 403 and 'error="insufficient_scope"' in resp.headers["WWW-Authenticate"]
+
+
+@pytest.mark.gen_test
+async def test_user_removed_or_disabled_in_the_backend(http_client, base_url, core, users_file):
+    minted = await mint(core)
+    doc = yaml.safe_load(users_file.read_text())
+    doc["users"][0]["disabled"] = True
+    users_file.write_text(yaml.safe_dump(doc))
+    resp = await get(http_client, base_url, minted.token)
+    assert resp.code == 401
+    doc["users"] = doc["users"][1:]
+    users_file.write_text(yaml.safe_dump(doc))
+    assert (await get(http_client, base_url, minted.token)).code == 401
+
+
+@pytest.mark.gen_test
+async def test_signed_userinfo_for_registered_clients(http_client, base_url, core):
+    minted = await mint(core, client_id="rs256-rp")
+    resp = await get(http_client, base_url, minted.token)
+    assert resp.code == 200 and resp.headers["Content-Type"] == "application/jwt"
+    header, claims = core.keyring.verify(resp.body.decode())
+    assert header["alg"] == "RS256"
+    assert claims["iss"] == ISSUER and claims["aud"] == "rs256-rp" and claims["name"] == "Alice Example"
+    assert jose.unverified_claims(resp.body.decode())["sub"] == (await alice(core)).sub
