@@ -122,6 +122,10 @@ class OAuth2Error(Exception):
         """
         if not self.redirect_uri:
             raise ValueError("OAuth2Error without a verified redirect_uri cannot be redirected")
+        return add_params(self.redirect_uri, self.location_params(), fragment=self.fragment)
+
+    def location_params(self) -> list[tuple[str, str]]:
+        """The response parameters of an authorization error (also for form_post)."""
         params = [("error", self.error)]
         if self.description:
             params.append(("error_description", self.description))
@@ -129,7 +133,7 @@ class OAuth2Error(Exception):
             params.append(("state", self.state))
         if self.issuer:
             params.append(("iss", self.issuer))
-        return add_params(self.redirect_uri, params, fragment=self.fragment)
+        return params
 
 
 def add_params(uri: str, params: list[tuple[str, str]], *, fragment: bool = False) -> str:

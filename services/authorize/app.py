@@ -1,11 +1,15 @@
-"""The authorize service: route table and `main()` (routes arrive with their issue)."""
+"""The authorize service: the authorization endpoint (and, later, the check-session iframe)."""
 
-from shared import service
+from shared import discovery, service
 from shared.deps import Core
+
+from .handlers import AuthorizeHandler
 
 
 def make_app(settings, deps: Core):
-    return service.application([], deps)
+    return service.application([
+        (discovery.PATHS["authorization_endpoint"], AuthorizeHandler, {"deps": deps}),
+    ], deps)
 
 
 def main(argv=None) -> None:

@@ -19,7 +19,7 @@ from shared import scopes as scopelib
 from shared.clients import Client
 from shared.errors import INVALID_GRANT, INVALID_REQUEST, INVALID_SCOPE, OAuth2Error
 from shared.grants import Grant
-from shared.tokens import Tokens, is_revoked, random_token
+from shared.tokens import Tokens, random_token
 
 _VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 
@@ -142,8 +142,9 @@ async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
     grant = Grant.from_record(record)
     if grant.client_id != client.id:
         raise _grant_error("refresh token was issued to another client")
-    if await is_revoked(store, {"kc.family": grant.family, "sub": grant.identity.sub,
-                                "iat": grant.created}):
+    # The family only: signing out of the browser ends access tokens (subject not-before),
+    # while offline_access grants live on until revoked (RFC 7009) or reused.
+    if await store.is_revoked(family=grant.family):
         raise _grant_error("grant has been revoked")
     requested = scopelib.parse(handler.param("scope"))
     if requested and not set(requested) <= set(grant.scopes):

@@ -117,8 +117,7 @@ class IntrospectHandler(FormHandler):
         if not record:
             return None
         grant = Grant.from_record(record)
-        if await is_revoked(self.deps.store, {"kc.family": grant.family, "sub": grant.identity.sub,
-                                              "iat": grant.created}):
+        if await self.deps.store.is_revoked(family=grant.family):
             return None
         return {"client_id": grant.client_id, "sub": grant.identity.sub, "scope": " ".join(grant.scopes),
                 "exp": grant.created + self.deps.tokens.refresh_ttl, "iat": grant.created,

@@ -1,0 +1,170 @@
+"""The authorization endpoint (OIDC Core §3) and its decisions (konnect.md §7.1).
+
+No valid logon -> the identifier's sign-in page (and back here); `prompt=none` without a
+logon -> `login_required`; consent needed -> the consent page, or `consent_required` with
+`prompt=none`; trusted clients skip consent. Consent is not remembered beyond the flow.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from tornado.escape import xhtml_escape
+
+from shared import jose, scopes as scopelib
+from shared.errors import (ACCESS_DENIED, CONSENT_REQUIRED, INVALID_REQUEST, LOGIN_REQUIRED,
+                           OAuth2Error, add_params)
+from shared.grants import Grant
+from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
+                            browser_state, clear_cookie, consent_cookie_name, open_consent,
+                            session_state, set_cookie)
+from shared.tokens import random_token
+from shared.web import PageHandler
+
+from .request import AuthRequest, parse, verified_client
+
+SIGNIN_PATH = "/signin/v1/identifier"
+CONSENT_PATH = "/signin/v1/consent"
+
+
+class AuthorizeHandler(PageHandler):
+    async def get(self) -> None:
+        await self.authorize()
+
+    async def post(self) -> None:
+        await self.authorize()
+
+    def _redirect_error(self, req: AuthRequest, error: str, description: str) -> OAuth2Error:
+        return OAuth2Error(error, description, redirect_uri=req.redirect_uri,
+                           state=req.state or None, fragment=req.fragment,
+                           issuer=self.deps.settings.iss)
+
+    async def authorize(self) -> None:
+        deps = self.deps
+        client, redirect_uri = verified_client(self.param, deps.registry.lookup)
+        try:
+            req = parse(self.param, client, redirect_uri, deps.settings.iss)
+        except OAuth2Error as err:
+            if getattr(err, "response_mode", "") == "form_post":
+                return self._form_post(redirect_uri, err.location_params())
+            raise
+        logon = self._logon(req)
+        if logon is None:
+            if "none" in req.prompt:
+                raise self._redirect_error(req, LOGIN_REQUIRED, "the user is not signed in")
+            return self._hand_off(SIGNIN_PATH, req)
+        scopes = await self._consented_scopes(req, logon)
+        if scopes is None:
+            return
+        await self._respond(req, logon, scopes)
+
+    def _logon(self, req: AuthRequest):
+        deps = self.deps
+        logon = Logon.open(deps.sealer, self.get_cookie(LOGON_COOKIE))
+        if logon is None:
+            return None
+        if req.max_age is not None and deps.now() - logon.auth_time > req.max_age:
+            return None
+        if req.prompt & {"login", "select_account"}:
+            return None
+        if req.id_token_hint:
+            try:
+                _, hint = deps.keyring.verify(req.id_token_hint)  # exp not checked (OIDC §3.1.2.1)
+            except jose.JoseError:
+                raise self._redirect_error(req, INVALID_REQUEST, "id_token_hint is invalid") from None
+            if hint.get("iss") != deps.settings.iss:
+                raise self._redirect_error(req, INVALID_REQUEST, "id_token_hint is invalid")
+            if hint.get("sub") not in (logon.identity.sub, logon.identity.raw_sub):
+                if "none" in req.prompt:
+                    raise self._redirect_error(req, LOGIN_REQUIRED, "a different user is signed in")
+                return None
+        return logon
+
+    def _hand_off(self, path: str, req: AuthRequest, **extra: str) -> None:
+        params = dict(req.params, flow="oidc", **extra)
+        params.pop("konnect", None)
+        self.redirect(f"{path}?{urlencode(params)}")
+
+    async def _consented_scopes(self, req: AuthRequest, logon: Logon):
+        supported = set(scopelib.supported(self.deps.settings.identity_manager,
+                                           self.deps.settings.allow_scope,
+                                           self.deps.scope_definitions))
+        wanted = [s for s in req.scopes if s in supported]
+        if req.client.trusted and "consent" not in req.prompt:
+            return wanted
+        decision = None
+        if req.konnect:
+            name = consent_cookie_name(req.konnect, req.client.id, req.redirect_uri, req.state, req.nonce)
+            decision = open_consent(self.deps.sealer, self.get_cookie(name))
+            clear_cookie(self, name, path=API_PATH)
+        if decision is not None and decision.get("sub") == logon.identity.sub:
+            if not decision.get("allow"):
+                raise self._redirect_error(req, ACCESS_DENIED, "the user denied the request")
+            approved = set(decision.get("scope") or []) | {scopelib.OPENID}
+            return [s for s in wanted if s in approved]
+        if "none" in req.prompt:
+            raise self._redirect_error(req, CONSENT_REQUIRED, "consent is required")
+        self._hand_off(CONSENT_PATH, req)
+        return None
+
+    async def _respond(self, req: AuthRequest, logon: Logon, scopes: list) -> None:
+        deps, types = self.deps, req.types
+        identity, now = logon.identity, int(deps.now())
+        grant = Grant(client_id=req.client.id, identity=identity, scopes=scopes,
+                      redirect_uri=req.redirect_uri, response_type=req.response_type,
+                      claims=req.claims, nonce=req.nonce, code_challenge=req.code_challenge,
+                      code_challenge_method=req.code_challenge_method,
+                      auth_time=logon.auth_time, sid=logon.sid, created=now)
+        params: list = []
+        code = access = None
+        if "code" in types:
+            code = random_token(32)
+            await deps.store.put_code(code, grant.to_record(), deps.settings.code_expiration)
+            params.append(("code", code))
+        if "token" in types:
+            access = deps.tokens.access_token(client_id=req.client.id, identity=identity,
+                                              scopes=scopes, family=grant.family, claims=req.claims)
+            params += [("access_token", access.token), ("token_type", "Bearer"),
+                       ("expires_in", str(deps.tokens.access_ttl))]
+        if "id_token" in types:
+            extra = {} if access else scopelib.claims_for(scopes, {
+                "name": identity.name, "given_name": identity.given_name,
+                "family_name": identity.family_name, "preferred_username": identity.username,
+                "email": identity.email, "email_verified": identity.email_verified})
+            auth_time = logon.auth_time if req.max_age is not None or _wants_auth_time(req) else None
+            params.append(("id_token", deps.tokens.id_token(
+                client_id=req.client.id, identity=identity, nonce=req.nonce, sid=logon.sid,
+                auth_time=auth_time, access_token=access.token if access else None, code=code,
+                extra=extra)))
+        state = browser_state(identity.sub, deps.settings.iss)
+        set_cookie(self, BROWSER_STATE_COOKIE, state, path=SESSION_PATH, http_only=False)
+        origin = "{0.scheme}://{0.netloc}".format(urlsplit(req.redirect_uri))
+        if req.state:
+            params.append(("state", req.state))
+        params += [("scope", " ".join(scopes)),
+                   ("session_state", session_state(req.client.id, origin, state)),
+                   ("iss", deps.settings.iss)]
+        if req.response_mode == "form_post":
+            return self._form_post(req.redirect_uri, params)
+        self.redirect(add_params(req.redirect_uri, params, fragment=req.fragment))
+
+    def _form_post(self, target: str, params: list) -> None:
+        """OAuth 2.0 Form Post Response Mode §2: an auto-submitting page, CSP with a nonce."""
+        nonce = secrets.token_urlsafe(16)
+        origin = "{0.scheme}://{0.netloc}".format(urlsplit(target))
+        self.set_header("Content-Security-Policy",
+                        f"default-src 'none'; script-src 'nonce-{nonce}'; form-action {origin}; "
+                        "frame-ancestors 'none'; base-uri 'none'")
+        inputs = "".join(f'<input type="hidden" name="{xhtml_escape(k)}" value="{xhtml_escape(v)}">'
+                         for k, v in params)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Continue</title>"
+                    f"</head><body><form method=post action=\"{xhtml_escape(target)}\">{inputs}"
+                    f"<noscript><button type=submit>Continue</button></noscript></form>"
+                    f"<script nonce=\"{nonce}\">document.forms[0].submit()</script></body></html>")
+
+
+def _wants_auth_time(req: AuthRequest) -> bool:
+    return "auth_time" in ((req.claims or {}).get("id_token") or {})
