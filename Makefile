@@ -12,8 +12,7 @@ test: deps
 
 run:
 	@deploy/install-deps.sh run
-	@echo "make run: the process group (Redis, services, proxy) is not assembled yet; see docs/architecture.md" >&2
-	@exit 1
+	@exec $(PY) deploy/run.py
 
 keys: deps
 	$(PY) -m shared.keytool generate --out-dir $(or $(KEYS_DIR),.state/keys)

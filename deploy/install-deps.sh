@@ -9,8 +9,12 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
 # binary -> Debian package
-declare -A need=([redis-server]=redis-server [slapd]=slapd [ldapwhoami]=ldap-utils)
-if [ "$purpose" = run ]; then need[caddy]=caddy; fi
+declare -A need=([redis-server]=redis-server [caddy]=caddy)
+if [ "$purpose" = test ]; then
+  need+=([slapd]=slapd [ldapwhoami]=ldap-utils [apache2]=apache2)
+elif [ "${KONNECT_PROXY:-caddy}" = apache ]; then
+  need[apache2]=apache2
+fi
 
 missing=()
 for bin in "${!need[@]}"; do
@@ -20,8 +24,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Packages like redis-server, slapd and apache2 would start system services on
+    # install; we run our own instances, so keep the package scripts from starting any.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; own_policy=1
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [ -n "$own_policy" ]; then rm -f "$policy"; fi
   else
     echo "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
     exit 1

@@ -11,6 +11,8 @@ import logging
 import sys
 import time
 
+from . import metrics
+
 _LEVELS = {"panic": logging.CRITICAL, "fatal": logging.CRITICAL, "error": logging.ERROR,
            "warn": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
 
@@ -61,6 +63,7 @@ def log_request(handler) -> None:  # noqa: ANN001 (tornado's log_function signat
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     rid = getattr(handler, "request_id", "-")
     client = getattr(handler, "client_ip", request.remote_ip)
+    metrics.observe(handler)
     logging.getLogger("konnect.access").log(
         level, "%s %s %d %.1fms rid=%s client=%s", request.method, request.path, status,
         1000.0 * request.request_time(), rid, client)

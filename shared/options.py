@@ -117,6 +117,8 @@ OPTIONS: tuple[Option, ...] = (
        choices=("text", "json"), extension=True),
     _o("with_metrics", "bool", False, "serve Prometheus metrics on --metrics-listen"),
     _o("metrics_listen", "str", "127.0.0.1:6777", "metrics listen address"),
+    _o("metrics_dir", "str", None, "directory shared by the processes of a service for "
+       "summed Prometheus metrics (extension)", env=("KONNECTD_METRICS_DIR",), extension=True),
     # --- extensions of this implementation
     _o("redis_url", "str", "redis://127.0.0.1:6379/0", "Redis for codes, refresh tokens, "
        "the revocation list and rate limits: redis://, rediss://, unix:// (extension)",

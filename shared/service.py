@@ -20,9 +20,9 @@ import tornado.httputil
 import tornado.netutil
 import tornado.web
 
-from . import logs
+from . import logs, metrics
 from .config import StartupError, settings_from_argv
-from .web import HealthCheckHandler, NotFoundHandler
+from .web import HealthCheckHandler, MetricsHandler, NotFoundHandler
 
 log = logging.getLogger("konnect.service")
 SHUTDOWN_GRACE = 10.0  # seconds for in-flight requests after a stop signal
@@ -67,16 +67,39 @@ async def serve(service: str, app: tornado.web.Application, settings: Any, deps:
     server.add_sockets(sockets)
     bound = sockets[0].getsockname()
     log.info("%s listening on %s:%d (issuer %s)", service, bound[0], bound[1], settings.iss)
+    extra = None
+    if getattr(settings, "with_metrics", False):
+        # Konnect's --with-metrics: /metrics (and /health-check) on a listener of their own.
+        mhost, mport = split_listen(settings.metrics_listen)
+        extra = make_server(application([], deps), settings)
+        extra.add_sockets(tornado.netutil.bind_sockets(mport, mhost or None,
+                                                       reuse_port=(service == "token")))
+        log.info("%s metrics on %s", service, settings.metrics_listen)
     await stop.wait()
     log.info("%s stopping", service)
     server.stop()
+    if extra is not None:
+        extra.stop()
+    await drain(app, SHUTDOWN_GRACE, service)
     try:
-        await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
+        await asyncio.wait_for(server.close_all_connections(), 1.0)
     except asyncio.TimeoutError:
-        log.warning("%s: connections still open after %.0fs, closing", service, SHUTDOWN_GRACE)
+        pass
     closer = getattr(deps, "close", None)
     if closer is not None:
         await closer()
+
+
+async def drain(app: tornado.web.Application, grace: float, service: str = "") -> None:
+    """Wait (bounded) until the requests in flight have been answered: a stop signal costs
+    no request that was already accepted."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while getattr(app, "inflight", 0) > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    if getattr(app, "inflight", 0) > 0:
+        log.warning("%s: %d requests still running after %.0fs, closing", service,
+                    app.inflight, grace)
 
 
 class _TooLarge(tornado.httputil.HTTPMessageDelegate):
@@ -119,6 +142,15 @@ class Application(tornado.web.Application):
     """tornado.web.Application with the early 413 for oversized bodies."""
 
     body_limit = 65536
+    inflight = 0  # requests routed to a handler and not yet answered (for the drain)
+
+    def find_handler(self, request, **kwargs):  # noqa: ANN001
+        self.inflight += 1
+        return super().find_handler(request, **kwargs)
+
+    def log_request(self, handler) -> None:  # noqa: ANN001 - called once per answered request
+        self.inflight = max(0, self.inflight - 1)
+        super().log_request(handler)
 
     def start_request(self, server_conn, request_conn):  # noqa: ANN001
         return _TooLarge(super().start_request(server_conn, request_conn), request_conn,
@@ -129,7 +161,8 @@ def application(routes: list, deps: Any, **kwargs: Any) -> Application:
     """A Tornado application with what every service has: `/health-check`, a JSON 404,
     the query-free access log, the body limit. `routes` are the service's own."""
     app = Application(
-        [(r"/health-check", HealthCheckHandler, {"deps": deps}), *routes],
+        [(r"/health-check", HealthCheckHandler, {"deps": deps}),
+         (r"/metrics", MetricsHandler, {"deps": deps}), *routes],
         default_handler_class=NotFoundHandler,
         default_handler_args={"deps": deps},
         xsrf_cookies=False,
@@ -146,6 +179,7 @@ def run(service: str, make_app: Callable[[Any, Any], tornado.web.Application],
         environ: Mapping[str, str] | None = None) -> None:
     """The whole `main()` of a service."""
     settings = settings_from_argv(service, argv, environ)
+    metrics.configure(service, settings.metrics_dir)
     logs.configure(service, settings.log_level, settings.log_format, settings.log_timestamp)
     try:
         deps = make_deps(settings)

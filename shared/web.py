@@ -22,7 +22,7 @@ from .errors import (INVALID_REQUEST, METHOD_NOT_ALLOWED, NOT_FOUND, REQUEST_TOO
                      SERVER_ERROR, TEMPORARILY_UNAVAILABLE, OAuth2Error, Unavailable)
 
 log = logging.getLogger("konnect.web")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._@-]{8,64}$")
 _HTTP_ERRORS = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED, 413: REQUEST_TOO_LARGE}
 _DESCRIPTIONS = {
     NOT_FOUND: "not found",
@@ -213,6 +213,17 @@ class NotFoundHandler(BaseHandler):
 
     def prepare(self) -> None:
         raise OAuth2Error(NOT_FOUND, _DESCRIPTIONS[NOT_FOUND])
+
+
+class MetricsHandler(BaseHandler):
+    """`/metrics`: Prometheus text format (shared/metrics.py), on the service's own listener;
+    the proxy routes no path to it."""
+
+    def get(self) -> None:
+        from . import metrics
+        body, content_type = metrics.render()
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
 
 
 class HealthCheckHandler(BaseHandler):

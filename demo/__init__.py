@@ -1,0 +1,1 @@
+"""A small relying party for `make run`: sign in through the OP and see what comes back."""

@@ -1,0 +1,51 @@
+"""Which service owns which public path (design.md §1), and the address table.
+
+The proxy configs in deploy/ (Caddyfile, apache/konnect.conf) route exactly these paths,
+and the process configs use the names of deploy/addresses.env; tests/test_deploy.py checks
+both against this module so the files cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .discovery import PATHS
+
+ADDRESSES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "addresses.env"
+
+# Exact paths per service; the identifier also owns everything under PREFIX_ROUTES.
+EXACT_ROUTES = {
+    "token": (
+        "/.well-known/openid-configuration",
+        PATHS["jwks_uri"],
+        PATHS["token_endpoint"],
+        PATHS["revocation_endpoint"],
+        PATHS["introspection_endpoint"],
+        PATHS["registration_endpoint"],
+    ),
+    "userinfo": (PATHS["userinfo_endpoint"],),
+    "authorize": (PATHS["authorization_endpoint"], PATHS["check_session_iframe"]),
+}
+PREFIX_ROUTES = {"identifier": ("/signin/v1/",)}
+
+
+def owner(path: str) -> str | None:
+    """The service a public path is routed to (None: the proxy answers 404)."""
+    for service, paths in EXACT_ROUTES.items():
+        if path in paths:
+            return service
+    for service, prefixes in PREFIX_ROUTES.items():
+        if any(path.startswith(p) for p in prefixes):
+            return service
+    return None
+
+
+def read_addresses(path: Path = ADDRESSES_FILE) -> dict[str, str]:
+    """NAME=value lines of deploy/addresses.env (comments and blank lines skipped)."""
+    table = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            name, _, value = line.partition("=")
+            table[name.strip()] = value.strip()
+    return table
