@@ -25,9 +25,9 @@ def make_backend(settings: Any) -> UserBackend:
         except UsersFileError as err:
             raise BackendConfigError(str(err)) from None
     if manager == "ldap":
-        try:
-            from .ldap import LDAPBackend
-        except ImportError:
-            raise BackendConfigError("identity manager 'ldap' is not available yet") from None
+        from .ldap import LDAPBackend
         return LDAPBackend.from_settings(settings)
+    if manager == "kc":
+        from .kc import KCBackend
+        return KCBackend.from_settings(settings)
     raise BackendConfigError(f"identity manager {manager!r} is not available yet")

@@ -1,0 +1,392 @@
+"""The `ldap` backend (`identifier-ldap`, konnect.md §4.3): search, then bind as the user.
+
+Logon:
+  1. connect and bind as the service account (`LDAP_BINDDN`; anonymous when empty);
+  2. search `(&<LDAP_FILTER>(<login attribute>=<username>))` under `LDAP_BASEDN` with
+     `LDAP_SCOPE` and a size limit of 2: no entry is a failed logon, two are an error
+     (logged, and a failed logon);
+  3. the entry's login attribute must equal the username, case-insensitively;
+  4. on a second connection, bind as the entry's DN with the password: invalidCredentials
+     (49) is a failed logon, and so are the refusals 48, 50 and 53 (logged).
+
+The raw subject is the entry DN, or with `LDAP_SUB_ATTRIBUTES` the URL query encoding of
+those attributes (`uid=alice`), as Go's `url.Values.Encode` writes it: names sorted, every
+value. `lookup` reads the entry again (DN: a base-scope search on the DN with
+`LDAP_FILTER`; attributes: an `&` of `LDAP_FILTER` and one equality per pair) and accepts
+it only if it gives back the same raw subject. Attribute names are matched
+case-insensitively and only their first value is used. `LDAP_UUID_ATTRIBUTE_TYPE`: `text`
+is the value itself, `binary` its standard base64 (as Konnect), `uuid` the canonical UUID
+string of 16 raw bytes (e.g. objectGUID, read big-endian like Konnect) or of a textual
+UUID; anything else gives no uuid. A `LDAP_UIDNUMBER_ATTRIBUTE` value that is missing or
+not an integer makes the entry unusable (Konnect).
+
+Where this differs from Konnect, on purpose:
+  * every value put into a filter is escaped (RFC 4515 §3: `*`, `(`, `)`, `\\`, NUL) with
+    ldap3's `escape_filter_chars`; Konnect pastes usernames and subject values in raw;
+  * attribute names in a subject must be configured sub attributes (never taken from it);
+  * an empty password is refused before any bind: RFC 4513 §5.1.2 makes it an
+    unauthenticated bind, which many servers answer with success; for the same reason a
+    `LDAP_BINDDN` without `LDAP_BINDPW` is a configuration error;
+  * a DN subject must lie under `LDAP_BASEDN`;
+  * an unreachable, hung or misconfigured directory (refused service bind included)
+    raises `BackendUnavailable` (503) and is logged, instead of looking like bad
+    credentials or a 500.
+
+Each operation opens its own connection(s) (like Konnect: no pool, no StartTLS) in a
+bounded thread pool, so the event loop never waits on the directory. Connect and receive
+timeouts (`ldap_timeout`) apply to every socket and the search has the same server time
+limit; a call answers within three timeouts, else `BackendUnavailable`. Sockets are always
+closed, including the one ldap3 2.9.1 leaves open after a failed connect. `ldaps://`
+verifies the certificate and host name unless `--insecure`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+import ssl
+import uuid as uuidlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import ldap3
+from ldap3.core.exceptions import (LDAPException, LDAPInvalidDNSyntaxResult, LDAPInvalidDnError,
+                                   LDAPInvalidFilterError, LDAPNoSuchObjectResult,
+                                   LDAPOperationResult)
+from ldap3.operation.search import parse_filter
+from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.dn import parse_dn
+
+from ..identity import Identity
+from . import BackendConfigError
+from .base import BackendUnavailable, UserBackend
+
+log = logging.getLogger("konnect.users.ldap")
+PROVIDER = "identifier-ldap"
+SCOPES = {"sub": ldap3.SUBTREE, "one": ldap3.LEVEL, "base": ldap3.BASE}
+UUID_TYPES = ("text", "binary", "uuid")
+INVALID_CREDENTIALS = 49
+# the server answered the user's bind with a refusal (inappropriateAuthentication,
+# insufficientAccessRights, unwillingToPerform): a failed logon, not an outage
+REFUSED = {48, 50, 53}
+
+Entry = tuple[str, dict[str, list[bytes]]]  # DN, lower-cased attribute name -> raw values
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """Which LDAP attribute holds what (`LDAP_*_ATTRIBUTE`); empty means not used."""
+
+    login: str = "uid"
+    email: str = "mail"
+    name: str = "cn"
+    family_name: str = "sn"
+    given_name: str = "givenName"
+    uuid: str = "uuid"
+    uuid_type: str = "text"
+    uidnumber: str = ""
+    sub: tuple[str, ...] = ()
+
+    def requested(self) -> list[str]:
+        names = [self.login, self.email, self.name, self.family_name, self.given_name,
+                 self.uuid, self.uidnumber, *self.sub]
+        return list({n.lower(): n for n in names if n}.values())
+
+
+class _Tls(ldap3.Tls):
+    """ldap3's TLS with the standard library's certificate and host name checks."""
+
+    def __init__(self, context: ssl.SSLContext, hostname: str) -> None:
+        super().__init__(validate=context.verify_mode)
+        self._context, self._hostname = context, hostname
+
+    def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
+        connection.socket = self._context.wrap_socket(
+            connection.socket, server_hostname=self._hostname,
+            do_handshake_on_connect=do_handshake)
+
+
+def _close(conn: ldap3.Connection) -> None:
+    sock = conn.socket  # unbind does not close the socket of a failed connect (ldap3 2.9.1)
+    try:
+        conn.unbind()
+    except (LDAPException, OSError):
+        pass
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def _first(entry: Entry, name: str) -> Optional[bytes]:
+    values = entry[1].get(name.lower()) if name else None
+    return values[0] if values else None
+
+
+def _text(entry: Entry, name: str) -> str:
+    value = _first(entry, name)
+    return value.decode("utf-8", "replace") if value is not None else ""
+
+
+def _uuid(value: Optional[bytes], kind: str) -> str:
+    if value is None:
+        return ""
+    if kind == "binary":
+        return base64.b64encode(value).decode("ascii")
+    if kind == "uuid":
+        try:
+            parsed = uuidlib.UUID(bytes=value) if len(value) == 16 else uuidlib.UUID(value.decode())
+        except (ValueError, UnicodeDecodeError):
+            return ""
+        return str(parsed)
+    return value.decode("utf-8", "replace")
+
+
+def _dn_key(dn: str) -> list[tuple[str, str]]:
+    return [(attr.lower(), value.lower()) for attr, value, _ in parse_dn(dn, strip=True)]
+
+
+class LDAPBackend(UserBackend):
+    manager = "ldap"
+    provider = PROVIDER
+
+    def __init__(self, uri: str, basedn: str, *, binddn: str = "", bindpw: str = "",
+                 scope: str = "sub", user_filter: str = "(objectClass=inetOrgPerson)",
+                 attributes: Attributes = Attributes(), timeout: int = 10,
+                 insecure: bool = False, ca_file: Optional[str] = None,
+                 workers: int = 8) -> None:
+        """`ca_file` adds a CA bundle for ldaps:// (no option yet; Konnect: LDAP_TLS_CACERT)."""
+        parts = urlsplit(uri if "://" in uri else "ldap://" + uri)
+        problems = []
+        if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
+            problems.append(f"ldap_uri has value {uri!r}: must be ldap://host or ldaps://host")
+        if not basedn:
+            problems.append("ldap_basedn is required")
+        if bool(bindpw) != bool(binddn):  # a DN without password: an unauthenticated bind
+            problems.append("ldap_binddn and ldap_bindpw must be set together (or neither)")
+        if scope not in SCOPES:
+            problems.append(f"ldap_scope has value {scope!r}: must be sub, one or base")
+        if attributes.uuid_type not in UUID_TYPES:
+            problems.append(f"ldap_uuid_attribute_type has value {attributes.uuid_type!r}")
+        if not attributes.login:
+            problems.append("ldap_login_attribute must not be empty")
+        user_filter = (user_filter or "(objectClass=inetOrgPerson)").strip()
+        if not user_filter.startswith("("):
+            user_filter = f"({user_filter})"
+        try:
+            parse_filter(f"(&{user_filter}(objectClass=*))", None, False, True, None, False)
+        except LDAPInvalidFilterError:
+            problems.append(f"ldap_filter has value {user_filter!r}: not an LDAP filter")
+        if problems:
+            raise BackendConfigError("; ".join(problems))
+        self.host = parts.hostname
+        self.port = parts.port or (636 if parts.scheme == "ldaps" else 389)
+        self.tls: Optional[_Tls] = None
+        if parts.scheme == "ldaps":
+            context = ssl.create_default_context(cafile=ca_file)
+            if insecure:
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            self.tls = _Tls(context, self.host)
+        self.basedn, self.binddn, self.bindpw = basedn, binddn, bindpw
+        self.scope, self.filter, self.attributes = SCOPES[scope], user_filter, attributes
+        self.timeout = timeout
+        self._sub_names = {name.lower(): name for name in attributes.sub}
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ldap")
+        log.info("ldap backend: %s://%s:%d base %s", parts.scheme, self.host, self.port, basedn)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "LDAPBackend":
+        attributes = Attributes(
+            login=settings.ldap_login_attribute, email=settings.ldap_email_attribute,
+            name=settings.ldap_name_attribute, family_name=settings.ldap_family_name_attribute,
+            given_name=settings.ldap_given_name_attribute, uuid=settings.ldap_uuid_attribute,
+            uuid_type=settings.ldap_uuid_attribute_type,
+            uidnumber=settings.ldap_uidnumber_attribute or "",
+            sub=tuple(settings.ldap_sub_attributes or ()))
+        return cls(settings.ldap_uri or "", settings.ldap_basedn or "",
+                   binddn=settings.ldap_binddn or "", bindpw=settings.ldap_bindpw or "",
+                   scope=settings.ldap_scope, user_filter=settings.ldap_filter,
+                   attributes=attributes, timeout=settings.ldap_timeout,
+                   insecure=bool(getattr(settings, "insecure", False)))
+
+    # -- the async interface ----------------------------------------------------------------
+
+    async def authenticate(self, username: str, password: str) -> Optional[Identity]:
+        if not username or not password:  # "" would be an unauthenticated bind (RFC 4513)
+            return None
+        return await self._call(self._authenticate, username, password)
+
+    async def lookup(self, raw_sub: str) -> Optional[Identity]:
+        if not raw_sub:
+            return None
+        return await self._call(self._lookup, raw_sub)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.wait_for(future, 3 * self.timeout)
+        except asyncio.TimeoutError:
+            log.warning("ldap %s: no answer within %d s", fn.__name__.strip("_"), 3 * self.timeout)
+            raise BackendUnavailable("ldap: no answer in time") from None
+
+    # -- in the thread pool -----------------------------------------------------------------
+
+    def _authenticate(self, username: str, password: str) -> Optional[Identity]:
+        login = self.attributes.login
+        search = f"(&{self.filter}({login}={escape_filter_chars(username)}))"
+        with self._service() as conn:
+            entries = self._search(conn, self.basedn, self.scope, search, missing_base=True)
+        if len(entries) != 1:
+            if entries:
+                log.error("ldap logon refused: %d entries match %s=%r; the login attribute "
+                          "must be unique", len(entries), login, username)
+            return None
+        entry = entries[0]
+        if _text(entry, login).casefold() != username.casefold():
+            log.warning("ldap logon refused: %s of %s does not equal %r", login, entry[0],
+                        username)
+            return None
+        identity = self._identity(entry)
+        if identity is None or not self._password_ok(entry[0], password):
+            return None
+        return identity
+
+    def _lookup(self, raw_sub: str) -> Optional[Identity]:
+        if self._sub_names:
+            search = self._sub_filter(raw_sub)
+            if search is None:
+                return None
+            base, scope = self.basedn, self.scope
+        else:
+            try:
+                base_key = _dn_key(self.basedn)
+                if _dn_key(raw_sub)[-len(base_key):] != base_key:
+                    return None  # not (or no longer) under LDAP_BASEDN
+            except LDAPInvalidDnError:
+                return None
+            base, scope, search = raw_sub, ldap3.BASE, self.filter
+        with self._service() as conn:
+            entries = self._search(conn, base, scope, search, missing_base=base == self.basedn)
+        if len(entries) != 1:
+            return None
+        identity = self._identity(entries[0])
+        return identity if identity is not None and identity.raw_sub == raw_sub else None
+
+    def _sub_filter(self, raw_sub: str) -> Optional[str]:
+        try:
+            pairs = parse_qsl(raw_sub, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            return None
+        if not pairs or any(name.lower() not in self._sub_names for name, _ in pairs):
+            return None  # attribute names come from the configuration only
+        terms = "".join(f"({self._sub_names[name.lower()]}={escape_filter_chars(value)})"
+                        for name, value in pairs)
+        return f"(&{self.filter}{terms})"
+
+    def _raw_sub(self, entry: Entry) -> str:
+        if not self._sub_names:
+            return entry[0]
+        pairs = [(name, value.decode("utf-8", "replace"))
+                 for name in sorted(self._sub_names.values())
+                 for value in entry[1].get(name.lower(), [])]
+        return urlencode(pairs)
+
+    def _identity(self, entry: Entry) -> Optional[Identity]:
+        attrs, dn = self.attributes, entry[0]
+        raw_sub = self._raw_sub(entry)
+        if not raw_sub:
+            log.warning("ldap entry %s has none of the sub attributes %s", dn, ", ".join(attrs.sub))
+            return None
+        numeric_id = None
+        if attrs.uidnumber:
+            number = _text(entry, attrs.uidnumber)
+            if not re.fullmatch(r"-?[0-9]+", number):
+                log.warning("ldap entry %s: %s is missing or not a number", dn, attrs.uidnumber)
+                return None
+            numeric_id = int(number)
+        return Identity(raw_sub=raw_sub, backend=PROVIDER, username=_text(entry, attrs.login),
+                        name=_text(entry, attrs.name), given_name=_text(entry, attrs.given_name),
+                        family_name=_text(entry, attrs.family_name),
+                        email=_text(entry, attrs.email), email_verified=False,
+                        numeric_id=numeric_id,
+                        uuid=_uuid(_first(entry, attrs.uuid), attrs.uuid_type))
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _open(self, user: Optional[str], password: Optional[str]) -> ldap3.Connection:
+        """A connection bound as `user` (anonymous if None); the caller closes it."""
+        server = ldap3.Server(self.host, port=self.port, use_ssl=self.tls is not None,
+                              tls=self.tls, get_info=ldap3.NONE, connect_timeout=self.timeout)
+        conn = ldap3.Connection(server, user=user, password=password,
+                                authentication=ldap3.SIMPLE if user else ldap3.ANONYMOUS,
+                                client_strategy=ldap3.SYNC, receive_timeout=self.timeout,
+                                read_only=True, auto_referrals=False, raise_exceptions=True)
+        try:
+            conn.bind()
+        except BaseException:
+            _close(conn)
+            raise
+        return conn
+
+    @contextlib.contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """Any ldap3 failure inside the block becomes BackendUnavailable (logged)."""
+        try:
+            yield
+        except LDAPException as err:
+            log.warning("ldap %s:%d unavailable: %s", self.host, self.port, err)
+            raise BackendUnavailable(f"ldap: {type(err).__name__}") from None
+
+    @contextlib.contextmanager
+    def _service(self) -> Iterator[ldap3.Connection]:
+        """A connection bound as the service account (LDAP_BINDDN), or anonymous."""
+        with self._unavailable():
+            try:
+                conn = self._open(self.binddn or None, self.bindpw or None)
+            except LDAPOperationResult as err:
+                log.error("ldap service bind as %r refused (%s): check LDAP_BINDDN and "
+                          "LDAP_BINDPW", self.binddn, err.description)
+                raise BackendUnavailable("ldap: service bind refused") from None
+            try:
+                yield conn
+            finally:
+                _close(conn)
+
+    def _search(self, conn: ldap3.Connection, base: str, scope: str, search: str, *,
+                missing_base: bool) -> list[Entry]:
+        """Matching entries (at most 2). A missing `base` means no entry, or is an error
+        when it is the configured base DN (`missing_base`)."""
+        try:
+            conn.search(base, search, search_scope=scope, attributes=self.attributes.requested(),
+                        size_limit=2, time_limit=self.timeout,
+                        dereference_aliases=ldap3.DEREF_NEVER)
+        except (LDAPNoSuchObjectResult, LDAPInvalidDNSyntaxResult):
+            if missing_base:
+                log.error("ldap base DN %r does not exist: check LDAP_BASEDN", base)
+                raise BackendUnavailable("ldap: base DN missing") from None
+            return []
+        return [(r["dn"], {name.lower(): list(values)
+                           for name, values in r["raw_attributes"].items()})
+                for r in conn.response or () if r.get("type") == "searchResEntry"]
+
+    def _password_ok(self, dn: str, password: str) -> bool:
+        """Bind as `dn` on a connection of its own."""
+        with self._unavailable():
+            try:
+                conn = self._open(dn, password)
+            except LDAPOperationResult as err:
+                if err.result == INVALID_CREDENTIALS:
+                    return False
+                if err.result not in REFUSED:
+                    raise
+                log.warning("ldap bind as %s refused: %s", dn, err.description)
+                return False
+            _close(conn)
+            return True

@@ -1,0 +1,154 @@
+"""The whole process group started exactly as `make run` starts it (deploy/run.py, which
+execs supervisord), on free ports and a state directory of the test's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+PROGRAMS = ("identifier", "authorize", "token", "userinfo")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Group:
+    def __init__(self, state: Path, *, proxy: str = "caddy", token_procs: int = 2,
+                 extra_env: Optional[dict] = None) -> None:
+        self.state, self.proxy = state, proxy
+        port = free_port()
+        self.issuer = f"https://localhost:{port}"
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("KONNECTD_", "LDAP_", "KOPANO_", "KONNECT_"))}
+        self.env.update({
+            "KONNECT_STATE_DIR": str(state),
+            "OIDC_ISSUER_IDENTIFIER": self.issuer,
+            "KONNECT_PROXY": proxy,
+            "KONNECT_PROXY_HTTP_PORT": str(free_port()),
+            "TOKEN_PROCS": str(token_procs),
+            **{f"KONNECT_{p.upper()}_LISTEN": f"127.0.0.1:{free_port()}" for p in PROGRAMS},
+            "KONNECT_REDIS_LISTEN": f"127.0.0.1:{free_port()}",
+            "KONNECT_DEMO_LISTEN": f"127.0.0.1:{free_port()}",
+            **(extra_env or {}),
+        })
+        self.process: Optional[subprocess.Popen] = None
+        self.log = state / "group.log"
+
+    # -- facts ------------------------------------------------------------------------
+
+    @property
+    def demo(self) -> dict:
+        return json.loads((self.state / "demo.json").read_text())
+
+    @property
+    def ca(self) -> str:
+        if self.proxy == "apache":
+            return str(self.state / "tls" / "cert.pem")
+        return str(self.state / "caddy" / "data" / "pki" / "authorities" / "local" / "root.crt")
+
+    @property
+    def demo_url(self) -> str:
+        return "http://" + self.env["KONNECT_DEMO_LISTEN"]
+
+    def listen(self, program: str) -> str:
+        return "http://" + self.env[f"KONNECT_{program.upper()}_LISTEN"]
+
+    def session(self) -> requests.Session:
+        s = requests.Session()
+        s.trust_env = False
+        s.verify = self.ca
+        return s
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "ab")
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "deploy" / "run.py")],
+                                        cwd=ROOT, env=self.env, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"make run exited {self.process.returncode}:\n{self.output()}")
+            if self.ready():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"group not ready after {timeout}s:\n{self.output()[-4000:]}")
+
+    def ready(self) -> bool:
+        try:
+            s = self.session()
+            if s.get(self.issuer + "/.well-known/openid-configuration", timeout=2).status_code != 200:
+                return False
+            if s.get(self.demo_url + "/", timeout=2).status_code != 200:
+                return False
+            return all(s.get(self.listen(p) + "/health-check", timeout=2).status_code == 200
+                       for p in PROGRAMS)
+        except (requests.RequestException, OSError):
+            return False
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def ctl(self, *args: str) -> str:
+        """supervisorctl against this group's supervisord."""
+        result = subprocess.run([str(ROOT / ".venv" / "bin" / "supervisorctl"), "-c",
+                                 str(ROOT / "deploy" / "supervisord.conf"), *args],
+                                env=self.env, capture_output=True, text=True, timeout=30)
+        return result.stdout + result.stderr
+
+    def pids(self, program: str) -> dict[str, int]:
+        """process name -> pid for RUNNING processes of a program."""
+        found = {}
+        for line in self.ctl("status").splitlines():
+            m = re.match(rf"konnect:({program}(?:_\d+)?)\s+RUNNING\s+pid (\d+)", line)
+            if m:
+                found[m.group(1)] = int(m.group(2))
+        return found
+
+    def wait_running(self, program: str, count: int = 1, exclude: tuple = (),
+                     timeout: float = 20.0) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = {k: v for k, v in self.pids(program).items() if v not in exclude}
+            if len(pids) >= count:
+                return pids
+            time.sleep(0.2)
+        raise AssertionError(f"{program}: not {count} running: {self.ctl('status')}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+            raise
+
+    def __enter__(self) -> "Group":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
