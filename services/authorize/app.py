@@ -1,14 +1,16 @@
-"""The authorize service: the authorization endpoint (and, later, the check-session iframe)."""
+"""The authorize service: the authorization endpoint and the check-session iframe."""
 
 from shared import discovery, service
 from shared.deps import Core
 
+from .check_session import CheckSessionHandler
 from .handlers import AuthorizeHandler
 
 
 def make_app(settings, deps: Core):
     return service.application([
         (discovery.PATHS["authorization_endpoint"], AuthorizeHandler, {"deps": deps}),
+        (discovery.PATHS["check_session_iframe"], CheckSessionHandler, {"deps": deps}),
     ], deps)
 
 

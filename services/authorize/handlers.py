@@ -24,6 +24,7 @@ from shared.tokens import random_token
 from shared.web import PageHandler
 
 from .request import AuthRequest, parse, verified_client
+from .request_object import RequestObjectError, invalid, merged_params, open_request_object
 
 SIGNIN_PATH = "/signin/v1/identifier"
 CONSENT_PATH = "/signin/v1/consent"
@@ -43,9 +44,12 @@ class AuthorizeHandler(PageHandler):
 
     async def authorize(self) -> None:
         deps = self.deps
-        client, redirect_uri = verified_client(self.param, deps.registry.lookup)
+        get = self.param
+        if get("request") is not None:
+            get = self._request_object(get)
+        client, redirect_uri = verified_client(get, deps.registry.lookup)
         try:
-            req = parse(self.param, client, redirect_uri, deps.settings.iss)
+            req = parse(get, client, redirect_uri, deps.settings.iss)
         except OAuth2Error as err:
             if getattr(err, "response_mode", "") == "form_post":
                 return self._form_post(redirect_uri, err.location_params())
@@ -59,6 +63,24 @@ class AuthorizeHandler(PageHandler):
         if scopes is None:
             return
         await self._respond(req, logon, scopes)
+
+    def _request_object(self, get):
+        """The parameters with the request object's members applied (request_object.py).
+        A bad object is an error page unless the query's own redirect_uri is verified."""
+        deps = self.deps
+        client = deps.registry.lookup(get("client_id"), get("redirect_uri"))
+        if client is None:
+            raise OAuth2Error(INVALID_REQUEST, "unknown client")
+        try:
+            claims = open_request_object(get("request"), client, deps.settings.iss, deps.now())
+            return merged_params(get, claims)
+        except RequestObjectError as err:
+            redirect_uri = get("redirect_uri")
+            if client.redirect_uri_ok(redirect_uri):
+                raise invalid(str(err), redirect_uri=redirect_uri, state=get("state") or None,
+                              fragment=(get("response_type") or "code") != "code",
+                              issuer=deps.settings.iss) from None
+            raise invalid(str(err)) from None
 
     def _logon(self, req: AuthRequest):
         deps = self.deps

@@ -13,8 +13,8 @@ from typing import Any, Callable, Optional
 
 from shared import scopes as scopelib
 from shared.clients import Client
-from shared.errors import (INVALID_REQUEST, INVALID_SCOPE, REQUEST_NOT_SUPPORTED,
-                           REQUEST_URI_NOT_SUPPORTED, UNSUPPORTED_RESPONSE_TYPE, OAuth2Error)
+from shared.errors import (INVALID_REQUEST, INVALID_SCOPE, REQUEST_URI_NOT_SUPPORTED,
+                           UNSUPPORTED_RESPONSE_TYPE, OAuth2Error)
 
 RESPONSE_TYPES = {"code", "id_token", "id_token token", "code id_token", "code token",
                   "code id_token token"}
@@ -97,8 +97,6 @@ def parse(get: Callable[[str], Optional[str]], client: Client, redirect_uri: str
         raise fail(INVALID_REQUEST, "tokens cannot be returned in the query")
     if get("request_uri"):
         raise fail(REQUEST_URI_NOT_SUPPORTED, "request_uri is not supported")
-    if get("request"):
-        raise fail(REQUEST_NOT_SUPPORTED, "request objects are not supported yet")
     scopes = scopelib.parse(get("scope"))
     if scopelib.OPENID not in scopes:
         raise fail(INVALID_SCOPE, "the openid scope is required")
