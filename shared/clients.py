@@ -5,10 +5,15 @@ fails stops the start-up (Konnect skipped it with a warning, which hides mistake
 Redirect URIs match exactly, query included (RFC 6749 §3.1.2.2, RFC 9700 §4.1.3), with
 one exception for native clients: a registered http loopback URI matches any port and any
 loopback host (RFC 8252 §7.3, §8.3). Secrets compare in constant time.
+
+Dynamically registered clients (services/token/register.py) are validated by the same
+`parse_entry`, stored in Redis as `dynamic_record` and read back by `client_from_record`
+(`Core.lookup_client` does the lookup); their ids carry `DYNAMIC_PREFIX`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import re
@@ -36,6 +41,13 @@ _BOOLS = ("trusted", "insecure")
 _KNOWN = {"id", "application_type", "jwks", *_LISTS, *_STRINGS, *_BOOLS}
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+# Schemes that run or read something in the browser instead of reaching a client
+# (Keycloak CVE-2026-9086 accepted `JaVaScRiPt:` and `data:` at registration).
+_NEVER_SCHEMES = frozenset({"javascript", "data", "vbscript", "file", "about", "blob",
+                            "filesystem"})
+# Ids of dynamically registered clients: the prefix, then 32 random base64url characters.
+DYNAMIC_PREFIX = "dyn."
+_DYNAMIC_ID = re.compile(r"^dyn\.[A-Za-z0-9_-]{32}$")
 
 
 class RegistryError(Exception):
@@ -52,6 +64,8 @@ def uri_problem(uri: Any) -> Optional[str]:
         return f"is longer than {MAX_URI} characters"
     if _BAD_CHARS.search(uri):
         return "contains whitespace or control characters"
+    if "\\" in uri:  # browsers read a backslash as a slash: the host would differ
+        return "must not contain a backslash"
     try:
         parts = urlsplit(uri)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -59,6 +73,8 @@ def uri_problem(uri: Any) -> Optional[str]:
         return "is not a valid URI"
     if not parts.scheme or not _SCHEME.match(parts.scheme):
         return "must be absolute"
+    if parts.scheme.lower() in _NEVER_SCHEMES:
+        return f"must not use the {parts.scheme.lower()}: scheme"
     if "#" in uri:
         return "must not contain a fragment"
     if "@" in parts.netloc:
@@ -66,6 +82,11 @@ def uri_problem(uri: Any) -> Optional[str]:
     if parts.scheme in ("http", "https") and not parts.hostname:
         return "must have a host"
     return None
+
+
+def is_dynamic_id(client_id: Any) -> bool:
+    """True for an id this server could have issued at dynamic registration."""
+    return isinstance(client_id, str) and bool(_DYNAMIC_ID.match(client_id))
 
 
 def origin_of(uri: str) -> str:
@@ -97,13 +118,18 @@ class Client:
     response_types: tuple = ()
     implicit: bool = False
     dynamic: bool = False
+    secret_sha256: str = field(default="", repr=False)  # dynamic clients: only the hash is kept
 
     def __repr__(self) -> str:
         return f"Client(id={self.id!r}, application_type={self.application_type!r}, trusted={self.trusted})"
 
     @property
+    def has_secret(self) -> bool:
+        return bool(self.secret or self.secret_sha256)
+
+    @property
     def is_public(self) -> bool:
-        return not self.secret and self.token_endpoint_auth_method != "private_key_jwt"
+        return not self.has_secret and self.token_endpoint_auth_method != "private_key_jwt"
 
     @property
     def display_name(self) -> str:
@@ -111,8 +137,11 @@ class Client:
 
     def check_secret(self, presented: Optional[str]) -> bool:
         """Constant-time comparison (RFC 6749 §10.3 / RFC 6819 §5.1.4.2.2)."""
-        if not self.secret or not isinstance(presented, str):
+        if not self.has_secret or not isinstance(presented, str):
             return False
+        if self.secret_sha256:
+            computed = hashlib.sha256(presented.encode("utf-8")).hexdigest()
+            return hmac.compare_digest(self.secret_sha256.encode("ascii"), computed.encode("ascii"))
         return hmac.compare_digest(self.secret.encode("utf-8"), presented.encode("utf-8"))
 
     def redirect_uri_ok(self, uri: Any) -> bool:
@@ -142,7 +171,10 @@ class Client:
         return self.redirect_uri_ok(uri)
 
 
-def _check_redirect(client_type: str, insecure: bool, uri: Any) -> Optional[str]:
+def redirect_uri_problem(client_type: str, insecure: bool, uri: Any, *,
+                         hint: bool = True) -> Optional[str]:
+    """Why `uri` cannot be registered for a client of this type (None if it can), §5.2.
+    `hint` names the registry's `insecure` switch (not for dynamic clients)."""
     problem = uri_problem(uri)
     if problem:
         return problem
@@ -150,7 +182,7 @@ def _check_redirect(client_type: str, insecure: bool, uri: Any) -> Optional[str]
     if client_type == "web":
         if parts.scheme == "https" or (parts.scheme == "http" and insecure):
             return None
-        return "must use https" + ("" if parts.scheme != "http" else " (or set insecure: yes)")
+        return "must use https" + (" (or set insecure: yes)" if hint and parts.scheme == "http" else "")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         return "http is only allowed with a loopback host for native clients"
     return None
@@ -197,7 +229,7 @@ def _validate(entry: Any) -> tuple[Optional[Client], list[str]]:
     if not values["redirect_uris"]:
         problems.append("redirect_uris is required (at least one)")
     for i, uri in enumerate(values["redirect_uris"]):
-        problem = _check_redirect(app_type, values["insecure"], uri)
+        problem = redirect_uri_problem(app_type, values["insecure"], uri)
         if problem:
             problems.append(f"redirect_uris[{i}] {problem}")
     for i, uri in enumerate(values["post_logout_redirect_uris"]):
@@ -220,6 +252,53 @@ def _validate(entry: Any) -> tuple[Optional[Client], list[str]]:
     values["origins"] = tuple(o.lower() for o in values["origins"])
     return Client(id=client_id, application_type=app_type,
                   jwks=dict(jwks) if jwks else None, **values), []
+
+
+def parse_entry(entry: Any) -> Client:
+    """One registry entry (a mapping with the YAML keys of §5.1) as a `Client`, validated
+    as at load; raises `RegistryError` with every problem."""
+    client, problems = _validate(entry)
+    if problems:
+        raise RegistryError(problems)
+    return client
+
+
+_RECORD_STRINGS = ("name", "uri", "application_type", "token_endpoint_auth_method",
+                   "token_endpoint_auth_signing_alg", "request_object_signing_alg",
+                   "id_token_signed_response_alg", "userinfo_signed_response_alg", "secret_sha256")
+_RECORD_LISTS = ("redirect_uris", "origins", "post_logout_redirect_uris", "contacts",
+                 "grant_types", "response_types")
+
+
+def dynamic_record(client: Client, *, issued_at: int, expires_at: int) -> dict:
+    """What is stored in Redis for a dynamically registered client (never the secret)."""
+    record: dict[str, Any] = {"id": client.id, "issued_at": issued_at, "expires_at": expires_at}
+    for name in _RECORD_STRINGS:
+        record[name] = getattr(client, name)
+    for name in _RECORD_LISTS:
+        record[name] = list(getattr(client, name))
+    record["jwks"] = client.jwks
+    return record
+
+
+def client_from_record(record: Any, *, now: float) -> Optional[Client]:
+    """The client of a `dynamic_record`, or None once it expired (`expires_at`, 0 = never).
+
+    Dynamic clients are never trusted and never insecure, whatever the record says."""
+    if not isinstance(record, Mapping) or not is_dynamic_id(record.get("id")):
+        return None
+    expires_at = record.get("expires_at") or 0
+    if not isinstance(expires_at, (int, float)) or (expires_at and expires_at <= now):
+        return None
+    try:
+        values = {name: str(record.get(name) or "") for name in _RECORD_STRINGS}
+        values.update({name: tuple(str(v) for v in record.get(name) or ()) for name in _RECORD_LISTS})
+    except TypeError:
+        log.warning("dynamic client %s: malformed record ignored", record.get("id"))
+        return None
+    jwks = record.get("jwks")
+    return Client(id=record["id"], jwks=dict(jwks) if isinstance(jwks, Mapping) else None,
+                  dynamic=True, trusted=False, insecure=False, **values)
 
 
 class ClientRegistry:
@@ -294,12 +373,15 @@ class ClientRegistry:
         """The client for an authorization request, or None.
 
         Unregistered ids are accepted only with a redirect URI on the issuer's own origin,
-        as trusted implicit clients (konnect.md §5.4).
+        as trusted implicit clients (konnect.md §5.4); never an id with the dynamic prefix
+        (an expired or unknown dynamic client must not turn into a trusted one).
         """
         client = self.get(client_id)
         if client is not None:
             return client
-        if not isinstance(client_id, str) or not client_id or len(client_id) > MAX_CLIENT_ID \
+        if not isinstance(client_id, str) or client_id.startswith(DYNAMIC_PREFIX):
+            return None
+        if not client_id or len(client_id) > MAX_CLIENT_ID \
                 or _BAD_CHARS.search(client_id) or uri_problem(redirect_uri) is not None:
             return None
         if self.issuer_origin and origin_of(redirect_uri) == self.issuer_origin:

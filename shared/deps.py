@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .config import StartupError
-from .clients import ClientRegistry, RegistryError
+from .clients import ClientRegistry, RegistryError, client_from_record, is_dynamic_id
 from .keys import KeyLoadError, Keyring, load_keyring
 from .sealed import Sealer, SecretError, load_secret
 from .scopes import ScopeDefinitions, ScopesError
@@ -45,7 +45,19 @@ class Core:
         return self._tokens
 
     async def lookup_client(self, client_id: Any, redirect_uri: Any = None):
-        """A registered client, or an implicitly trusted one on the issuer's origin."""
+        """The client `client_id` names, or None; every service looks clients up here.
+
+        The static registry first; then, only for ids of the dynamic form (so unknown ids
+        never cost a round trip), the clients registered at `/konnect/v1/register`, which
+        live in Redis so that every process of every service sees them at once (an expired
+        one is None); else an implicitly trusted client on the issuer's origin (§5.4).
+        Raises `StoreUnavailable` when Redis cannot answer for a dynamic id.
+        """
+        client = self.registry.get(client_id)
+        if client is not None:
+            return client
+        if is_dynamic_id(client_id):
+            return client_from_record(await self.store.get_client(client_id), now=self.now())
         return self.registry.lookup(client_id, redirect_uri)
 
     @classmethod

@@ -43,11 +43,26 @@ class Identity:
         return public_subject(self.raw_sub, self.backend)
 
     def kc_identity(self) -> dict:
-        """The `kc.identity` map of access and refresh tokens (konnect.md §6.6)."""
-        result = {"kc.i.id": self.raw_sub, "kc.i.un": self.username}
+        """The `kc.identity` map of access and refresh tokens (konnect.md §6.6).
+
+        For the Kopano server (kc) backend, `kc.i.id` is the user's entry ID, which Kopano
+        services log on with, and the raw subject travels in `kc.i.us`; every other
+        backend puts the raw subject in `kc.i.id`. `raw_sub_of` reads either form.
+        """
+        entry_id = self.extra.get("entry_id") if self.backend == "identifier-kc" else None
+        if entry_id:
+            result = {"kc.i.id": entry_id, "kc.i.us": self.raw_sub, "kc.i.un": self.username}
+        else:
+            result = {"kc.i.id": self.raw_sub, "kc.i.un": self.username}
         if self.name:
             result["kc.i.dn"] = self.name
         return result
+
+    @staticmethod
+    def raw_sub_of(kc_identity: Mapping[str, Any]) -> Optional[str]:
+        """The raw subject in a `kc.identity` map made by `kc_identity`."""
+        value = kc_identity.get("kc.i.us") or kc_identity.get("kc.i.id")
+        return value if isinstance(value, str) and value else None
 
     def to_record(self) -> dict:
         record = {k: v for k, v in asdict(self).items() if v not in (None, "", {}, False)}

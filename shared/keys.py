@@ -375,6 +375,11 @@ def load_keyring(paths: Iterable[str], *, signing_kid: Optional[str] = None,
                     pinned = _pin(public, alg, signing_method)
                     validation.append(VerificationKey(kid=kid, public=public,
                                                       algs=frozenset({pinned}), alg=pinned))
+                    if key_family(public) == "RSA" and pinned != "RS256":
+                        # ID tokens of a rotated-out RSA signer carry its RS256 view's kid
+                        # (`_rs256_view`): id_token_hint must keep verifying after rotation.
+                        validation.append(VerificationKey(kid=f"{kid}-rs256", public=public,
+                                                          algs=frozenset({"RS256"}), alg="RS256"))
                 except KeyLoadError as err:
                     problems.append(str(err))
     if problems:

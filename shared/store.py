@@ -121,6 +121,7 @@ class Store:
     - ``revoked:jti:<jti>``, ``revoked:family:<id>``, ``revoked:sub:<sub>`` (not-before)
     - ``once:<kind>:<sha256>``   replay markers
     - ``ratelimit:<bucket>:<sha256>`` counters
+    - ``client:<client_id>``     a dynamically registered client (its secret only as a hash)
     - ``kv:<kind>:<sha256>``     generic JSON values
 
     Every key is written with a TTL and values are compact JSON. Every method either
@@ -396,6 +397,22 @@ class Store:
         """Forget the attempts of `key` (e.g. after a successful logon)."""
         k = self._rl_key(bucket, key)
         await self._call("reset", lambda: self._redis.delete(k))
+
+    # -- dynamically registered clients (OIDC Dynamic Client Registration 1.0) ----------------
+
+    async def put_client(self, client_id: str, record: dict, ttl: int) -> None:
+        """Store a registered client under ``client:<client_id>`` for `ttl` seconds (SET NX
+        EX): every process of every service reads it with `get_client`. The id is issued by
+        the server (a restricted alphabet); raises `StoreConflict` if it exists already."""
+        k = self.key("client", _check_name("client_id", client_id))
+        value, ex = _dumps(_check_record(record)), _check_ttl(ttl)
+        if not await self._call("put_client", lambda: self._redis.set(k, value, ex=ex, nx=True)):
+            raise StoreConflict("client id already registered")
+
+    async def get_client(self, client_id: str) -> dict | None:
+        """The record `put_client` stored, or None (unknown or expired)."""
+        k = self.key("client", _check_name("client_id", client_id))
+        return _loads(await self._call("get_client", lambda: self._redis.get(k)))
 
     # -- generic JSON values ---------------------------------------------------------------
 

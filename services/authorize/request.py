@@ -58,14 +58,17 @@ class AuthRequest:
         return self.response_type != "code"
 
 
-def verified_client(get: Callable[[str], Optional[str]], lookup: Callable) -> tuple[Client, str]:
-    """The client and redirect_uri, or an error that must NOT be redirected."""
+async def verified_client(get: Callable[[str], Optional[str]],
+                          lookup: Callable) -> tuple[Client, str]:
+    """The client and redirect_uri, or an error that must NOT be redirected.
+
+    `lookup` is `Core.lookup_client` (async: dynamically registered clients are in Redis)."""
     client_id, redirect_uri = get("client_id"), get("redirect_uri")
     if not client_id:
         raise OAuth2Error(INVALID_REQUEST, "client_id is missing")
     if not redirect_uri:
         raise OAuth2Error(INVALID_REQUEST, "redirect_uri is missing")
-    client = lookup(client_id, redirect_uri)
+    client = await lookup(client_id, redirect_uri)
     if client is None:
         raise OAuth2Error(INVALID_REQUEST, "unknown client", detail=f"client {client_id!r}")
     if not client.redirect_uri_ok(redirect_uri):

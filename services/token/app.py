@@ -1,4 +1,5 @@
-"""The token service: token, revoke, introspect, discovery, JWKS (N processes, SO_REUSEPORT)."""
+"""The token service: token, revoke, introspect, discovery, JWKS and, when enabled, dynamic
+client registration (N processes, SO_REUSEPORT)."""
 
 from shared import discovery, service
 from shared.deps import Core
@@ -6,6 +7,7 @@ from shared.deps import Core
 from .grants import Issuer
 from .handlers import (DiscoveryHandler, IntrospectHandler, JWKSHandler, RevokeHandler,
                        TokenHandler, encode)
+from .register import RegisterHandler
 
 
 def make_app(settings, deps: Core):
@@ -14,13 +16,16 @@ def make_app(settings, deps: Core):
     deps.discovery_json = encode(discovery.document(settings, deps.keyring, deps.scope_definitions))
     deps.jwks_json = encode(deps.keyring.jwks())
     args = {"deps": deps}
-    return service.application([
+    routes = [
         (discovery.DISCOVERY_PATH, DiscoveryHandler, args),
         (discovery.PATHS["jwks_uri"], JWKSHandler, args),
         (discovery.PATHS["token_endpoint"], TokenHandler, args),
         (discovery.PATHS["revocation_endpoint"], RevokeHandler, args),
         (discovery.PATHS["introspection_endpoint"], IntrospectHandler, args),
-    ], deps)
+    ]
+    if settings.allow_dynamic_client_registration:  # otherwise the JSON 404, as discovery says
+        routes.append((discovery.PATHS["registration_endpoint"], RegisterHandler, args))
+    return service.application(routes, deps)
 
 
 def main(argv=None) -> None:

@@ -83,7 +83,7 @@ async def authenticate(handler: Any, *, lookup: Callable[[str, Optional[str]], A
         raise _invalid("unknown client", bool(basic))
     if client.token_endpoint_auth_method == "private_key_jwt":
         raise _invalid("client must authenticate with private_key_jwt", bool(basic))
-    if client.secret:
+    if client.has_secret:
         if not client.check_secret(secret):
             raise _invalid("wrong client secret", bool(basic))
         return Authenticated(client, methods[0] if methods else "none")

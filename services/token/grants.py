@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from shared import scopes as scopelib
 from shared.clients import Client
-from shared.errors import INVALID_GRANT, INVALID_REQUEST, INVALID_SCOPE, OAuth2Error
+from shared.errors import INVALID_GRANT, INVALID_REQUEST, INVALID_SCOPE, OAuth2Error, Unavailable
 from shared.grants import Grant
 from shared.tokens import Tokens, random_token
 
@@ -107,8 +107,11 @@ async def authorization_code(handler: Any, client: Client, issuer: Issuer) -> di
     if record is None:
         used = await store.code_redemption(code)
         if used:
-            await store.revoke_family(used["family"], used["exp"])
-            await store.revoke_jti(used["jti"], used["exp"])
+            # as long as any token of the family is accepted: exp + the tolerated skew
+            until = max(used["exp"], int(issuer.tokens.now()) + issuer.tokens.access_ttl) \
+                + issuer.tokens.skew
+            await store.revoke_family(used["family"], until)
+            await store.revoke_jti(used["jti"], until)
             raise _grant_error("code already used", "code replayed: issued tokens revoked")
         raise _grant_error("code is invalid or expired")
     grant = Grant.from_record(record)
@@ -149,6 +152,14 @@ async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
     requested = scopelib.parse(handler.param("scope"))
     if requested and not set(requested) <= set(grant.scopes):
         raise OAuth2Error(INVALID_SCOPE, "scope exceeds the original grant")
-    body, _ = await issuer.respond(client, grant, requested or grant.scopes, id_token=True,
-                                   refresh=True)
+    try:
+        body, _ = await issuer.respond(client, grant, requested or grant.scopes, id_token=True,
+                                       refresh=True)
+    except Unavailable:
+        # An outage is not a use: put the token back, so that the client's retry is not
+        # taken for reuse (which would revoke the family).
+        remaining = grant.created + issuer.tokens.refresh_ttl - now
+        if remaining > 0:
+            await store.put_refresh(token, record, remaining)
+        raise
     return body

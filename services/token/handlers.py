@@ -19,9 +19,28 @@ GRANTS = {"authorization_code": grants.authorization_code, "refresh_token": gran
 
 
 class FormHandler(BaseHandler):
-    """POST endpoints taking `application/x-www-form-urlencoded` (RFC 6749 §3.2)."""
+    """POST endpoints taking `application/x-www-form-urlencoded` (RFC 6749 §3.2).
+
+    CORS for any origin, as Konnect's token endpoint (konnect.md §2.1), so browser-based
+    clients can redeem codes; the preflight also allows `Authorization` (quirk Q24). No
+    cookies are read here and credentials are never allowed, so `*` exposes nothing.
+    """
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Access-Control-Allow-Origin", "*")
+
+    def options(self) -> None:
+        self.set_header("Access-Control-Allow-Methods", "POST, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers",
+                        "Authorization, Content-Type, Accept, X-Requested-With")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
 
     def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            return
         if self.request.method != "POST":
             self.set_header("Allow", "POST")
             raise OAuth2Error(METHOD_NOT_ALLOWED, "use POST", status=405)
@@ -70,7 +89,10 @@ class RevokeHandler(FormHandler):
             if record and record.get("client_id") == client.id:
                 grant = Grant.from_record(record)
                 await deps.store.take_refresh(token)
-                await deps.store.revoke_family(grant.family, grant.created + deps.tokens.refresh_ttl)
+                # until the family's last access token is no longer accepted (exp + skew)
+                tokens = deps.tokens
+                until = max(grant.created + tokens.refresh_ttl, deps.now() + tokens.access_ttl)
+                await deps.store.revoke_family(grant.family, until + tokens.skew)
         self.set_status(200)  # §2.2: also for invalid or unknown tokens
         self.finish()
 
@@ -81,8 +103,10 @@ class RevokeHandler(FormHandler):
             return
         if claims.get("kc.isAccessToken") is True and claims.get("aud") == client.id \
                 and isinstance(claims.get("jti"), str) and isinstance(claims.get("exp"), int):
-            if claims["exp"] > self.deps.now():
-                await self.deps.store.revoke_jti(claims["jti"], claims["exp"])
+            # userinfo and introspection accept a token until exp + skew: so long the entry
+            until = claims["exp"] + self.deps.tokens.skew
+            if until > self.deps.now():
+                await self.deps.store.revoke_jti(claims["jti"], until)
 
 
 class IntrospectHandler(FormHandler):

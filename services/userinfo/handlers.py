@@ -35,6 +35,15 @@ class _NoToken(OAuth2Error):
         return [("WWW-Authenticate", 'Bearer realm="konnect"')]
 
 
+# Claims with a meaning of their own (OIDC Core §5.1, JWT, Konnect's): a claims request's
+# `value` never fills them, only unknown claims are echoed (konnect.md §6.8, §6.9).
+KNOWN_CLAIMS = frozenset((
+    "sub", "name", "given_name", "family_name", "middle_name", "nickname", "preferred_username",
+    "profile", "picture", "website", "email", "email_verified", "gender", "birthdate",
+    "zoneinfo", "locale", "phone_number", "phone_number_verified", "address", "updated_at",
+    "iss", "aud", "exp", "iat", "nbf", "jti", "id", "username", "kc.uuid", "kopano/gc/id"))
+
+
 def userinfo_claims(identity: Identity, claims: dict) -> dict:
     """OIDC Core §5.4 claims per scope, Konnect's extensions (konnect.md §6.8)."""
     scopes = claims.get("kc.authorizedScopes") or []
@@ -56,7 +65,8 @@ def userinfo_claims(identity: Identity, claims: dict) -> dict:
         for name, spec in requested.items():
             if name in values and values[name] not in ("", None):
                 out.setdefault(name, values[name])
-            elif name not in out and isinstance(spec, dict) and "value" in spec:
+            elif name not in out and name not in KNOWN_CLAIMS and isinstance(spec, dict) \
+                    and "value" in spec:
                 out[name] = spec["value"]
     return out
 
@@ -101,12 +111,12 @@ class UserInfoHandler(BaseHandler):
         if scopelib.OPENID not in (claims.get("kc.authorizedScopes") or []):
             raise OAuth2Error(INSUFFICIENT_SCOPE, "the openid scope is required", status=403,
                               auth_scheme="Bearer")
-        raw_sub = claims["kc.identity"].get("kc.i.id")
-        identity = await deps.users.lookup(raw_sub) if isinstance(raw_sub, str) else None
+        raw_sub = Identity.raw_sub_of(claims["kc.identity"])
+        identity = await deps.users.lookup(raw_sub) if raw_sub else None
         if identity is None or identity.sub != claims["sub"]:
             raise _invalid_token("user no longer available")
         body = userinfo_claims(identity, claims)
-        client = deps.registry.get(claims.get("aud"))
+        client = await deps.lookup_client(claims.get("aud"))
         alg = client.userinfo_signed_response_alg if client else ""
         if alg and alg in deps.keyring.signing_algs:
             body.update(iss=deps.settings.iss, aud=claims["aud"])
