@@ -131,6 +131,8 @@ OPTIONS: tuple[Option, ...] = (
        choices=IDENTITY_MANAGERS),
     _o("identity_manager_args", "list", (), "arguments of the identity manager "
        "(cookie: <backend-url> <cookie names>)", flag=False),
+    _o("allow_dummy_backend", "bool", False, "allow the `dummy` identity manager, which "
+       "signs anybody in as one fixed user: tests and demos only (extension)", extension=True),
     _o("users_file", "path", None, "YAML users file of the `users` backend (extension)",
        env=("KONNECTD_USERS_FILE",), extension=True),
     _o("code_expiration", "int", 60, "authorization code lifetime, seconds (extension)",

@@ -252,7 +252,7 @@ async def test_api_csrf_defences_and_bad_credentials(http_client, base_url):
     assert hello.code == 204
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=30)
 async def test_repeated_failed_sign_ins_are_rate_limited(http_client, base_url):
     b = Browser(http_client, base_url)
     codes = [(await sign_in(b, password=f"bad{i}")).code for i in range(12)]

@@ -27,6 +27,7 @@ from .request import AuthRequest, parse, verified_client
 from .request_object import RequestObjectError, invalid, merged_params, open_request_object
 
 SIGNIN_PATH = "/signin/v1/identifier"
+CHOOSE_PATH = "/signin/v1/chooseaccount"
 CONSENT_PATH = "/signin/v1/consent"
 
 
@@ -46,8 +47,8 @@ class AuthorizeHandler(PageHandler):
         deps = self.deps
         get = self.param
         if get("request") is not None:
-            get = self._request_object(get)
-        client, redirect_uri = verified_client(get, deps.registry.lookup)
+            get = await self._request_object(get)
+        client, redirect_uri = await verified_client(get, deps.lookup_client)
         try:
             req = parse(get, client, redirect_uri, deps.settings.iss)
         except OAuth2Error as err:
@@ -58,17 +59,20 @@ class AuthorizeHandler(PageHandler):
         if logon is None:
             if "none" in req.prompt:
                 raise self._redirect_error(req, LOGIN_REQUIRED, "the user is not signed in")
+            if "select_account" in req.prompt and "login" not in req.prompt \
+                    and Logon.open(deps.sealer, self.get_cookie(LOGON_COOKIE)) is not None:
+                return self._hand_off(CHOOSE_PATH, req)
             return self._hand_off(SIGNIN_PATH, req)
         scopes = await self._consented_scopes(req, logon)
         if scopes is None:
             return
         await self._respond(req, logon, scopes)
 
-    def _request_object(self, get):
+    async def _request_object(self, get):
         """The parameters with the request object's members applied (request_object.py).
         A bad object is an error page unless the query's own redirect_uri is verified."""
         deps = self.deps
-        client = deps.registry.lookup(get("client_id"), get("redirect_uri"))
+        client = await deps.lookup_client(get("client_id"), get("redirect_uri"))
         if client is None:
             raise OAuth2Error(INVALID_REQUEST, "unknown client")
         try:
@@ -87,7 +91,9 @@ class AuthorizeHandler(PageHandler):
         logon = Logon.open(deps.sealer, self.get_cookie(LOGON_COOKIE))
         if logon is None:
             return None
-        if req.max_age is not None and deps.now() - logon.auth_time > req.max_age:
+        # auth_time is whole seconds (a float "now" would make every logon older than
+        # max_age=0, so that sign-in could never satisfy it: Konnect's Q18, fixed)
+        if req.max_age is not None and int(deps.now()) - logon.auth_time > req.max_age:
             return None
         if req.prompt & {"login", "select_account"}:
             return None

@@ -8,6 +8,7 @@ plus origin verification). A "no" is `204` with `Kopano-Konnect-State`.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Optional
 from urllib.parse import urlencode, urlsplit
 
@@ -16,6 +17,8 @@ from shared.errors import INVALID_REQUEST, TOO_MANY_REQUESTS, OAuth2Error
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
                             clear_cookie, consent_cookie_name, new_sid, seal_consent, set_cookie)
 from shared.web import BaseHandler
+
+from .signout import sign_out
 
 LOGON_WINDOW, LOGON_LIMIT = 300, 10
 
@@ -42,7 +45,7 @@ class APIHandler(BaseHandler):
     def logon(self) -> Optional[Logon]:
         return Logon.open(self.deps.sealer, self.get_cookie(LOGON_COOKIE))
 
-    def hello(self, logon: Logon, request: Any) -> dict:
+    async def hello(self, logon: Logon, request: Any) -> dict:
         request = request if isinstance(request, dict) else {}
         flow = request.get("flow") if isinstance(request.get("flow"), str) else ""
         answer = {"state": self.state, "flow": flow, "success": True,
@@ -53,7 +56,7 @@ class APIHandler(BaseHandler):
             if "state" in request and isinstance(request.get("ref"), str):
                 query["state"] = request["ref"]
             answer["continue_uri"] = discovery.url(self.deps.settings, "authorization_endpoint")
-            client = self.deps.registry.lookup(request.get("client_id"), request.get("redirect_uri"))
+            client = await self.deps.lookup_client(request.get("client_id"), request.get("redirect_uri"))
             if client is not None and (not client.trusted or "consent" in (request.get("prompt") or "")):
                 answer["next"] = "consent"
                 wanted = scopelib.parse(request.get("scope"))
@@ -68,15 +71,17 @@ class APIHandler(BaseHandler):
 
 
 class HelloHandler(APIHandler):
-    def post(self) -> None:
+    async def post(self) -> None:
         logon = self.logon()
         prompt = str(self.body.get("prompt") or "")
         if logon is None or "login" in prompt.split():
             return self.no()
-        self.write_json(self.hello(logon, self.body))
+        self.write_json(await self.hello(logon, self.body))
 
 
 class LogonHandler(APIHandler):
+    failed_floor = 0.25  # seconds: the least time a failed sign-in takes to answer
+
     async def post(self) -> None:
         params = self.body.get("params")
         if not isinstance(params, list) or len(params) < 3 or \
@@ -90,8 +95,14 @@ class LogonHandler(APIHandler):
             if await store.hit(bucket, key, window=LOGON_WINDOW) > LOGON_LIMIT * (5 if bucket == "logon-ip" else 1):
                 raise OAuth2Error(TOO_MANY_REQUESTS, "too many sign-in attempts", status=429,
                                   retry_after=await store.retry_after(bucket, key))
+        started = asyncio.get_running_loop().time()
         identity = await self.deps.users.authenticate(username, password)
         if identity is None:
+            # Unknown user or wrong password: the same answer after the same minimum time,
+            # whatever the backend's own timing (no user enumeration by the clock).
+            delay = started + self.failed_floor - asyncio.get_running_loop().time()
+            if delay > 0:
+                await asyncio.sleep(delay)
             return self.no()
         await store.reset("logon-user", username.lower())
         logon = Logon(identity=identity, auth_time=int(self.deps.now()), sid=new_sid())
@@ -99,31 +110,25 @@ class LogonHandler(APIHandler):
         clear_cookie(self, BROWSER_STATE_COOKIE, path=SESSION_PATH)
         hello = self.body.get("hello")
         self.write_json({"success": True, "state": self.state,
-                         "hello": self.hello(logon, hello) if isinstance(hello, dict) else None})
+                         "hello": await self.hello(logon, hello) if isinstance(hello, dict) else None})
 
 
 class LogoffHandler(APIHandler):
     async def post(self) -> None:
-        logon = self.logon()
-        if logon is not None:
-            # Access tokens issued before now stop working everywhere (revocation list).
-            deps = self.deps
-            await deps.store.revoke_subject(logon.identity.sub, int(deps.now()),
-                                            deps.tokens.access_ttl + deps.settings.clock_skew)
-        clear_cookie(self, LOGON_COOKIE, path=API_PATH)
-        clear_cookie(self, BROWSER_STATE_COOKIE, path=SESSION_PATH)
+        # Access tokens issued before now stop working everywhere (revocation list).
+        await sign_out(self, self.logon())
         self.write_json({"success": True, "state": self.state})
 
 
 class ConsentHandler(APIHandler):
-    def post(self) -> None:
+    async def post(self) -> None:
         logon = self.logon()
         b = self.body
         fields = [b.get(k) for k in ("client_id", "redirect_uri", "ref", "flow_nonce")]
         if logon is None or not self.state or not all(isinstance(f, str) for f in fields[:2]):
             raise OAuth2Error(INVALID_REQUEST, "consent needs a signed-in user and the request")
         client_id, redirect_uri, ref, nonce = [f if isinstance(f, str) else "" for f in fields]
-        client = self.deps.registry.lookup(client_id, redirect_uri)
+        client = await self.deps.lookup_client(client_id, redirect_uri)
         if client is None or not client.redirect_uri_ok(redirect_uri):
             raise OAuth2Error(INVALID_REQUEST, "unknown client")
         scope = b.get("scope")

@@ -1,4 +1,4 @@
-"""The identifier service: sign-in pages, the identifier JSON API (end session: next)."""
+"""The identifier service: sign-in pages, the identifier JSON API, end session."""
 
 import os
 
@@ -6,6 +6,7 @@ from shared import service
 from shared.deps import Core
 
 from .api import ConsentHandler, HelloHandler, LogoffHandler, LogonHandler
+from .endsession import EndSessionHandler
 from .pages import SigninPage
 
 HERE = os.path.dirname(__file__)
@@ -15,7 +16,7 @@ API = "/signin/v1/identifier/_/"
 def make_app(settings, deps: Core):
     args = {"deps": deps}
     pages = [(path, SigninPage, {"deps": deps, "view": view}) for path, view in (
-        ("/signin/v1/identifier", "identifier"), ("/signin/v1/chooseaccount", "identifier"),
+        ("/signin/v1/identifier", "identifier"), ("/signin/v1/chooseaccount", "chooseaccount"),
         ("/signin/v1/consent", "consent"), ("/signin/v1/welcome", "welcome"),
         ("/signin/v1/goodbye", "goodbye"))]
     return service.application([
@@ -24,6 +25,7 @@ def make_app(settings, deps: Core):
         (API + "logon", LogonHandler, args),
         (API + "logoff", LogoffHandler, args),
         (API + "consent", ConsentHandler, args),
+        (API + "endsession", EndSessionHandler, args),
     ], deps, template_path=os.path.join(HERE, "templates"),
         static_path=os.path.join(HERE, "static"), static_url_prefix="/signin/v1/static/")
 

@@ -1,4 +1,5 @@
-"""The sign-in web pages: identifier (sign in), consent, welcome, goodbye.
+"""The sign-in web pages: identifier (sign in), choose account, consent, welcome, goodbye,
+and the sign-out confirmation of end session (endsession.py).
 
 Server-rendered, one first-party script, no third-party resources. English and German;
 `?lang=` (the switch) wins over `Accept-Language`. CSP without inline script or style,
@@ -25,7 +26,12 @@ MESSAGES = {
            "missing": "Please enter your username and password.",
            "wrong": "The username or password is not correct.",
            "too_many": "Too many attempts. Please wait a few minutes.",
-           "failed": "Something went wrong. Please try again."},
+           "failed": "Something went wrong. Please try again.",
+           "title_endsession": "Sign out?", "title_chooseaccount": "Choose an account",
+           "endsession_text": "Do you want to sign out of all applications in this browser?",
+           "endsession_client": "asks you to sign out.",
+           "stay": "Stay signed in", "signed_out": "You are signed out. You can close this page.",
+           "continue_as": "Continue as", "use_another": "Use another account"},
     "de": {"title_identifier": "Anmelden", "title_consent": "Zugriff erlauben?",
            "title_welcome": "Sie sind angemeldet", "title_goodbye": "Abmelden",
            "username": "Benutzername", "password": "Passwort", "sign_in": "Anmelden",
@@ -36,7 +42,13 @@ MESSAGES = {
            "missing": "Bitte geben Sie Benutzername und Passwort ein.",
            "wrong": "Benutzername oder Passwort ist nicht korrekt.",
            "too_many": "Zu viele Versuche. Bitte warten Sie einige Minuten.",
-           "failed": "Etwas ist schiefgegangen. Bitte versuchen Sie es erneut."},
+           "failed": "Etwas ist schiefgegangen. Bitte versuchen Sie es erneut.",
+           "title_endsession": "Abmelden?", "title_chooseaccount": "Konto auswählen",
+           "endsession_text": "Möchten Sie sich in diesem Browser von allen Anwendungen abmelden?",
+           "endsession_client": "bittet Sie, sich abzumelden.",
+           "stay": "Angemeldet bleiben",
+           "signed_out": "Sie sind abgemeldet. Sie können diese Seite schließen.",
+           "continue_as": "Weiter als", "use_another": "Anderes Konto verwenden"},
 }
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -65,15 +77,20 @@ class SigninPage(PageHandler):
         super().initialize(deps)
         self.view = view
 
-    def get(self) -> None:
+    async def get(self) -> None:
+        client_name = ""
+        if self.view == "consent":  # a dynamic client is in Redis: Core.lookup_client
+            client = await self.deps.lookup_client(self.get_query_argument("client_id", ""),
+                                                   self.get_query_argument("redirect_uri", ""))
+            client_name = client.display_name if client else self.get_query_argument("client_id", "")
+        self.show(client_name=client_name)
+
+    def show(self, *, client_name: str = "", confirm: str = "", stay: str = "") -> None:
         lang = choose_language(self.get_query_argument("lang", None),
                                self.request.headers.get("Accept-Language", ""))
         t = MESSAGES[lang]
-        client_name, words = "", []
+        words: list = []
         if self.view == "consent":
-            client = self.deps.registry.lookup(self.get_query_argument("client_id", ""),
-                                               self.get_query_argument("redirect_uri", ""))
-            client_name = client.display_name if client else self.get_query_argument("client_id", "")
             seen = set()
             for scope in scopelib.parse(self.get_query_argument("scope", "")):
                 group, text = self.deps.scope_definitions.describe(scope, lang)
@@ -89,5 +106,6 @@ class SigninPage(PageHandler):
         self.set_header("Content-Language", lang)
         self.render("page.html", view=self.view, lang=lang, t=t, product="Konnect",
                     login_hint=self.get_query_argument("login_hint", ""), client_name=client_name,
-                    scope_words=words, languages=LANGUAGES, lang_query=lang_query,
+                    scope_words=words, confirm=confirm, stay=stay,
+                    done=self.get_query_argument("done", "") == "1", languages=LANGUAGES, lang_query=lang_query,
                     messages_json=json.dumps(t).replace("</", "<\\/"))

@@ -30,4 +30,11 @@ def make_backend(settings: Any) -> UserBackend:
     if manager == "kc":
         from .kc import KCBackend
         return KCBackend.from_settings(settings)
+    if manager == "dummy":
+        if not settings.allow_dummy_backend:
+            raise BackendConfigError("identity manager 'dummy' signs anybody in as 'dummy': "
+                                     "allow it explicitly with --allow-dummy-backend "
+                                     "(KONNECTD_ALLOW_DUMMY_BACKEND=yes), for tests and demos only")
+        from .dummy import DummyBackend
+        return DummyBackend()
     raise BackendConfigError(f"identity manager {manager!r} is not available yet")

@@ -57,6 +57,15 @@
   var allow = document.getElementById("allow"), deny = document.getElementById("deny");
   if (allow) { allow.addEventListener("click", function () { consent(true); }); }
   if (deny) { deny.addEventListener("click", function () { consent(false); }); }
+  var chooser = document.getElementById("continue");
+  if (chooser) {
+    // Choose account: the signed-in account, or another one (the sign-in form).
+    api("hello", hello()).then(function (res) {
+      if (!res) { window.location.replace(document.getElementById("another").href); return; }
+      document.getElementById("account-name").textContent = res.displayName || res.username;
+      chooser.addEventListener("click", function () { window.location.assign(authorizeQuery()); });
+    }).catch(function (e) { showError(e.message); });
+  }
   var logoff = document.getElementById("logoff");
   if (logoff) {
     logoff.addEventListener("click", function () {

@@ -1,0 +1,113 @@
+"""End session: RP-initiated logout at `/signin/v1/identifier/_/endsession`
+(OpenID Connect RP-Initiated Logout 1.0 §2-§3; konnect.md §2.7, §7.10).
+
+- `id_token_hint` is verified with our keys (its `exp` is not checked, §2); a bad hint is
+  an error page. The client is the hint's `aud`, or `client_id`; both given must agree.
+- `post_logout_redirect_uri` is used only when registered for that client (§3, exact
+  match; Konnect matched the redirect_uris instead: fixed, with the redirect_uris as the
+  fallback when a client registered no post-logout URIs). Never redirect to anything else.
+- A trusted client with a hint for the signed-in user and a verified URI: signed out at
+  once, then redirected with `state`. Otherwise the user confirms on a page; after the
+  confirmation the browser goes back to the verified URI (Konnect never returned: fixed).
+- Signing out clears the logon and browser-state cookies and writes the subject's
+  not-before into the revocation list, so access tokens issued before stop working.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+from urllib.parse import urlsplit
+
+from shared import jose
+from shared.errors import INVALID_REQUEST, OAuth2Error, add_params
+from shared.sealed import SealError
+from shared.session import LOGON_COOKIE, Logon
+
+from .pages import SigninPage
+from .signout import sign_out
+
+CONFIRM_TTL = 600
+
+
+class EndSessionHandler(SigninPage):
+    def initialize(self, deps=None, view: str = "endsession") -> None:
+        super().initialize(deps, view)
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        # With "no-referrer" browsers send `Origin: null` on the confirmation form's POST;
+        # "same-origin" lets the origin check below see our own origin (and nothing leaks
+        # to other sites).
+        self.set_header("Referrer-Policy", "same-origin")
+
+    async def get(self) -> None:
+        await self.end_session()
+
+    async def post(self) -> None:
+        token = self.param("confirm")
+        if token is not None:
+            return await self.confirmed(token)
+        await self.end_session()
+
+    async def end_session(self) -> None:
+        deps = self.deps
+        hint_claims = self._hint()
+        client_id = self.param("client_id")
+        aud = hint_claims.get("aud") if hint_claims else None
+        if isinstance(aud, list):
+            aud = aud[0] if len(aud) == 1 else None
+        if client_id and aud and client_id != aud:
+            raise OAuth2Error(INVALID_REQUEST, "client_id does not match the id_token_hint")
+        client_id = client_id or aud
+        client = await deps.lookup_client(client_id, None) if client_id else None
+        uri, state = self.param("post_logout_redirect_uri"), self.param("state")
+        if uri is not None and (client is None or not client.post_logout_redirect_uri_ok(uri)):
+            raise OAuth2Error(INVALID_REQUEST,
+                              "post_logout_redirect_uri is not registered for this client")
+        logon = Logon.open(deps.sealer, self.get_cookie(LOGON_COOKIE))
+        if logon is not None and hint_claims and hint_claims.get("sub") != logon.identity.sub:
+            raise OAuth2Error(INVALID_REQUEST, "the id_token_hint is for another user")
+        if logon is None or (client is not None and client.trusted and hint_claims and uri):
+            await sign_out(self, logon)
+            return self._done(uri, state)
+        confirm = deps.sealer.seal("endsession", {"uri": uri, "state": state,
+                                                  "sub": logon.identity.sub}, CONFIRM_TTL)
+        if uri:
+            # CSP form-action also governs where the form's answer redirects to.
+            origin = "{0.scheme}://{0.netloc}".format(urlsplit(uri))
+            self.set_header("Content-Security-Policy",
+                            self.csp.replace("form-action 'self'", f"form-action 'self' {origin}"))
+        self.show(client_name=client.display_name if client else "", confirm=confirm,
+                  stay=uri or "/signin/v1/welcome")
+
+    async def confirmed(self, token: str) -> None:
+        """The user pressed "Sign out" on the confirmation page (a form of our own origin:
+        the sealed token is only on that page, so a cross-site form cannot forge it)."""
+        deps = self.deps
+        source = self.request.headers.get("Origin") or self.request.headers.get("Referer") or ""
+        if urlsplit(source).netloc.lower() != (self.request.headers.get("Host") or "").lower():
+            raise OAuth2Error(INVALID_REQUEST, "origin check failed")
+        try:
+            doc = deps.sealer.unseal("endsession", token)
+        except SealError:
+            raise OAuth2Error(INVALID_REQUEST, "the sign-out confirmation expired; try again") from None
+        # Whoever is signed in now is signed out: that is what the user just confirmed.
+        await sign_out(self, Logon.open(deps.sealer, self.get_cookie(LOGON_COOKIE)))
+        self._done(doc.get("uri"), doc.get("state"))
+
+    def _hint(self) -> Optional[dict]:
+        raw = self.param("id_token_hint")
+        if not raw:
+            return None
+        try:
+            _, claims = self.deps.keyring.verify(raw)
+        except jose.JoseError:
+            raise OAuth2Error(INVALID_REQUEST, "id_token_hint is invalid") from None
+        if claims.get("iss") != self.deps.settings.iss:
+            raise OAuth2Error(INVALID_REQUEST, "id_token_hint is invalid")
+        return claims
+
+    def _done(self, uri: Optional[str], state: Optional[str]) -> None:
+        if uri:
+            return self.redirect(add_params(uri, [("state", state)] if state else []))
+        self.redirect("/signin/v1/goodbye?done=1")
