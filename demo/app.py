@@ -7,7 +7,8 @@ JWKS, userinfo, refresh and RP-initiated logout. It shows the decoded ID token a
 userinfo answer. It keeps its sessions in memory (a demo, not a pattern for production).
 
 Configuration (set by deploy/run.py): KONNECT_DEMO_ISSUER, KONNECT_DEMO_CLIENT_ID,
-KONNECT_DEMO_CLIENT_SECRET, KONNECT_DEMO_CA (the proxy's CA certificate), --listen.
+KONNECT_DEMO_CLIENT_SECRET, KONNECT_DEMO_CA (the proxy's CA certificate), KONNECT_DEMO_ORIGIN
+(its public origin), --listen.
 """
 
 from __future__ import annotations
@@ -106,13 +107,20 @@ class Base(tornado.web.RequestHandler):
         return self.application.settings["demo_op"]
 
     @property
+    def origin(self) -> str:
+        """The app's public origin (KONNECT_DEMO_ORIGIN; behind Caddy it is https)."""
+        return self.application.settings["demo_origin"] or \
+            f"{self.request.protocol}://{self.request.host}"
+
+    @property
     def sessions(self) -> dict:
         return self.application.settings["demo_sessions"]
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Security-Policy",
-                        "default-src 'none'; style-src 'self'; img-src 'self'; "
-                        "form-action 'self' " + self.op.issuer + "; frame-ancestors 'none'")
+                        "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; "
+                        f"frame-src {self.op.issuer}; form-action 'self' {self.op.issuer}; "
+                        "frame-ancestors 'none'")
         self.set_header("Cache-Control", "no-store")
         self.set_header("Referrer-Policy", "no-referrer")
 
@@ -122,7 +130,8 @@ class Base(tornado.web.RequestHandler):
 
     def show(self, **kw: Any) -> None:
         values = {"session": None, "error": None, "issuer": self.op.issuer, "pretty": pretty,
-                  "display_name": display_name}
+                  "display_name": display_name, "client_id": self.op.client_id,
+                  "check_session": self.op.meta.get("check_session_iframe", "")}
         values.update(kw)
         self.render("index.html", **values)
 
@@ -169,7 +178,7 @@ class Login(Base):
         self.redirect(meta["authorization_endpoint"] + "?" + urlencode(params))
 
     def redirect_uri(self) -> str:
-        return f"{self.request.protocol}://{self.request.host}/callback"
+        return self.origin + "/callback"
 
 
 class Callback(Login):
@@ -201,6 +210,7 @@ class Callback(Login):
         status, info = await self.op.userinfo(tokens["access_token"])
         sid = secrets.token_urlsafe(16)
         self.sessions[sid] = {"tokens": tokens, "claims": claims, "userinfo": info,
+                              "session_state": self.get_argument("session_state", ""),
                               "userinfo_status": status,
                               "id_header": decode_part(tokens["id_token"], 0),
                               "access": decode_part(tokens["access_token"], 1),
@@ -236,17 +246,17 @@ class Logout(Base):
         end = meta.get("end_session_endpoint")
         if session and end:
             params = {"id_token_hint": session["tokens"]["id_token"],
-                      "post_logout_redirect_uri": f"{self.request.protocol}://"
-                                                  f"{self.request.host}/",
+                      "post_logout_redirect_uri": self.origin + "/",
                       "state": secrets.token_urlsafe(8)}
             return self.redirect(end + "?" + urlencode(params))
         self.redirect("/")
 
 
-def make_app(op: OP, cookie_secret: Optional[str] = None) -> tornado.web.Application:
+def make_app(op: OP, cookie_secret: Optional[str] = None,
+             origin: str = "") -> tornado.web.Application:
     return tornado.web.Application(
         [(r"/", Home), (r"/login", Login), (r"/callback", Callback), (r"/refresh", Refresh),
-         (r"/logout", Logout)], demo_op=op, demo_sessions={},
+         (r"/logout", Logout)], demo_op=op, demo_sessions={}, demo_origin=origin.rstrip("/"),
         template_path=str(HERE / "templates"), static_path=str(HERE / "static"),
         cookie_secret=cookie_secret or secrets.token_hex(32), xsrf_cookies=True)
 
@@ -261,8 +271,9 @@ def main() -> None:
 
     async def serve() -> None:
         host, _, port = args.listen.rpartition(":")
-        server = make_app(op).listen(int(port), address=host)
-        print(f"demo relying party on http://{args.listen}/", flush=True)
+        origin = os.environ.get("KONNECT_DEMO_ORIGIN", "")
+        server = make_app(op, origin=origin).listen(int(port), address=host)
+        print(f"demo relying party on {origin or 'http://' + args.listen}/", flush=True)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)

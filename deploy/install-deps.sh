@@ -11,7 +11,8 @@ PYTHON=${PYTHON:-python3}
 # binary -> Debian package
 declare -A need=([redis-server]=redis-server [caddy]=caddy)
 if [ "$purpose" = test ]; then
-  need+=([slapd]=slapd [ldapwhoami]=ldap-utils [apache2]=apache2)
+  need+=([slapd]=slapd [ldapwhoami]=ldap-utils [apache2]=apache2 [chromium]=chromium
+         [node]=nodejs [npm]=npm)
 elif [ "${KONNECT_PROXY:-caddy}" = apache ]; then
   need[apache2]=apache2
 fi

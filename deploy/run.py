@@ -43,6 +43,11 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def demo_origin(env: dict) -> str:
+    """Through Caddy: https on the issuer's host (same-site with the OP); with Apache the
+    app itself, plain http on loopback."""
+    if env.get("KONNECT_PROXY", "caddy") == "caddy":
+        host = urlsplit(env["OIDC_ISSUER_IDENTIFIER"]).hostname
+        return f"https://{host}:{env['KONNECT_DEMO_PORT']}"
     host, _, port = env["KONNECT_DEMO_LISTEN"].rpartition(":")
     return f"http://{host}:{port}"
 
@@ -53,6 +58,7 @@ def ensure_state(state: Path, env: dict) -> dict:
     keys = state / "keys"
     if not (keys / keytool.LINK_NAME).exists():
         keytool.generate(keys, "rsa", bits=2048)
+    origin = demo_origin(env)
     demo_file = state / "demo.json"
     if demo_file.exists():
         demo = json.loads(demo_file.read_text())
@@ -60,7 +66,6 @@ def ensure_state(state: Path, env: dict) -> dict:
         demo = {"client_id": DEMO_CLIENT_ID, "client_secret": secrets.token_urlsafe(24),
                 "username": DEMO_USER, "password": secrets.token_urlsafe(9)}
         _write_private(demo_file, json.dumps(demo, indent=2) + "\n")
-    origin = demo_origin(env)
     registry = state / "identifier-registration.yaml"
     if not registry.exists():
         _write_private(registry, (
@@ -69,7 +74,8 @@ def ensure_state(state: Path, env: dict) -> dict:
             f"  - id: {demo['client_id']}\n"
             "    name: Konnect demo app\n"
             f"    secret: \"{demo['client_secret']}\"\n"
-            "    insecure: yes   # the demo serves plain http on loopback\n"
+            + ("    insecure: yes   # with Apache the demo serves plain http on loopback\n"
+               if origin.startswith("http:") else "") +
             f"    redirect_uris: [\"{origin}/callback\"]\n"
             f"    post_logout_redirect_uris: [\"{origin}/\"]\n"))
     users = state / "users.yaml"
@@ -145,6 +151,8 @@ def prepare_environment(env: dict, state: Path) -> dict:
         "KONNECT_START_APACHE": "true" if proxy == "apache" else "false",
         "KONNECT_START_DEMO": "true",
         "KONNECT_DEMO_ISSUER": env["OIDC_ISSUER_IDENTIFIER"],
+        "KONNECT_DEMO_ORIGIN": demo_origin(env),
+        "KONNECT_CADDY_EXTRA": str(DEPLOY / "caddy-demo.caddy"),
         "KONNECT_DEMO_CLIENT_ID": demo["client_id"],
         "KONNECT_DEMO_CLIENT_SECRET": demo["client_secret"],
         "KONNECT_DEMO_CA": str(state / "tls" / "cert.pem") if proxy == "apache" else

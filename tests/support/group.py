@@ -43,6 +43,7 @@ class Group:
             **{f"KONNECT_{p.upper()}_LISTEN": f"127.0.0.1:{free_port()}" for p in PROGRAMS},
             "KONNECT_REDIS_LISTEN": f"127.0.0.1:{free_port()}",
             "KONNECT_DEMO_LISTEN": f"127.0.0.1:{free_port()}",
+            "KONNECT_DEMO_PORT": str(free_port()),
             **(extra_env or {}),
         })
         self.process: Optional[subprocess.Popen] = None
@@ -62,6 +63,9 @@ class Group:
 
     @property
     def demo_url(self) -> str:
+        """The demo app's public origin (through Caddy: https on the issuer's host)."""
+        if self.proxy == "caddy":
+            return f"https://localhost:{self.env['KONNECT_DEMO_PORT']}"
         return "http://" + self.env["KONNECT_DEMO_LISTEN"]
 
     def listen(self, program: str) -> str:

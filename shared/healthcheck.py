@@ -1,0 +1,120 @@
+"""`python -m shared.healthcheck [URL ...]`: are the services up? (container and monitor checks)
+
+    python -m shared.healthcheck                      the four services' /health-check
+    python -m shared.healthcheck --service token      one service (its KONNECT_TOKEN_LISTEN)
+    python -m shared.healthcheck --listen 127.0.0.1:8779
+    python -m shared.healthcheck http://127.0.0.1:8780/health-check
+
+A service's address is `KONNECT_<SERVICE>_LISTEN` from the environment, else from
+deploy/addresses.env (as deploy/bin/konnect-program does); a wildcard host (0.0.0.0, ::) is
+checked on loopback. Exit status 0 when every URL answers 200 within the timeout (2 s
+each), 1 otherwise with one line per failing URL on stdout, 2 for bad arguments.
+Standard library only, no proxies from the environment, redirects not followed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+from typing import Mapping, Optional, Sequence
+
+from .options import SERVICES
+from .topology import read_addresses
+
+PATH = "/health-check"
+TIMEOUT = 2.0
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003 - urllib's signature
+        return None  # a redirect is an answer other than 200, not something to follow
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+
+
+def listen_url(listen: str) -> str:
+    """`host:port` -> the health-check URL; wildcard hosts become loopback."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{listen!r}: expected host:port")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}{PATH}"
+
+
+def service_urls(services: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    addresses: Optional[dict] = None
+    urls = []
+    for service in services:
+        name = f"KONNECT_{service.upper()}_LISTEN"
+        listen = environ.get(name)
+        if not listen:
+            if addresses is None:
+                addresses = read_addresses()
+            listen = addresses[name]
+        urls.append(listen_url(listen))
+    return urls
+
+
+def check(url: str, timeout: float = TIMEOUT) -> Optional[str]:
+    """None when `url` answers 200 within `timeout`, else why not (one line)."""
+    try:
+        with _OPENER.open(url, timeout=timeout) as resp:
+            resp.read(1024)
+            status = resp.status
+    except urllib.error.HTTPError as err:
+        status = err.code
+        err.close()
+    except urllib.error.URLError as err:
+        reason = err.reason
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            return f"no answer within {timeout:g}s"
+        return str(getattr(reason, "strerror", None) or reason)
+    except (socket.timeout, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    except (OSError, ValueError, http.client.HTTPException) as err:
+        return str(getattr(err, "strerror", None) or err) or type(err).__name__
+    return None if status == 200 else f"HTTP {status}"
+
+
+def main(argv: Optional[Sequence[str]] = None,
+         environ: Optional[Mapping[str, str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.healthcheck",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("urls", nargs="*", metavar="URL", help="URLs to check")
+    parser.add_argument("--service", action="append", choices=SERVICES, default=[],
+                        help="check this service's KONNECT_<SERVICE>_LISTEN; repeatable")
+    parser.add_argument("--listen", action="append", default=[], metavar="HOST:PORT",
+                        help=f"check http://HOST:PORT{PATH}; repeatable")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT,
+                        help=f"seconds per URL (default {TIMEOUT:g})")
+    args = parser.parse_intermixed_args(argv)
+    environ = os.environ if environ is None else environ
+    try:
+        urls = list(args.urls) + [listen_url(listen) for listen in args.listen]
+        if args.service or not urls:
+            urls += service_urls(args.service or SERVICES, environ)
+    except (ValueError, KeyError, OSError) as err:
+        parser.error(str(err))
+    failed = 0
+    for url in urls:
+        problem = check(url, args.timeout)
+        if problem is not None:
+            failed += 1
+            print(f"{url}: {problem}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
