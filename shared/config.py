@@ -297,6 +297,12 @@ def _check_identity_manager(s) -> list[str]:
         if len(s.identity_manager_args) < 2:
             problems.append("the cookie identity manager needs two arguments: "
                             "<backend-url> <cookie names>")
+        elif urlsplit(s.identity_manager_args[0]).scheme not in ("http", "https"):
+            problems.append(f"cookie backend URL {s.identity_manager_args[0]!r} must be "
+                            "an absolute http(s) URL")
+        if not s.sign_in_uri:
+            problems.append("the cookie identity manager needs --sign-in-uri (where users "
+                            "who are not signed in go)")
     elif manager == "users" and s.users_file and not s.users_file.is_file():
         problems.append(f"users_file {s.users_file}: no such file")
     if manager != "cookie" and (s.authorization_endpoint_uri or s.endsession_endpoint_uri):

@@ -76,6 +76,8 @@ class Core:
         if problems:
             raise StartupError(problems)
         core.users = users
+        if hasattr(users, "bind_sealer"):
+            users.bind_sealer(core.sealer)  # the cookie backend seals forwarded cookies
         return core
 
     @classmethod

@@ -56,6 +56,8 @@ class Identity:
             result = {"kc.i.id": self.raw_sub, "kc.i.un": self.username}
         if self.name:
             result["kc.i.dn"] = self.name
+        if self.backend == "cookie":  # what userinfo needs to replay the backend call
+            result.update({k: v for k, v in self.extra.items() if k.startswith("cookie.")})
         return result
 
     @staticmethod

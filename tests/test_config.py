@@ -111,7 +111,8 @@ def test_zero_lifetime_means_default_as_in_konnect():
 
 
 def test_positional_identity_manager_as_konnect_serve():
-    s = load(ISS + ["cookie", "https://backend.example/me", "sid other"])
+    s = load(ISS + ["--sign-in-uri", "https://backend.example/login", "cookie",
+                    "https://backend.example/me", "sid other"])
     assert s.identity_manager == "cookie"
     assert s.identity_manager_args == ("https://backend.example/me", "sid other")
 

@@ -14,5 +14,13 @@ def make_app(settings, deps: Core):
     ], deps)
 
 
+def make_deps(settings) -> Core:
+    """The user backend only for the cookie manager: it decides at the authorization
+    endpoint (the others sign in through the identifier)."""
+    if settings.identity_manager == "cookie":
+        return Core.with_users(settings)
+    return Core.from_settings(settings)
+
+
 def main(argv=None) -> None:
-    service.run("authorize", make_app, Core.from_settings, argv)
+    service.run("authorize", make_app, make_deps, argv)

@@ -7,13 +7,14 @@ logon -> `login_required`; consent needed -> the consent page, or `consent_requi
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from tornado.escape import xhtml_escape
 
-from shared import jose, scopes as scopelib
+from shared import discovery, jose, scopes as scopelib
 from shared.errors import (ACCESS_DENIED, CONSENT_REQUIRED, INVALID_REQUEST, LOGIN_REQUIRED,
                            OAuth2Error, add_params)
 from shared.grants import Grant
@@ -55,10 +56,12 @@ class AuthorizeHandler(PageHandler):
             if getattr(err, "response_mode", "") == "form_post":
                 return self._form_post(redirect_uri, err.location_params())
             raise
-        logon = self._logon(req)
+        logon = await self._cookie_logon(req) if self._cookie_manager else self._logon(req)
         if logon is None:
             if "none" in req.prompt:
                 raise self._redirect_error(req, LOGIN_REQUIRED, "the user is not signed in")
+            if self._cookie_manager:
+                return self._to_web_app_sign_in(req)
             if "select_account" in req.prompt and "login" not in req.prompt \
                     and Logon.open(deps.sealer, self.get_cookie(LOGON_COOKIE)) is not None:
                 return self._hand_off(CHOOSE_PATH, req)
@@ -86,6 +89,33 @@ class AuthorizeHandler(PageHandler):
                               issuer=deps.settings.iss) from None
             raise invalid(str(err)) from None
 
+    @property
+    def _cookie_manager(self) -> bool:
+        return getattr(self.deps.users, "manager", "") == "cookie"
+
+    async def _cookie_logon(self, req: AuthRequest):
+        """The cookie identity manager (shared/users/cookie.py): ask the web application
+        whether this browser is signed in there."""
+        if req.prompt & {"login", "select_account"}:
+            return None
+        cookie = self.request.headers.get("Cookie", "")
+        identity = await self.deps.users.identify(
+            cookie, self.request.headers.get("Accept-Language", ""),
+            self.request.headers.get("User-Agent", ""))
+        if identity is None:
+            return None
+        sid = hashlib.sha256(f"{identity.sub} {cookie}".encode()).hexdigest()[:32]
+        return self._check_hint(req, Logon(identity=identity, auth_time=int(self.deps.now()),
+                                           sid=sid))
+
+    def _to_web_app_sign_in(self, req: AuthRequest) -> None:
+        """konnect.md §4.4: `--sign-in-uri?continue=<this authorization request>&oauth=1`."""
+        params = dict(req.params)
+        params.pop("konnect", None)
+        here = discovery.url(self.deps.settings, "authorization_endpoint") + "?" + urlencode(params)
+        self.redirect(add_params(self.deps.settings.sign_in_uri,
+                                 [("continue", here), ("oauth", "1")]))
+
     def _logon(self, req: AuthRequest):
         deps = self.deps
         logon = Logon.open(deps.sealer, self.get_cookie(LOGON_COOKIE))
@@ -97,6 +127,10 @@ class AuthorizeHandler(PageHandler):
             return None
         if req.prompt & {"login", "select_account"}:
             return None
+        return self._check_hint(req, logon)
+
+    def _check_hint(self, req: AuthRequest, logon: Logon):
+        deps = self.deps
         if req.id_token_hint:
             try:
                 _, hint = deps.keyring.verify(req.id_token_hint)  # exp not checked (OIDC §3.1.2.1)
@@ -122,6 +156,9 @@ class AuthorizeHandler(PageHandler):
         wanted = [s for s in req.scopes if s in supported]
         if req.client.trusted and "consent" not in req.prompt:
             return wanted
+        if self._cookie_manager:  # no consent page without the identifier's own logon
+            raise self._redirect_error(req, CONSENT_REQUIRED, "the cookie identity manager "
+                                       "serves trusted clients only")
         decision = None
         if req.konnect:
             name = consent_cookie_name(req.konnect, req.client.id, req.redirect_uri, req.state, req.nonce)

@@ -112,7 +112,7 @@ class UserInfoHandler(BaseHandler):
             raise OAuth2Error(INSUFFICIENT_SCOPE, "the openid scope is required", status=403,
                               auth_scheme="Bearer")
         raw_sub = Identity.raw_sub_of(claims["kc.identity"])
-        identity = await deps.users.lookup(raw_sub) if raw_sub else None
+        identity = await deps.users.current(raw_sub, claims["kc.identity"]) if raw_sub else None
         if identity is None or identity.sub != claims["sub"]:
             raise _invalid_token("user no longer available")
         body = userinfo_claims(identity, claims)

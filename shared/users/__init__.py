@@ -30,6 +30,9 @@ def make_backend(settings: Any) -> UserBackend:
     if manager == "kc":
         from .kc import KCBackend
         return KCBackend.from_settings(settings)
+    if manager == "cookie":
+        from .cookie import CookieBackend
+        return CookieBackend.from_settings(settings)
     if manager == "dummy":
         if not settings.allow_dummy_backend:
             raise BackendConfigError("identity manager 'dummy' signs anybody in as 'dummy': "

@@ -7,7 +7,7 @@ hashing) runs in a bounded thread pool or natively async. Every network call has
 from __future__ import annotations
 
 import abc
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from ..errors import Unavailable
 from ..identity import Identity
@@ -29,6 +29,11 @@ class UserBackend(abc.ABC):
     @abc.abstractmethod
     async def lookup(self, raw_sub: str) -> Optional[Identity]:
         """The current identity for a raw subject, or None if the user is gone or disabled."""
+
+    async def current(self, raw_sub: str, kc_identity: Mapping[str, Any]) -> Optional[Identity]:
+        """The user behind a token (its `kc.identity`) as the backend knows them now: for
+        userinfo and refresh. Most backends simply look the subject up."""
+        return await self.lookup(raw_sub)
 
     async def close(self) -> None:
         """Release connections and threads."""

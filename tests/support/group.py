@@ -47,6 +47,7 @@ class Group:
             **(extra_env or {}),
         })
         self.process: Optional[subprocess.Popen] = None
+        self.not_ready = ""
         self.log = state / "group.log"
 
     # -- facts ------------------------------------------------------------------------
@@ -93,19 +94,24 @@ class Group:
             if self.ready():
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"group not ready after {timeout}s:\n{self.output()[-4000:]}")
+        status = self.ctl("status")
+        self.stop()
+        raise RuntimeError(f"group not ready after {timeout}s ({self.not_ready}):\n{status}\n"
+                           f"{self.output()[:3000]}\n...\n{self.output()[-2000:]}")
 
     def ready(self) -> bool:
-        try:
-            s = self.session()
-            if s.get(self.issuer + "/.well-known/openid-configuration", timeout=2).status_code != 200:
+        s = self.session()
+        checks = [self.issuer + "/.well-known/openid-configuration", self.demo_url + "/",
+                  *(self.listen(p) + "/health-check" for p in PROGRAMS)]
+        for url in checks:
+            try:
+                status = s.get(url, timeout=2).status_code
+            except (requests.RequestException, OSError) as err:
+                status = type(err).__name__
+            if status != 200:
+                self.not_ready = f"{url}: {status}"
                 return False
-            if s.get(self.demo_url + "/", timeout=2).status_code != 200:
-                return False
-            return all(s.get(self.listen(p) + "/health-check", timeout=2).status_code == 200
-                       for p in PROGRAMS)
-        except (requests.RequestException, OSError):
-            return False
+        return True
 
     def output(self) -> str:
         try:
