@@ -238,8 +238,9 @@ def validate(s) -> list[str]:
         except ValueError:
             problems.append(f"trusted_proxy has value {proxy!r}: not an IP address or CIDR")
     problems += _check_redis_url(s.redis_url)
-    if s.uri_base_path and not s.uri_base_path.startswith("/"):
-        problems.append(f"uri_base_path has value {s.uri_base_path!r}: must start with /")
+    if s.uri_base_path:
+        problems.append(f"uri_base_path has value {s.uri_base_path!r}: a path prefix is not "
+                        "supported; serve the OP at the root of its own host name")
     problems += _check_identity_manager(s)
     return problems
 
@@ -305,6 +306,9 @@ def _check_identity_manager(s) -> list[str]:
                             "who are not signed in go)")
     elif manager == "users" and s.users_file and not s.users_file.is_file():
         problems.append(f"users_file {s.users_file}: no such file")
+    if manager != "cookie" and s.sign_in_uri:
+        problems.append("sign_in_uri is only used by the cookie identity manager (the other "
+                        "managers sign in on the identifier's own pages)")
     if manager != "cookie" and (s.authorization_endpoint_uri or s.endsession_endpoint_uri):
         problems.append("authorization_endpoint_uri/endsession_endpoint_uri are only "
                         "supported with the cookie identity manager")

@@ -41,6 +41,11 @@ def document(settings: Any, keyring: Any, definitions: Any = None) -> dict:
         if name == "registration_endpoint" and not settings.allow_dynamic_client_registration:
             continue
         doc[name] = url(settings, name)
+    # the cookie manager may point RPs at the web application's own endpoints (Konnect)
+    if getattr(settings, "authorization_endpoint_uri", None):
+        doc["authorization_endpoint"] = settings.authorization_endpoint_uri
+    if getattr(settings, "endsession_endpoint_uri", None):
+        doc["end_session_endpoint"] = settings.endsession_endpoint_uri
     manager = settings.identity_manager
     doc.update({
         "scopes_supported": scopes.supported(manager, settings.allow_scope, definitions),

@@ -84,10 +84,12 @@ OPTIONS: tuple[Option, ...] = (
     _o("encryption_secret", "path", None, "file with exactly 32 random bytes "
        "(openssl rand -out FILE 32)", env=("KONNECTD_ENCRYPTION_SECRET",),
        cfg="encryption_secret_key"),
-    _o("uri_base_path", "str", "", "path prefix for /konnect/v1 and /signin/v1"),
-    _o("sign_in_uri", "str", None, "where users who are not signed in are sent "
-       "(default: <base>/signin/v1/identifier)"),
-    _o("signed_out_uri", "str", None, "the signed-out page (default: <base>/signin/v1/goodbye)"),
+    _o("uri_base_path", "str", "", "path prefix for /konnect/v1 and /signin/v1 (not "
+       "supported: a value is refused; serve the OP at the root of its host)"),
+    _o("sign_in_uri", "str", None, "cookie identity manager: the web application's sign-in "
+       "page for users who are not signed in (continue=<authorize URL>&oauth=1)"),
+    _o("signed_out_uri", "str", None, "where end session sends the browser when the RP gave "
+       "no post_logout_redirect_uri (default: /signin/v1/goodbye)"),
     _o("authorization_endpoint_uri", "str", None, "custom authorize URL (refused for the "
        "identifier managers, as Konnect)"),
     _o("endsession_endpoint_uri", "str", None, "custom end-session URL (refused for the "

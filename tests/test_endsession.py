@@ -183,3 +183,21 @@ async def test_select_account_shows_the_chooser_when_signed_in(http_client, base
 def _alice(core):
     from tests.support.op import ALICE
     return Identity(**{**ALICE.__dict__, "raw_sub": "u-alice", "uuid": "u-alice"})
+
+
+@pytest.mark.gen_test
+async def test_signed_out_uri_is_where_a_plain_sign_out_ends(http_client, base_url, core):
+    import dataclasses
+    b = Browser(http_client, base_url)
+    await sign_in(b)
+    page = await b.fetch(END)
+    confirm = re.search(rb'name="confirm" value="([^"]+)"', page.body).group(1).decode()
+    original = core.settings
+    core.settings = dataclasses.replace(original, signed_out_uri="https://intranet.example/bye")
+    try:
+        done = await b.fetch(END, method="POST", body=urlencode({"confirm": confirm}),
+                             headers={"Origin": base_url,
+                                      "Content-Type": "application/x-www-form-urlencoded"})
+    finally:
+        core.settings = original
+    assert done.code == 302 and done.headers["Location"] == "https://intranet.example/bye"

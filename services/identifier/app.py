@@ -2,15 +2,25 @@
 
 import os
 
+import tornado.web
+
 from shared import service
 from shared.deps import Core
 
 from .api import ConsentHandler, HelloHandler, LogoffHandler, LogonHandler
 from .endsession import EndSessionHandler
-from .pages import SigninPage
+from .pages import BRANDING_PATH, SigninPage
 
 HERE = os.path.dirname(__file__)
 API = "/signin/v1/identifier/_/"
+
+
+class BrandingHandler(tornado.web.StaticFileHandler):
+    """The deployment's branding files, with the same security headers as static files."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'self'")
 
 
 def make_app(settings, deps: Core):
@@ -19,8 +29,15 @@ def make_app(settings, deps: Core):
         ("/signin/v1/identifier", "identifier"), ("/signin/v1/chooseaccount", "chooseaccount"),
         ("/signin/v1/consent", "consent"), ("/signin/v1/welcome", "welcome"),
         ("/signin/v1/goodbye", "goodbye"))]
+    extra = []
+    if settings.identifier_client_path:  # a deployment's logo.svg / brand.css
+        extra.append((BRANDING_PATH + r"(logo\.svg|brand\.css)", BrandingHandler,
+                      {"path": str(settings.identifier_client_path)}))
+    if settings.disable_identifier_client:  # Konnect: the JSON API without the web pages
+        pages = []
     return service.application([
         *pages,
+        *extra,
         (API + "hello", HelloHandler, args),
         (API + "logon", LogonHandler, args),
         (API + "logoff", LogoffHandler, args),

@@ -72,13 +72,10 @@ class EndSessionHandler(SigninPage):
             return self._done(uri, state)
         confirm = deps.sealer.seal("endsession", {"uri": uri, "state": state,
                                                   "sub": logon.identity.sub}, CONFIRM_TTL)
-        if uri:
-            # CSP form-action also governs where the form's answer redirects to.
-            origin = "{0.scheme}://{0.netloc}".format(urlsplit(uri))
-            self.set_header("Content-Security-Policy",
-                            self.csp.replace("form-action 'self'", f"form-action 'self' {origin}"))
+        # CSP form-action also governs where the form's answer redirects to.
         self.show(client_name=client.display_name if client else "", confirm=confirm,
-                  stay=uri or "/signin/v1/welcome")
+                  stay=uri or "/signin/v1/welcome",
+                  form_origin="{0.scheme}://{0.netloc}".format(urlsplit(uri)) if uri else "")
 
     async def confirmed(self, token: str) -> None:
         """The user pressed "Sign out" on the confirmation page (a form of our own origin:
@@ -110,4 +107,4 @@ class EndSessionHandler(SigninPage):
     def _done(self, uri: Optional[str], state: Optional[str]) -> None:
         if uri:
             return self.redirect(add_params(uri, [("state", state)] if state else []))
-        self.redirect("/signin/v1/goodbye?done=1")
+        self.redirect(self.deps.settings.signed_out_uri or "/signin/v1/goodbye?done=1")

@@ -2,13 +2,15 @@
 and the sign-out confirmation of end session (endsession.py).
 
 Server-rendered, one first-party script, no third-party resources. English and German;
-`?lang=` (the switch) wins over `Accept-Language`. CSP without inline script or style,
+`?lang=` (the switch) wins over `Accept-Language`. CSP: the one script by nonce, no inline style,
 `frame-ancestors 'none'` against clickjacking.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from urllib.parse import urlencode
 
 from shared import scopes as scopelib
@@ -70,6 +72,20 @@ def choose_language(explicit: str | None, accept: str) -> str:
     return "en"
 
 
+BRANDING_PATH = "/signin/v1/branding/"
+BRANDING_FILES = ("logo.svg", "brand.css")
+
+
+def branding(settings) -> dict:
+    """A deployment's replacements (--identifier-client-path: logo.svg, brand.css), as URLs
+    under BRANDING_PATH for the files that exist."""
+    directory = getattr(settings, "identifier_client_path", None)
+    if not directory:
+        return {}
+    return {name: BRANDING_PATH + name for name in BRANDING_FILES
+            if os.path.isfile(os.path.join(directory, name))}
+
+
 class SigninPage(PageHandler):
     csp = CSP
 
@@ -85,7 +101,15 @@ class SigninPage(PageHandler):
             client_name = client.display_name if client else self.get_query_argument("client_id", "")
         self.show(client_name=client_name)
 
-    def show(self, *, client_name: str = "", confirm: str = "", stay: str = "") -> None:
+    def show(self, *, client_name: str = "", confirm: str = "", stay: str = "",
+             form_origin: str = "") -> None:
+        """Render the view. The one script is allowed by a per-response nonce;
+        `form_origin` is where a form's answer may redirect (CSP form-action governs it)."""
+        nonce = secrets.token_urlsafe(18)
+        csp = self.csp.replace("script-src 'self'", f"script-src 'nonce-{nonce}'")
+        if form_origin:
+            csp = csp.replace("form-action 'self'", f"form-action 'self' {form_origin}")
+        self.set_header("Content-Security-Policy", csp)
         lang = choose_language(self.get_query_argument("lang", None),
                                self.request.headers.get("Accept-Language", ""))
         t = MESSAGES[lang]
@@ -108,4 +132,5 @@ class SigninPage(PageHandler):
                     login_hint=self.get_query_argument("login_hint", ""), client_name=client_name,
                     scope_words=words, confirm=confirm, stay=stay,
                     done=self.get_query_argument("done", "") == "1", languages=LANGUAGES, lang_query=lang_query,
+                    nonce=nonce, branding=branding(self.deps.settings),
                     messages_json=json.dumps(t).replace("</", "<\\/"))
