@@ -106,7 +106,8 @@ OPTIONS: tuple[Option, ...] = (
        cfg="trusted_proxies"),
     _o("allow_scope", "list", (), "replace the list of supported scopes; repeatable",
        cfg="allowed_scopes"),
-    _o("allow_client_guests", "bool", False, "allow client controlled guests"),
+    _o("allow_client_guests", "bool", False, "allow client controlled guests (Konnect; not "
+       "supported here: refused)"),
     _o("allow_dynamic_client_registration", "bool", False, "enable /konnect/v1/register"),
     _o("access_token_expiration", "int", 600, "access token lifetime, seconds", minimum=0),
     _o("id_token_expiration", "int", 3600, "ID token lifetime, seconds", minimum=0),
