@@ -274,9 +274,18 @@ def test_full_flow_through_apache(apache_group):
     assert agent.run(g.demo_url + "/login", demo["username"], demo["password"]).status == 200
 
 
-def test_make_run_stops_everything_on_sigterm(tmp_path):
-    g = Group(tmp_path / "state", token_procs=1)
+def test_make_run_passes_the_environment_and_stops_everything_on_sigterm(tmp_path):
+    # Konnect's variables given to `make run` reach the services unchanged.
+    g = Group(tmp_path / "state", token_procs=1, extra_env={
+        "KONNECTD_ALLOW_DYNAMIC_CLIENT_REGISTRATION": "yes",
+        "KONNECTD_ACCESS_TOKEN_EXPIRATION": "123",
+        "KONNECTD_LOG_FORMAT": "json"})
     g.start()
+    doc = g.session().get(g.issuer + "/.well-known/openid-configuration", timeout=5).json()
+    assert doc["registration_endpoint"] == g.issuer + "/konnect/v1/register"
+    tokens = code_flow(g, Agent(g.issuer, g.ca))
+    assert tokens["expires_in"] == 123
+    assert '"service": "token"' in g.output()  # JSON log lines
     pids = [pid for p in ("identifier", "authorize", "token", "userinfo", "caddy", "redis",
                           "demo") for pid in g.wait_running(p).values()]
     assert len(pids) == 7
