@@ -43,6 +43,31 @@ end
 return value
 """
 
+# The end of a code redemption in one round trip: the new refresh token's record (SET NX,
+# as put_refresh) and then the code's redemption marker (as mark_code_redeemed).
+_FINISH_CODE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then return 0 end
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
+return 1
+"""
+
+# take_refresh plus, in the same step, whether the record's family is revoked (the
+# `revoked:family:<id>` key of is_revoked; ARGV[1] is that key without the id).
+_TAKE_REFRESH_CHECKED = """
+local pttl = redis.call('PTTL', KEYS[1])
+local value = redis.call('GETDEL', KEYS[1])
+if not value then return false end
+local ok, record = pcall(cjson.decode, value)
+local revoked = 0
+if ok and type(record) == 'table' and type(record['family']) == 'string' then
+  if pttl > 0 then
+    redis.call('SET', KEYS[2], cjson.encode(record['family']), 'PX', pttl)
+  end
+  revoked = redis.call('EXISTS', ARGV[1] .. record['family'])
+end
+return {value, revoked}
+"""
+
 # A subject's not-before time only moves forward and its entry only lives longer, so a
 # later, weaker call can never un-revoke tokens that an earlier call revoked.
 _REVOKE_SUBJECT = """
@@ -147,6 +172,8 @@ class Store:
         self._down = False
         self._take_refresh_script = client.register_script(_TAKE_REFRESH)
         self._revoke_subject_script = client.register_script(_REVOKE_SUBJECT)
+        self._finish_code_script = client.register_script(_FINISH_CODE)
+        self._take_refresh_checked_script = client.register_script(_TAKE_REFRESH_CHECKED)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "konnect:", socket_timeout: float = 2.0,
@@ -234,6 +261,29 @@ class Store:
         value, ex = _dumps(_check_record(info)), _check_ttl(ttl)
         await self._call("mark_code_redeemed", lambda: self._redis.set(k, value, ex=ex))
 
+    async def finish_code_redemption(self, code: str, info: dict, ttl: int, *,
+                                     refresh: tuple | None = None) -> None:
+        """`mark_code_redeemed` and, when a refresh token was issued, `put_refresh`, in
+        ONE round trip (one script): the two writes that end a code redemption.
+
+        `refresh` is ``(token, record, ttl)``; its SET NX still raises `StoreConflict` if
+        the token exists. Either write failing raises `StoreUnavailable` as usual.
+        """
+        k = self.key("code-used", digest(_check_ident("code", code)))
+        value, ex = _dumps(_check_record(info)), _check_ttl(ttl)
+        if refresh is None:
+            await self._call("mark_code_redeemed", lambda: self._redis.set(k, value, ex=ex))
+            return
+        token, record, refresh_ttl = refresh
+        rk = self.key("rt", digest(_check_ident("refresh token", token)))
+        _check_record(record)
+        _check_ident('record["family"]', record.get("family"))
+        args = [_dumps(record), _check_ttl(refresh_ttl), value, ex]
+        stored = await self._call("finish_code_redemption", lambda: self._finish_code_script(
+            keys=[rk, k], args=args))
+        if not stored:
+            raise StoreConflict("refresh token already stored")
+
     async def code_redemption(self, code: str) -> dict | None:
         """What `mark_code_redeemed` recorded for this code, or None."""
         k = self.key("code-used", digest(_check_ident("code", code)))
@@ -266,6 +316,19 @@ class Store:
         keys = [self.key("rt", h), self.key("rt-spent", h)]
         return _loads(await self._call(
             "take_refresh", lambda: self._take_refresh_script(keys=keys)))
+
+    async def take_refresh_checked(self, token: str) -> tuple:
+        """`take_refresh` and, in the same round trip, whether the record's family is on
+        the revocation list (what `is_revoked(family=...)` answers): ``(record, revoked)``,
+        ``(None, False)`` for an unknown or spent token. The token is taken either way."""
+        h = digest(_check_ident("refresh token", token))
+        keys = [self.key("rt", h), self.key("rt-spent", h)]
+        args = [self.key("revoked", "family", "")]
+        result = await self._call("take_refresh", lambda: self._take_refresh_checked_script(
+            keys=keys, args=args))
+        if not result:
+            return None, False
+        return _loads(result[0]), bool(result[1])
 
     async def peek_refresh(self, token: str) -> dict | None:
         """A refresh-token record without redeeming it (introspection, revocation checks)."""

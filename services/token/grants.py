@@ -51,14 +51,19 @@ class Issuer:
     async def _current_identity(self, grant: Grant):
         if self.users is None:
             return grant.identity
-        identity = await self.users.lookup(grant.identity.raw_sub)
+        identity = await self.users.current(grant.identity.raw_sub, grant.identity.kc_identity())
         if identity is None:
             raise _grant_error("the user is no longer available")
         return identity
 
     async def respond(self, client: Client, grant: Grant, scopes: list, *, id_token: bool,
-                      refresh: bool) -> tuple[dict, dict]:
-        """(response body, issued ids) for `grant`, narrowed to `scopes`."""
+                      refresh: bool, pending: Optional[list] = None) -> tuple[dict, dict]:
+        """(response body, issued ids) for `grant`, narrowed to `scopes`.
+
+        With `pending`, the new refresh token's record is not stored here but appended to
+        it as ``(token, record, ttl)``, for the caller to store together with its own
+        write in one round trip.
+        """
         identity = await self._current_identity(grant)
         alg = client.id_token_signed_response_alg or None
         access = self.tokens.access_token(client_id=client.id, identity=identity, scopes=scopes,
@@ -76,7 +81,10 @@ class Issuer:
             token = random_token(32)
             remaining = grant.created + self.tokens.refresh_ttl - int(self.tokens.now())
             if remaining > 0:
-                await self.store.put_refresh(token, grant.to_record(), remaining)
+                if pending is not None:
+                    pending.append((token, grant.to_record(), remaining))
+                else:
+                    await self.store.put_refresh(token, grant.to_record(), remaining)
                 body["refresh_token"] = token
         return body, issued
 
@@ -122,10 +130,14 @@ async def authorization_code(handler: Any, client: Client, issuer: Issuer) -> di
     check_pkce(grant, handler.param("code_verifier"), client)
     if not grant.created:
         grant.created = int(issuer.tokens.now())
-    body, issued = await issuer.respond(client, grant, grant.scopes, id_token=True, refresh=True)
+    pending: list = []
+    body, issued = await issuer.respond(client, grant, grant.scopes, id_token=True, refresh=True,
+                                        pending=pending)
     lifetime = issuer.tokens.refresh_ttl if "refresh_token" in body else issuer.tokens.access_ttl
     issued["exp"] = max(issued["exp"], int(issuer.tokens.now()) + lifetime)
-    await store.mark_code_redeemed(code, issued, lifetime)
+    # the refresh token's record and the code's redemption marker: one round trip
+    await store.finish_code_redemption(code, issued, lifetime,
+                                       refresh=pending[0] if pending else None)
     return body
 
 
@@ -134,7 +146,8 @@ async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
     if not token:
         raise OAuth2Error(INVALID_REQUEST, "refresh_token is required")
     store, now = issuer.store, int(issuer.tokens.now())
-    record = await store.take_refresh(token)
+    # one round trip: the record, and whether its family is on the revocation list
+    record, family_revoked = await store.take_refresh_checked(token)
     if record is None:
         family = await store.spent_refresh_family(token)
         if family:
@@ -143,23 +156,29 @@ async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
                                "refresh token reuse: family revoked")
         raise _grant_error("refresh token is invalid or expired")
     grant = Grant.from_record(record)
+
+    async def put_back() -> None:
+        """A refused or failed request is not a use: the token goes back, so that the
+        rightful client's next request is not taken for reuse (which revokes the family)."""
+        remaining = grant.created + issuer.tokens.refresh_ttl - now
+        if remaining > 0:
+            await store.put_refresh(token, record, remaining)
+
     if grant.client_id != client.id:
+        await put_back()
         raise _grant_error("refresh token was issued to another client")
     # The family only: signing out of the browser ends access tokens (subject not-before),
     # while offline_access grants live on until revoked (RFC 7009) or reused.
-    if await store.is_revoked(family=grant.family):
+    if family_revoked:
         raise _grant_error("grant has been revoked")
     requested = scopelib.parse(handler.param("scope"))
     if requested and not set(requested) <= set(grant.scopes):
+        await put_back()
         raise OAuth2Error(INVALID_SCOPE, "scope exceeds the original grant")
     try:
         body, _ = await issuer.respond(client, grant, requested or grant.scopes, id_token=True,
                                        refresh=True)
     except Unavailable:
-        # An outage is not a use: put the token back, so that the client's retry is not
-        # taken for reuse (which would revoke the family).
-        remaining = grant.created + issuer.tokens.refresh_ttl - now
-        if remaining > 0:
-            await store.put_refresh(token, record, remaining)
+        await put_back()
         raise
     return body
