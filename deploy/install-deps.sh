@@ -12,7 +12,7 @@ PYTHON=${PYTHON:-python3}
 declare -A need=([redis-server]=redis-server [caddy]=caddy)
 if [ "$purpose" = test ]; then
   need+=([slapd]=slapd [ldapwhoami]=ldap-utils [apache2]=apache2 [chromium]=chromium
-         [node]=nodejs [npm]=npm)
+         [node]=nodejs [npm]=npm [wrk]=wrk)
 elif [ "${KONNECT_PROXY:-caddy}" = apache ]; then
   need[apache2]=apache2
 fi

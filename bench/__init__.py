@@ -1,0 +1,1 @@
+"""Benchmarks of the process group (`python bench/run.py`); see docs/benchmarks.md."""
