@@ -246,6 +246,22 @@ def banner(env: dict, demo: dict) -> str:
     return "\n".join(lines)
 
 
+def _stop_with_parent() -> None:
+    """`make run` stays our parent: when it dies, even by SIGKILL, supervisord must stop
+    the group too, not live on as an orphan. Linux's PR_SET_PDEATHSIG survives the exec
+    into supervisord. (Ctrl-C reaches every process of the terminal's group, and make
+    passes SIGTERM on to us.)"""
+    import ctypes
+    import signal
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent is already gone
+        raise SystemExit(1)
+
+
 def main() -> None:
     env = dict(os.environ)
     state = Path(env.get("KONNECT_STATE_DIR") or ROOT / ".state").resolve()
@@ -260,6 +276,7 @@ def main() -> None:
     supervisord = shutil.which("supervisord", path=str(ROOT / ".venv" / "bin")) \
         or shutil.which("supervisord")
     os.chdir(ROOT)
+    _stop_with_parent()
     argv = [supervisord, "-c", str(DEPLOY / "supervisord.conf")]
     if os.geteuid() == 0:
         argv += ["-u", "root"]  # say so explicitly (supervisord warns otherwise)

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from tests.support.agent import Agent
-from tests.support.group import Group
+from tests.support.group import ROOT, Group
 
 pytestmark = pytest.mark.group
 
@@ -300,3 +300,38 @@ def test_make_run_passes_the_environment_and_stops_everything_on_sigterm(tmp_pat
         except ProcessLookupError:
             pass
     assert alive == []
+
+
+def test_make_run_killed_leaves_no_process(tmp_path):
+    """Even when `make run` itself is killed outright (SIGKILL: no chance to pass a signal
+    on), supervisord follows its parent (PR_SET_PDEATHSIG) and stops the whole group."""
+    import os
+    import signal as sig
+    g = Group(tmp_path / "state", token_procs=1)
+    g.command = ["make", "--no-print-directory", "-C", str(ROOT), "run"]
+    g.start()
+    pids = [pid for p in ("identifier", "authorize", "token", "userinfo", "caddy", "redis",
+                          "demo") for pid in g.wait_running(p).values()]
+    os.kill(g.process.pid, sig.SIGKILL)  # make only
+    g.process.wait(30)
+    deadline = time.monotonic() + 20
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.3)
+        alive = [pid for pid in alive if _alive(pid)]
+    for pid in alive:  # do not leave a failed test's group behind
+        os.kill(pid, sig.SIGKILL)
+    assert alive == []
+
+
+def _alive(pid: int) -> bool:
+    import os
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its (gone) parent counts as stopped
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

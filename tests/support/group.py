@@ -48,6 +48,8 @@ class Group:
         })
         self.process: Optional[subprocess.Popen] = None
         self.not_ready = ""
+        # what starts the group: make run's own second step (the installs are done)
+        self.command = [sys.executable, str(ROOT / "deploy" / "run.py")]
         self.log = state / "group.log"
 
     # -- facts ------------------------------------------------------------------------
@@ -83,7 +85,7 @@ class Group:
     def start(self, timeout: float = 60.0) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "deploy" / "run.py")],
+        self.process = subprocess.Popen(self.command,
                                         cwd=ROOT, env=self.env, stdout=out,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
