@@ -31,6 +31,7 @@ from typing import Optional
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from shared.topology import owner
+from tests.support.agent import authorize_again
 
 from .client import Connection, HTTPError
 from .load import percentile
@@ -97,18 +98,6 @@ def _query(url: str) -> dict:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
-def _again(issuer: str, page_url: str, **extra: str) -> str:
-    query = _query(page_url)
-    query.pop("flow", None)
-    prompt = [p for p in query.get("prompt", "").split() if p not in ("login", "select_account")]
-    if prompt:
-        query["prompt"] = " ".join(prompt)
-    else:
-        query.pop("prompt", None)
-    query.update(extra)
-    return f"{issuer}{AUTHORIZE_PATH}?{urlencode(query)}"
-
-
 async def one_flow(b: Browser, *, client_id: str, basic: str, redirect_uri: str,
                    username: str, password: str, verifier: str, challenge: str) -> None:
     iss = b.issuer
@@ -123,7 +112,7 @@ async def one_flow(b: Browser, *, client_id: str, basic: str, redirect_uri: str,
     _expect(await b.send("GET", page), 200, "sign-in page")
     resp = await b.api("logon", {"state": secrets.token_hex(8), "params": [username, password, "1"]})
     _expect(resp, 200, "logon")
-    resp = await b.send("GET", _again(iss, page))
+    resp = await b.send("GET", authorize_again(iss, page))
     _expect(resp, 302, "authorize after logon")
     consent = resp.header("location")
     consent = consent if consent.startswith("http") else iss + consent
@@ -136,7 +125,7 @@ async def one_flow(b: Browser, *, client_id: str, basic: str, redirect_uri: str,
             "client_id": q.get("client_id", ""), "redirect_uri": q.get("redirect_uri", ""),
             "ref": q.get("state", ""), "flow_nonce": q.get("nonce", "")})
         _expect(resp, 200, "consent")
-        resp = await b.send("GET", _again(iss, consent, konnect=state, prompt="none"))
+        resp = await b.send("GET", authorize_again(iss, consent, konnect=state, prompt="none"))
         _expect(resp, 302, "authorize after consent")
         consent = resp.header("location")
     if not consent.startswith(redirect_uri):

@@ -20,7 +20,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -276,6 +276,23 @@ def client_key(jwk: Mapping[str, Any]) -> VerificationKey:
         algs = frozenset({alg})
     return VerificationKey(kid=str(jwk.get("kid") or ""), public=key, algs=algs,
                            alg=alg or sorted(algs)[0])
+
+
+def client_key_lookup(jwks: Optional[Mapping[str, Any]]) -> Optional[Callable[[str], Any]]:
+    """kid -> key over a client's registered `jwks` (private_key_jwt, request objects), for
+    `jose.verify(..., require_kid=False)`: a client with ONE usable key may omit the kid
+    (RFC 7515 §4.1.4). None when the client registered no usable key."""
+    keys = {}
+    for jwk in (jwks or {}).get("keys", []):
+        try:
+            key = client_key(jwk)
+        except KeyLoadError:
+            continue
+        keys[key.kid] = key
+    if not keys:
+        return None
+    single = next(iter(keys.values())) if len(keys) == 1 else None
+    return lambda kid: keys.get(kid) or single
 
 
 def _pin(crypto_key: Any, alg: Optional[str], signing_method: str) -> str:

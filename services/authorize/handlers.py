@@ -14,14 +14,14 @@ from urllib.parse import urlencode, urlsplit
 
 from tornado.escape import xhtml_escape
 
-from shared import discovery, jose, scopes as scopelib
+from shared import discovery, scopes as scopelib
 from shared.errors import (ACCESS_DENIED, CONSENT_REQUIRED, INVALID_REQUEST, LOGIN_REQUIRED,
                            OAuth2Error, add_params)
 from shared.grants import Grant
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
                             browser_state, clear_cookie, consent_cookie_name, open_consent,
                             session_state, set_cookie)
-from shared.tokens import random_token
+from shared.tokens import TokenError, random_token
 from shared.web import PageHandler
 
 from .request import AuthRequest, parse, verified_client
@@ -133,11 +133,9 @@ class AuthorizeHandler(PageHandler):
         deps = self.deps
         if req.id_token_hint:
             try:
-                _, hint = deps.keyring.verify(req.id_token_hint)  # exp not checked (OIDC §3.1.2.1)
-            except jose.JoseError:
+                hint = deps.tokens.open_id_token_hint(req.id_token_hint)
+            except TokenError:
                 raise self._redirect_error(req, INVALID_REQUEST, "id_token_hint is invalid") from None
-            if hint.get("iss") != deps.settings.iss:
-                raise self._redirect_error(req, INVALID_REQUEST, "id_token_hint is invalid")
             if hint.get("sub") not in (logon.identity.sub, logon.identity.raw_sub):
                 if "none" in req.prompt:
                     raise self._redirect_error(req, LOGIN_REQUIRED, "a different user is signed in")

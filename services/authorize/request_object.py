@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 from shared import jose
 from shared.clients import Client
 from shared.errors import INVALID_REQUEST_OBJECT, OAuth2Error
-from shared.keys import KeyLoadError, client_key
+from shared.keys import client_key_lookup
 
 MAX_SIZE = 16384
 CLOCK_SKEW = 60
@@ -58,19 +58,11 @@ def open_request_object(token: str, client: Client, issuer: str, now: float) -> 
     else:
         if registered and alg != registered:
             raise RequestObjectError(f"request objects of this client must use {registered}")
-        keys = {}
-        for jwk in (client.jwks or {}).get("keys", []):
-            try:
-                key = client_key(jwk)
-            except KeyLoadError:
-                continue
-            keys[key.kid] = key
-        if not keys:
+        keys = client_key_lookup(client.jwks)
+        if keys is None:
             raise RequestObjectError("no keys are registered for this client")
-        single = next(iter(keys.values())) if len(keys) == 1 else None
         try:
-            _, claims = jose.verify(token, lambda kid: keys.get(kid) or single,
-                                    max_size=MAX_SIZE, require_kid=False)
+            _, claims = jose.verify(token, keys, max_size=MAX_SIZE, require_kid=False)
         except jose.JoseError as err:
             raise RequestObjectError(f"request object: {err}") from None
     _check_claims(claims, client, issuer, now)

@@ -18,10 +18,10 @@ from __future__ import annotations
 from typing import Optional
 from urllib.parse import urlsplit
 
-from shared import jose
 from shared.errors import INVALID_REQUEST, OAuth2Error, add_params
 from shared.sealed import SealError
 from shared.session import LOGON_COOKIE, Logon
+from shared.tokens import TokenError
 
 from .pages import SigninPage
 from .signout import sign_out
@@ -97,12 +97,9 @@ class EndSessionHandler(SigninPage):
         if not raw:
             return None
         try:
-            _, claims = self.deps.keyring.verify(raw)
-        except jose.JoseError:
+            return self.deps.tokens.open_id_token_hint(raw)
+        except TokenError:
             raise OAuth2Error(INVALID_REQUEST, "id_token_hint is invalid") from None
-        if claims.get("iss") != self.deps.settings.iss:
-            raise OAuth2Error(INVALID_REQUEST, "id_token_hint is invalid")
-        return claims
 
     def _done(self, uri: Optional[str], state: Optional[str]) -> None:
         if uri:

@@ -18,7 +18,7 @@ from urllib.parse import unquote_plus
 from shared import jose
 from shared.clients import Client
 from shared.errors import INVALID_CLIENT, INVALID_REQUEST, OAuth2Error
-from shared.keys import KeyLoadError, client_key
+from shared.keys import client_key_lookup
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ASSERTION_LIFETIME = 600
@@ -103,18 +103,11 @@ async def _private_key_jwt(assertion: str, form_id: Optional[str], lookup: Any, 
     if form_id is not None and form_id != client_id:
         raise _invalid("client_id differs from the assertion", False)
     client = await lookup(client_id, redirect_uri)
-    if client is None or not client.jwks:
+    keys = client_key_lookup(client.jwks) if client is not None else None
+    if keys is None:
         raise _invalid("client has no registered keys", False)
-    keys = {}
-    for jwk in client.jwks.get("keys", []):
-        try:
-            key = client_key(jwk)
-        except KeyLoadError:
-            continue
-        keys[key.kid] = key
-    single = next(iter(keys.values())) if len(keys) == 1 else None
     try:
-        _, claims = jose.verify(assertion, lambda kid: keys.get(kid) or single, require_kid=False)
+        _, claims = jose.verify(assertion, keys, require_kid=False)
     except jose.JoseError as err:
         raise _invalid(f"client assertion: {err}", False) from None
     aud = claims.get("aud")

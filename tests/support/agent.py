@@ -18,6 +18,21 @@ import requests
 AUTHORIZE = "/signin/v1/identifier/_/authorize"
 
 
+def authorize_again(issuer: str, page_url: str, **extra: str) -> str:
+    """Where the identifier page's script sends the browser after sign-in or consent: the
+    authorization request of the page's query without `flow`, and without the prompts the
+    page has just satisfied (login, select_account); `extra` added (konnect, prompt=none)."""
+    query = {k: v[0] for k, v in parse_qs(urlsplit(page_url).query).items()}
+    query.pop("flow", None)
+    prompt = [p for p in query.get("prompt", "").split() if p not in ("login", "select_account")]
+    if prompt:
+        query["prompt"] = " ".join(prompt)
+    else:
+        query.pop("prompt", None)
+    query.update(extra)
+    return f"{issuer}{AUTHORIZE}?{urlencode(query)}"
+
+
 @dataclass
 class Outcome:
     """Where a flow ended: the last URL reached outside the OP (or the page it stopped on)."""
@@ -50,15 +65,7 @@ class Agent:
             headers={"Kopano-Konnect-XSRF": "1", "Origin": self.issuer})
 
     def _authorize_again(self, page_url: str, **extra: str) -> str:
-        query = {k: v[0] for k, v in parse_qs(urlsplit(page_url).query).items()}
-        query.pop("flow", None)
-        prompt = [p for p in query.get("prompt", "").split() if p not in ("login", "select_account")]
-        if prompt:
-            query["prompt"] = " ".join(prompt)
-        else:
-            query.pop("prompt", None)
-        query.update(extra)
-        return f"{self.issuer}{AUTHORIZE}?{urlencode(query)}"
+        return authorize_again(self.issuer, page_url, **extra)
 
     def run(self, url: str, username: str = "", password: str = "", *, consent: bool = True,
             stop_outside: bool = False, max_steps: int = 20) -> Outcome:
