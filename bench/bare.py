@@ -10,8 +10,9 @@
   raw `cryptography` (RS256 or PS256, key loaded once), checks exp and iss, makes ONE
   Redis round trip (EXISTS of the jti's revocation key) and answers the claims as JSON.
 
-Same stack as the services (Tornado, asyncio, redis-py asyncio with hiredis), none of
-their features (no security headers, access log, metrics, user lookup).
+Same stack as the services (Tornado, the same event loop: `--event-loop uvloop|asyncio` as
+the services' option of that name, redis-py asyncio with hiredis), none of their features
+(no security headers, access log, metrics, user lookup).
 """
 
 from __future__ import annotations
@@ -110,4 +111,10 @@ if __name__ == "__main__":
     parser.add_argument("--redis", required=True)
     parser.add_argument("--public-key", required=True)
     parser.add_argument("--iss", required=True)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop")
+    args = parser.parse_args()
+    if args.event_loop == "uvloop":
+        import uvloop
+        uvloop.run(main(args))
+    else:
+        asyncio.run(main(args))

@@ -56,7 +56,8 @@ def installed_version() -> str:
 class Peer:
     name = "peer"
 
-    def __init__(self, workdir: Path, port: int) -> None:
+    def __init__(self, workdir: Path, port: int, *, jwt_access_tokens: bool = False) -> None:
+        self.jwt_access_tokens = jwt_access_tokens
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port
@@ -79,7 +80,8 @@ class Peer:
         config = self.workdir / "peer-config.json"
         config.write_text(json.dumps({"client_id": self.client_id,
                                       "client_secret": self.client_secret,
-                                      "redirect_uri": self.redirect_uri}))
+                                      "redirect_uri": self.redirect_uri,
+                                      "jwt_access_tokens": self.jwt_access_tokens}))
         log = open(self.workdir / "peer.log", "wb")
         self.process = subprocess.Popen(["node", str(PEER_DIR / "provider.mjs"), str(self.port),
                                          str(config)], cwd=PEER_DIR, stdout=log,
@@ -113,7 +115,8 @@ class Peer:
     def auth_target(self) -> str:
         return "/auth?" + urlencode({
             "client_id": self.client_id, "response_type": "code",
-            "scope": "openid email profile", "redirect_uri": self.redirect_uri,
+            "scope": "openid email profile" + (" api" if self.jwt_access_tokens else ""),
+            "redirect_uri": self.redirect_uri,
             "state": "bench-state", "nonce": "bench-nonce", "code_challenge": self.challenge,
             "code_challenge_method": "S256"})
 

@@ -204,29 +204,33 @@ def floors_section(results: dict, fl: dict) -> str:
     return "\n".join(out)
 
 
+PEERS = (("peer", "opaque (peers.md §1)"), ("peer_jwt", "JWT, RS256 (two signatures, as ours)"))
+
+
 def peer_table(results: dict) -> str:
-    peer = results.get("peer") or {}
-    if not peer:
+    if not results.get("peer"):
         return "_The peer was not measured in this run (`--no-peer`)._"
     rows = []
-    for endpoint, name in ENDPOINT_NAMES.items():
-        ours = results["ours"].get(endpoint, {}).get("direct") or []
-        theirs = peer.get(endpoint) or []
-        if not ours or not theirs:
-            continue
-        ours_cpu = col(ours, "cpu_us_per_req", "service")
-        peer_cpu = col(theirs, "cpu_us_per_req", "service")
-        peer_cores = med(r["cpu_s_by_role"]["service"] / r["duration_s"] for r in theirs)
-        rows.append([name, fmt(col(ours, "rps")), fmt(col(theirs, "rps")),
-                     " / ".join(fmt(r["rps"]) for r in theirs), fmt(ratios(ours, theirs), 2),
-                     fmt(col(ours, "p99_ms"), 1), fmt(col(theirs, "p99_ms"), 1),
-                     fmt(ours_cpu), fmt(peer_cpu), fmt(peer_cores, 2),
-                     fmt(ours_cpu / peer_cpu, 2) if ours_cpu and peer_cpu else "–",
-                     sum(r["errors"] for r in theirs)])
-    return table(["endpoint", "ours req/s (1 process)", "peer req/s", "peer runs",
-                  "ours/peer (in-run)", "ours p99 ms", "peer p99 ms", "ours CPU µs/req",
-                  "peer CPU µs/req", "peer cores used", "ours/peer CPU per req", "peer errors"],
-                 rows)
+    for key, label in PEERS:
+        peer = results.get(key) or {}
+        for endpoint, name in ENDPOINT_NAMES.items():
+            ours = results["ours"].get(endpoint, {}).get("direct") or []
+            theirs = peer.get(endpoint) or []
+            if not ours or not theirs:
+                continue
+            ours_cpu = col(ours, "cpu_us_per_req", "service")
+            peer_cpu = col(theirs, "cpu_us_per_req", "service")
+            peer_cores = med(r["cpu_s_by_role"]["service"] / r["duration_s"] for r in theirs)
+            rows.append([name, label, fmt(col(ours, "rps")), fmt(col(theirs, "rps")),
+                         " / ".join(fmt(r["rps"]) for r in theirs), fmt(ratios(ours, theirs), 2),
+                         fmt(col(ours, "p99_ms"), 1), fmt(col(theirs, "p99_ms"), 1),
+                         fmt(ours_cpu), fmt(peer_cpu), fmt(peer_cores, 2),
+                         fmt(ours_cpu / peer_cpu, 2) if ours_cpu and peer_cpu else "–",
+                         sum(r["errors"] for r in theirs)])
+    return table(["endpoint", "peer's access tokens", "ours req/s (1 process)", "peer req/s",
+                  "peer runs", "ours/peer (in-run)", "ours p99 ms", "peer p99 ms",
+                  "ours CPU µs/req", "peer CPU µs/req", "peer cores used",
+                  "ours/peer CPU per req", "peer errors"], rows)
 
 
 def scaling_table(results: dict) -> str:
@@ -272,19 +276,23 @@ def targets(results: dict, fl: dict) -> tuple:
                     f"req/s: {fmt(frac, 2)} × floor; by CPU per request: {fmt(cpu_frac, 2)} × "
                     f"({fmt(floor_cpu_us(fl['token_code'], 'token_code'))} µs floor vs "
                     f"{fmt(col(code, 'cpu_us_per_req', 'service'))} µs measured)"))
-    peer = results.get("peer") or {}
-    for endpoint in ("token_code", "token_refresh"):
-        mine = (ours.get(endpoint) or {}).get("direct") or []
-        theirs = peer.get(endpoint) or []
-        if mine and theirs:
+    for key, label in PEERS:
+        peer = results.get(key) or {}
+        for endpoint in ("token_code", "token_refresh"):
+            mine = (ours.get(endpoint) or {}).get("direct") or []
+            theirs = peer.get(endpoint) or []
+            if not (mine and theirs):
+                continue
             a, b = col(mine, "cpu_us_per_req", "service"), col(theirs, "cpu_us_per_req", "service")
-            sig = signature_us(results).get("access_token")
-            without = a - sig[1] if a and sig and sig[1] else None
-            out.append((f"token CPU-s per request ≤ the peer's ({endpoint.replace('token_', '')} grant)",
-                        a is not None and b is not None and a <= b,
-                        f"ours {fmt(a)} µs vs peer {fmt(b)} µs ({fmt(a / b if a and b else None, 2)}×); "
-                        f"ours less the access-token signature the peer does not make: "
-                        f"{fmt(without)} µs"))
+            detail = f"ours {fmt(a)} µs vs peer {fmt(b)} µs ({fmt(a / b if a and b else None, 2)}×)"
+            if key == "peer":
+                sig = signature_us(results).get("access_token")
+                without = a - sig[1] if a and sig and sig[1] else None
+                detail += (f"; ours less the access-token signature this peer does not make: "
+                           f"{fmt(without)} µs")
+            out.append((f"token CPU-s per request ≤ the peer's ({endpoint.replace('token_', '')} "
+                        f"grant; peer access tokens {label})",
+                        a is not None and b is not None and a <= b, detail))
     sc = results.get("scaling") or {}
     for via in ("proxy", "direct"):
         one, two = (sc.get("1") or {}).get(via) or [], (sc.get("2") or {}).get(via) or []
@@ -459,6 +467,9 @@ def plots(results: dict, fl: dict, docs: Path) -> None:
     if results.get("peer"):
         series.append(("peer: oidc-provider (1 Node process)",
                        [col(results["peer"].get(e) or [], "rps") for e in names]))
+    if results.get("peer_jwt"):
+        series.append(("peer with JWT access tokens",
+                       [col(results["peer_jwt"].get(e) or [], "rps") for e in names]))
     fig, ax = plt.subplots(figsize=(10, 5.2))
     width = 0.8 / len(series)
     for i, (label, values) in enumerate(series):

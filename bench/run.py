@@ -44,7 +44,9 @@ SERVICE_OF = {"token_code": "token", "token_refresh": "token", "userinfo": "user
               "discovery": "token", "jwks": "token"}
 # generous guesses of the highest rate of each single-use scenario (req/s), for pool sizes
 # until the first run; then 1.5 x the highest rate seen so far in this run
-RATE_GUESS = {"token_code": 1800, "token_refresh": 1800, "peer_token_code": 3000}
+RATE_GUESS = {"token_code": 1800, "token_refresh": 1800, "peer_token_code": 3000,
+              "peer_jwt_token_code": 3000}
+JWT_PEER_ENDPOINTS = ("token_code", "token_refresh")
 
 
 def log(msg: str) -> None:
@@ -126,7 +128,8 @@ class Bare:
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "bare.py"), "--port", str(self.port),
              "--redis", f"redis://{group.env['KONNECT_REDIS_LISTEN']}/0", "--public-key", key,
-             "--iss", group.issuer], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+             "--iss", group.issuer,
+             "--event-loop", group.env.get("KONNECTD_EVENT_LOOP", "uvloop")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
         line = self.process.stdout.readline()
         if "listening" not in line:
@@ -276,14 +279,14 @@ def main(argv=None) -> int:
                           "flow_concurrency": args.flow_concurrency, "quick": args.quick,
                           "driver": args.driver},
                "floors": {"openssl": [], "python_signing": [], "bare": {}},
-               "ours": {}, "peer": {}, "flow": {}, "scaling": {}, "profile": {}}
+               "ours": {}, "peer": {}, "peer_jwt": {}, "flow": {}, "scaling": {}, "profile": {}}
     started = time.monotonic()
     rates = dict(RATE_GUESS)
     seen: dict = {}
     base_dir = Path(scenarios.workdir())
     log(f"work directory {base_dir}")
     group = Group(base_dir / "group", proxy="caddy", token_procs=1)
-    peer = None
+    peer = peer_jwt = None
     bare = None
     try:
         group.start()
@@ -299,6 +302,10 @@ def main(argv=None) -> int:
             peer = peerop.Peer(base_dir / "peer", free_port())
             peer.start()
             peer.sign_in()
+            # the same peer with JWT access tokens: two signatures per grant, as ours
+            peer_jwt = peerop.Peer(base_dir / "peer-jwt", free_port(), jwt_access_tokens=True)
+            peer_jwt.start()
+            peer_jwt.sign_in()
         flow_index = 0
         for rep in range(args.runs):
             log(f"repetition {rep + 1}/{args.runs}")
@@ -326,17 +333,19 @@ def main(argv=None) -> int:
                     log(f"  ours {endpoint} {via}: {rec['rps']:.0f} req/s p99 {rec['p99_ms']} ms "
                         f"errors {rec['errors']} service {rec['cpu_us_per_req']['service']} us/req "
                         f"foreign {rec['cpu_s']['foreign']} s")
-                if peer is not None:
-                    rate_key = "peer_" + endpoint
+                for name, other in (("peer", peer), ("peer_jwt", peer_jwt)):
+                    if other is None or (name == "peer_jwt" and endpoint not in JWT_PEER_ENDPOINTS):
+                        continue
+                    rate_key = f"{name}_{endpoint}"
                     need = pool_size(rates[rate_key], args) if rate_key in rates else 0
-                    feed = peer.prepare(endpoint, need) if need else None
-                    spec = peer.spec(endpoint, feed=feed)
-                    rec = measure(lambda: drive(spec, args), peer.pids, "node")
+                    feed = other.prepare(endpoint, need) if need else None
+                    spec = other.spec(endpoint, feed=feed)
+                    rec = measure(lambda: drive(spec, args), other.pids, "node")
                     if rate_key in rates and rec["errors"] == 0:
                         seen[rate_key] = max(seen.get(rate_key, 0), rec["rps"])
                         rates[rate_key] = seen[rate_key] * 1.5
-                    results["peer"].setdefault(endpoint, []).append(rec)
-                    log(f"  peer {endpoint}: {rec['rps']:.0f} req/s p99 {rec['p99_ms']} ms "
+                    results[name].setdefault(endpoint, []).append(rec)
+                    log(f"  {name} {endpoint}: {rec['rps']:.0f} req/s p99 {rec['p99_ms']} ms "
                         f"errors {rec['errors']} node {rec['cpu_us_per_req']['service']} us/req")
             if not args.only or "flow" in args.only.split(","):
                 for via in VIAS:
@@ -365,12 +374,15 @@ def main(argv=None) -> int:
                 pids["userinfo"], 5, lambda: load.run_wrk(spec, duration=6,
                                                           connections=args.connections))
         results["rss_final_kb"] = {name: procs.proc_memory(pid) for name, pid in
-                                   {**pids_bare, **(peer.pids if peer else {})}.items()}
+                                   {**pids_bare, **(peer.pids if peer else {}),
+                                    **({"node_jwt": peer_jwt.process.pid} if peer_jwt else {})
+                                    }.items()}
     finally:
         if bare is not None:
             bare.stop()
-        if peer is not None:
-            peer.stop()
+        for other in (peer, peer_jwt):
+            if other is not None:
+                other.stop()
         group.stop()
     if not args.no_scaling and (not args.only or "scaling" in args.only.split(",")):
         scaling(results, args, base_dir, rates)

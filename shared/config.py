@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import ipaddress
 import sys
 from pathlib import Path
@@ -244,6 +245,9 @@ def validate(s) -> list[str]:
     if s.uri_base_path:
         problems.append(f"uri_base_path has value {s.uri_base_path!r}: a path prefix is not "
                         "supported; serve the OP at the root of its own host name")
+    if s.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        problems.append("event_loop uvloop: the uvloop package is not installed "
+                        "(pip install uvloop, or --event-loop asyncio)")
     problems += _check_identity_manager(s)
     return problems
 

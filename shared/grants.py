@@ -10,7 +10,7 @@ family revokes them all (design.md §3).
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional
 
 from .identity import Identity
@@ -37,7 +37,8 @@ class Grant:
     created: int = 0                        # when the family began (first grant)
 
     def to_record(self) -> dict:
-        record = asdict(self)
+        """The JSON-ready record (shallow: it is serialized at once, never mutated)."""
+        record = {name: getattr(self, name) for name in _FIELDS}
         record["identity"] = self.identity.to_record()
         return {k: v for k, v in record.items() if v not in (None, "")}
 
@@ -45,8 +46,10 @@ class Grant:
     def from_record(cls, record: Mapping[str, Any]) -> "Grant":
         if not isinstance(record, Mapping) or "identity" not in record:
             raise ValueError("not a grant record")
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in record.items() if k in known}
+        values = {k: v for k, v in record.items() if k in _FIELDS}
         values["identity"] = Identity.from_record(record["identity"])
         values["scopes"] = list(values.get("scopes") or [])
         return cls(**values)
+
+
+_FIELDS = tuple(f.name for f in fields(Grant))

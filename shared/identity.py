@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any, Mapping, Optional
 
 SUBJECT_KEY = b"konnect-IDToken-v1"
@@ -38,7 +39,7 @@ class Identity:
     uuid: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def sub(self) -> str:
         return public_subject(self.raw_sub, self.backend)
 
@@ -67,16 +68,20 @@ class Identity:
         return value if isinstance(value, str) and value else None
 
     def to_record(self) -> dict:
-        record = {k: v for k, v in asdict(self).items() if v not in (None, "", {}, False)}
+        record = {name: getattr(self, name) for name in _FIELDS}
+        record["extra"] = dict(self.extra)  # shallow: the record is serialized at once
+        record = {k: v for k, v in record.items() if v not in (None, "", {}, False)}
         if self.email_verified:
             record["email_verified"] = True
         return record
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> "Identity":
-        known = {f.name for f in fields(cls)}
         if not isinstance(record, Mapping) or not {"raw_sub", "backend", "username"} <= record.keys():
             raise ValueError("not an identity record")
-        values = {k: v for k, v in record.items() if k in known}
+        values = {k: v for k, v in record.items() if k in _FIELDS}
         values["extra"] = dict(values.get("extra") or {})
         return cls(**values)
+
+
+_FIELDS = tuple(f.name for f in fields(Identity))

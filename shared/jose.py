@@ -1,6 +1,7 @@
 """JWS signing and verification: the only module that imports python-jose.
 
-python-jose lacks PS256/384/512 and EdDSA. They are added through its own extension point
+python-jose's key objects make and check the signatures; the compact serialization
+around them (RFC 7515 §5.1, §5.2, §7.1) is done here. python-jose lacks PS256/384/512 and EdDSA. They are added through its own extension point
 (`jose.jwk.register_key`) with two small key classes that call `cryptography` directly;
 RSA-PSS uses a salt as long as the digest (RFC 7518 §3.5, as Konnect does).
 
@@ -16,12 +17,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from typing import Any, Callable, Mapping, Optional, Protocol
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
-from jose import jwk, jws
+from jose import jwk
 from jose.backends import ECKey, RSAKey
 from jose.backends.base import Key
 from jose.exceptions import JOSEError
@@ -118,24 +121,46 @@ class Verifier(Protocol):
     def backend(self, alg: str) -> Key: ...
 
 
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _json(value: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON (RFC 8259): orjson, a tenth of the cost of `json` per token."""
+    return orjson.dumps(value)
+
+
 def sign(claims: Mapping[str, Any], key: Signer, *, alg: Optional[str] = None,
          typ: str = "JWT", headers: Optional[Mapping[str, Any]] = None) -> str:
-    """Compact JWS of `claims` with the key's pinned alg (or `alg`, if the key allows it)."""
+    """Compact JWS of `claims` with the key's pinned alg (or `alg`, if the key allows it).
+
+    The compact serialization is RFC 7515 §7.1 (header and payload base64url-encoded
+    without padding, joined by '.'); python-jose's key object makes the signature.
+    Building the two segments here instead of through `jose.jws.sign` saves it a second
+    JSON encoding (with sorted keys) per token on the token endpoint's hot path.
+    """
     alg = alg or key.alg
-    extra = {"kid": key.kid, "typ": typ, **(headers or {})}
+    header = {"alg": alg, "kid": key.kid, "typ": typ, **(headers or {})}
     try:
-        return jws.sign(dict(claims), key.backend(alg), headers=extra, algorithm=alg)
-    except JOSEError as err:
+        backend = key.backend(alg)
+        signing_input = _b64encode(_json(header)) + "." + _b64encode(_json(claims))
+        signature = backend.sign(signing_input.encode("ascii"))
+    except (JOSEError, ValueError) as err:
         raise JoseError(f"signing failed: {err}") from None
+    return signing_input + "." + _b64encode(signature)
 
 
 def _b64decode(segment: str) -> bytes:
-    if not segment or any(c not in _B64URL for c in segment):
+    """base64url without padding (RFC 7515 §2); any other character is refused."""
+    if not _B64URL.fullmatch(segment):
         raise JoseError("malformed token segment")
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except ValueError:  # a length no encoder produces (4n+1 characters)
+        raise JoseError("malformed token segment") from None
 
 
-_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def unverified_header(token: str, *, max_size: int = MAX_TOKEN_SIZE) -> dict:
@@ -201,11 +226,19 @@ def verify(token: str, lookup: Callable[[str], Optional[Verifier]], *,
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in key.algs:
         raise JoseError("algorithm not allowed for this key")
+    # RFC 7515 §5.2: the signature over ASCII(header "." payload), then the payload
+    head, payload, signature = token.split(".")
     try:
-        payload = jws.verify(token, key.backend(alg), algorithms=[alg])
-        claims = json.loads(payload)
-    except (JOSEError, ValueError, UnicodeDecodeError):
-        raise JoseError("signature verification failed") from None
+        valid = key.backend(alg).verify((head + "." + payload).encode("ascii"),
+                                        _b64decode(signature))
+    except (JOSEError, ValueError, TypeError):  # e.g. an ECDSA signature of the wrong size
+        valid = False
+    if not valid:
+        raise JoseError("signature verification failed")
+    try:
+        claims = orjson.loads(_b64decode(payload))
+    except ValueError:  # orjson.JSONDecodeError, also for invalid UTF-8
+        raise JoseError("malformed token claims") from None
     if not isinstance(claims, dict):
         raise JoseError("token claims are not a JSON object")
     return header, claims

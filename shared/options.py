@@ -142,6 +142,9 @@ OPTIONS: tuple[Option, ...] = (
        minimum=1, extension=True),
     _o("clock_skew", "int", 30, "tolerated clock skew when checking token times, seconds "
        "(extension)", minimum=0, extension=True),
+    _o("event_loop", "choice", "uvloop", "event loop of the service process: uvloop (faster "
+       "I/O and Redis calls) or asyncio (extension)", choices=("uvloop", "asyncio"),
+       extension=True),
     _o("max_body_size", "int", 65536, "largest accepted request body, bytes (extension)",
        minimum=1024, extension=True),
     # --- LDAP backend (Konnect reads these from the environment only, §3.3/§4.3)

@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from .errors import Unavailable
 
@@ -49,6 +49,45 @@ _FINISH_CODE = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then return 0 end
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 return 1
+"""
+
+# A whole code redemption in one round trip (Store.redeem_code). KEYS: the code, its
+# redemption marker, the new refresh token. ARGV: client_id, redirect_uri, the S256
+# challenge of the request's verifier ("" for none), the access token's jti, now, the
+# access and refresh token lifetimes. The code goes (GETDEL) in any case; only when the
+# record is this client's, for this redirect_uri and this verifier, are the redemption
+# marker and (with offline_access) the refresh token's record written: the refresh record
+# is the code's own record, so a refresh grant finds the same grant. Returns
+# {record, outcome}: 0 nothing written, 1 marker, 2 marker and refresh record, -1 the
+# refresh token exists (nothing written).
+_REDEEM_CODE = """
+local value = redis.call('GETDEL', KEYS[1])
+if not value then return false end
+local ok, r = pcall(cjson.decode, value)
+if not ok or type(r) ~= 'table' or r['client_id'] ~= ARGV[1] or type(r['family']) ~= 'string'
+   or type(r['created']) ~= 'number' or r['created'] <= 0 then
+  return {value, 0}
+end
+local uri, challenge = r['redirect_uri'], r['code_challenge']
+if uri ~= nil and uri ~= '' and uri ~= ARGV[2] then return {value, 0} end
+if challenge == nil then challenge = '' end
+if challenge ~= ARGV[3] then return {value, 0} end
+local now, access_ttl, refresh_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local lifetime, outcome = access_ttl, 1
+local offline = false
+if type(r['scopes']) == 'table' then
+  for _, scope in ipairs(r['scopes']) do
+    if scope == 'offline_access' then offline = true end
+  end
+end
+local remaining = r['created'] + refresh_ttl - now
+if offline and remaining > 0 then
+  if not redis.call('SET', KEYS[3], value, 'EX', remaining, 'NX') then return {value, -1} end
+  lifetime, outcome = refresh_ttl, 2
+end
+redis.call('SET', KEYS[2], cjson.encode({family = r['family'], jti = ARGV[4], exp = now + lifetime}),
+           'EX', lifetime)
+return {value, outcome}
 """
 
 # take_refresh plus, in the same step, whether the record's family is revoked (the
@@ -83,6 +122,28 @@ end
 redis.call('SET', KEYS[1], string.format('%d', nbf), 'PX', string.format('%d', ttl_ms))
 return string.format('%d', nbf)
 """
+
+
+class _Script:
+    """A Lua script run with EVALSHA, loaded again on NOSCRIPT (Redis restarted or flushed).
+
+    redis-py's `Script` does the same but checks `isinstance(client, Pipeline)` on every
+    call, a slow typing-Protocol check that showed in the token endpoint's profile.
+    """
+
+    def __init__(self, client: aioredis.Redis, source: str) -> None:
+        self._client, self._source = client, source
+        self._sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+
+    async def __call__(self, keys: list = (), args: list = ()) -> Any:
+        try:
+            return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._client.script_load(self._source)
+            return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+
+
+REDEEM_UNCHECKED, REDEEM_MARKED, REDEEM_WITH_REFRESH = 0, 1, 2  # Store.redeem_code outcomes
 
 
 class StoreUnavailable(Unavailable):
@@ -170,10 +231,11 @@ class Store:
         self.now = now
         self._timeout = timeout
         self._down = False
-        self._take_refresh_script = client.register_script(_TAKE_REFRESH)
-        self._revoke_subject_script = client.register_script(_REVOKE_SUBJECT)
-        self._finish_code_script = client.register_script(_FINISH_CODE)
-        self._take_refresh_checked_script = client.register_script(_TAKE_REFRESH_CHECKED)
+        self._take_refresh_script = _Script(client, _TAKE_REFRESH)
+        self._revoke_subject_script = _Script(client, _REVOKE_SUBJECT)
+        self._finish_code_script = _Script(client, _FINISH_CODE)
+        self._take_refresh_checked_script = _Script(client, _TAKE_REFRESH_CHECKED)
+        self._redeem_code_script = _Script(client, _REDEEM_CODE)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "konnect:", socket_timeout: float = 2.0,
@@ -283,6 +345,47 @@ class Store:
             keys=[rk, k], args=args))
         if not stored:
             raise StoreConflict("refresh token already stored")
+
+    async def redeem_code(self, code: str, *, client_id: str, redirect_uri: str,
+                          challenge: str, jti: str, refresh_token: str, now: int,
+                          access_ttl: int, refresh_ttl: int) -> tuple[dict | None, int]:
+        """A code redemption in ONE round trip: `take_code` and, in the same step, the
+        writes of `finish_code_redemption`, when the record matches the request.
+
+        The writes happen only if the record's client_id, redirect_uri (when it has one)
+        and code_challenge (`challenge` is the S256 of the request's verifier, "" for
+        none) equal the request's and the record carries its `created` time. Then the
+        marker ``{family, jti, exp}`` is written (its TTL: the refresh lifetime if a
+        refresh token was stored, else the access token's) and, when the grant has
+        offline_access and time left, the code's record is stored behind
+        `refresh_token` (SET NX; a clash raises `StoreConflict`, nothing written).
+
+        Returns ``(record, outcome)``: ``(None, 0)`` for an unknown or spent code; outcome
+        `REDEEM_UNCHECKED` (nothing written: the caller checks the record and finishes
+        the old way, or refuses), `REDEEM_MARKED` or `REDEEM_WITH_REFRESH`. A caller that
+        refuses after a write undoes it with `undo_code_redemption`.
+        """
+        h = digest(_check_ident("code", code))
+        keys = [self.key("code", h), self.key("code-used", h),
+                self.key("rt", digest(_check_ident("refresh token", refresh_token)))]
+        args = [_check_ident("client_id", client_id), redirect_uri or "", challenge or "",
+                _check_ident("jti", jti), int(now), _check_ttl(access_ttl),
+                _check_ttl(refresh_ttl)]
+        result = await self._call("redeem_code", lambda: self._redeem_code_script(
+            keys=keys, args=args))
+        if not result:
+            return None, REDEEM_UNCHECKED
+        value, outcome = result
+        if outcome < 0:
+            raise StoreConflict("refresh token already stored")
+        return _loads(value), int(outcome)
+
+    async def undo_code_redemption(self, code: str, refresh_token: str) -> None:
+        """Delete what `redeem_code` wrote (marker and refresh record) when the redemption
+        was refused afterwards: nobody received those tokens."""
+        keys = [self.key("code-used", digest(_check_ident("code", code))),
+                self.key("rt", digest(_check_ident("refresh token", refresh_token)))]
+        await self._call("undo_code_redemption", lambda: self._redis.delete(*keys))
 
     async def code_redemption(self, code: str) -> dict | None:
         """What `mark_code_redeemed` recorded for this code, or None."""

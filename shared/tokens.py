@@ -33,6 +33,11 @@ def random_token(nbytes: int = 32) -> str:
     return secrets.token_urlsafe(nbytes)
 
 
+def new_jti() -> str:
+    """An access token's `jti` (RFC 7519 §4.1.7): 192 random bits."""
+    return random_token(24)
+
+
 @dataclass
 class Minted:
     token: str
@@ -60,9 +65,10 @@ class Tokens:
 
     def access_token(self, *, client_id: str, identity: Identity, scopes: Iterable[str],
                      family: str, claims: Optional[Mapping[str, Any]] = None,
-                     alg: Optional[str] = None) -> Minted:
+                     alg: Optional[str] = None, jti: Optional[str] = None) -> Minted:
+        """`jti` is new unless given (a code redemption records it before signing)."""
         now = int(self.now())
-        jti = random_token(24)
+        jti = jti or new_jti()
         scopes = list(scopes)
         payload: dict[str, Any] = {
             "iss": self.issuer, "sub": identity.sub, "aud": client_id, "exp": now + self.access_ttl,

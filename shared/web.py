@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import html
 import ipaddress
+import itertools
 import json
 import logging
 import re
 import secrets
 from typing import Any, Iterable
 
+import orjson
 import tornado.web
 
 from .errors import (INVALID_REQUEST, METHOD_NOT_ALLOWED, NOT_FOUND, REQUEST_TOO_LARGE,
@@ -31,6 +33,16 @@ _DESCRIPTIONS = {
     SERVER_ERROR: "internal error",
     TEMPORARILY_UNAVAILABLE: "the service is temporarily unavailable, try again later",
 }
+
+
+_RID_PREFIX = secrets.token_hex(4)  # this process's; ids are unique, not secret
+_RID_COUNTER = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    """A request id for a request that brought none: 8 random hex digits fixed per process
+    and a counter (cheaper than fresh randomness per request; ids are not secrets)."""
+    return f"{_RID_PREFIX}{next(_RID_COUNTER):08x}"
 
 
 def parse_networks(values: Iterable[str]) -> tuple:
@@ -83,7 +95,7 @@ class BaseHandler(tornado.web.RequestHandler):
         rid = getattr(self, "_request_id", None)
         if rid is None:
             given = self.request.headers.get("X-Request-Id", "")
-            rid = given if _REQUEST_ID.match(given) else secrets.token_hex(8)
+            rid = given if _REQUEST_ID.match(given) else _new_request_id()
             self._request_id = rid
         return rid
 
@@ -103,6 +115,12 @@ class BaseHandler(tornado.web.RequestHandler):
     def client_ip(self) -> str:
         """The client address. X-Forwarded-For is believed only when the peer is a trusted
         proxy, and then only up to the first hop that is not itself trusted (RFC 9700 §4.13)."""
+        ip = getattr(self, "_client_ip", None)
+        if ip is None:
+            ip = self._client_ip = self._find_client_ip()
+        return ip
+
+    def _find_client_ip(self) -> str:
         peer = self.request.remote_ip or ""
         if not self._from_trusted(peer):
             return peer
@@ -153,7 +171,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps(obj, separators=(",", ":")))
+        self.finish(orjson.dumps(obj))  # compact UTF-8 JSON, as json.dumps but ~10x cheaper
 
     # --- errors
 

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import warnings
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -224,3 +225,27 @@ def test_unverified_claims_reads_without_trusting():
     assert jose.unverified_claims(token) == {"client_id": "c"}
     with pytest.raises(jose.JoseError):
         jose.unverified_claims("x.y")
+
+
+@pytest.mark.parametrize("alg", ALL_ALGS)
+def test_our_compact_serialization_verifies_with_an_independent_library(alg):
+    """The JWS segments are built by shared.jose itself (RFC 7515 §7.1): joserfc, which
+    shares no code with us or python-jose, must accept every token we sign."""
+    from joserfc import jws as rfc_jws
+    from joserfc.jwk import import_key
+
+    key = signing_key(alg)
+    token = jose.sign({"sub": "alice", "n": 1, "name": "Ünïcödé"}, key, typ="at+jwt")
+    public = import_key(public_jwk(key.public))
+    with warnings.catch_warnings():  # joserfc flags "EdDSA" as superseded (RFC 9864)
+        warnings.simplefilter("ignore")
+        result = rfc_jws.deserialize_compact(token, public, algorithms=[alg])
+    assert json.loads(result.payload) == {"sub": "alice", "n": 1, "name": "Ünïcödé"}
+    assert result.protected == {"alg": alg, "kid": "k1", "typ": "at+jwt"}
+
+
+def test_a_truncated_ecdsa_signature_is_refused_not_an_error():
+    key = signing_key("ES256")
+    head, body, sig = jose.sign({"sub": "alice"}, key).split(".")
+    with pytest.raises(jose.JoseError, match="signature"):
+        jose.verify(f"{head}.{body}.{b64(unb64(sig)[:40])}", ring(key))

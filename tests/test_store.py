@@ -76,6 +76,109 @@ async def test_redeemed_code_remembers_what_was_issued(store, raw):
     assert 3590 <= raw.ttl(key) <= 3600
 
 
+def _code_record(**over) -> dict:
+    record = {"client_id": "rp", "family": "fam-9", "scopes": ["openid", "offline_access"],
+              "redirect_uri": "https://rp/cb", "code_challenge": "chal", "created": NOW,
+              "identity": {"raw_sub": "a", "backend": "users", "username": "a"}}
+    record.update(over)
+    return {k: v for k, v in record.items() if v is not None}
+
+
+REDEEM = dict(client_id="rp", redirect_uri="https://rp/cb", challenge="chal", jti="jti-9",
+              refresh_token="rt-9", now=NOW + 10, access_ttl=600, refresh_ttl=7200)
+
+
+@pytest.mark.asyncio
+async def test_redeem_code_writes_marker_and_refresh_record_in_one_step(store, raw):
+    record = _code_record()
+    await store.put_code("c-9", record, 60)
+    got, outcome = await store.redeem_code("c-9", **REDEEM)
+    assert (got, outcome) == (record, 2)
+    assert await store.take_code("c-9") is None
+    # the refresh record IS the code's record; it lives until created + refresh_ttl
+    assert await store.peek_refresh("rt-9") == record
+    assert 7180 <= raw.ttl(store.key("rt", digest("rt-9"))) <= 7190
+    # the marker names the family and the access token, for as long as the refresh token
+    assert await store.code_redemption("c-9") == {"family": "fam-9", "jti": "jti-9",
+                                                  "exp": NOW + 10 + 7200}
+    assert 7190 <= raw.ttl(store.key("code-used", digest("c-9"))) <= 7200
+
+
+@pytest.mark.asyncio
+async def test_redeem_code_without_offline_access_writes_only_the_marker(store, raw):
+    await store.put_code("c-10", _code_record(scopes=["openid"]), 60)
+    _, outcome = await store.redeem_code("c-10", **REDEEM)
+    assert outcome == 1
+    assert await store.peek_refresh("rt-9") is None
+    assert (await store.code_redemption("c-10"))["exp"] == NOW + 10 + 600
+    assert 590 <= raw.ttl(store.key("code-used", digest("c-10"))) <= 600
+
+
+@pytest.mark.parametrize("mismatch", [
+    {"client_id": "other"}, {"redirect_uri": "https://rp/cb2"}, {"challenge": "wrong"},
+    {"challenge": ""}])
+@pytest.mark.asyncio
+async def test_redeem_code_that_does_not_match_the_request_writes_nothing(store, raw, mismatch):
+    record = _code_record()
+    await store.put_code("c-11", record, 60)
+    got, outcome = await store.redeem_code("c-11", **{**REDEEM, **mismatch})
+    assert (got, outcome) == (record, 0)  # taken all the same: a code is tried once
+    assert await store.take_code("c-11") is None
+    assert await store.peek_refresh("rt-9") is None
+    assert await store.code_redemption("c-11") is None
+
+
+@pytest.mark.parametrize("over", [{"created": None}, {"created": 0}, {"family": None},
+                                  {"code_challenge": None}])
+@pytest.mark.asyncio
+async def test_redeem_code_leaves_records_it_cannot_vouch_for_to_the_caller(store, over):
+    """No `created` (older codes), no family, or a challenge the request does not carry:
+    nothing is written, the caller checks (and refuses, or finishes in a second step)."""
+    record = _code_record(**over)
+    await store.put_code("c-12", record, 60)
+    assert await store.redeem_code("c-12", **REDEEM) == (record, 0)
+    assert await store.code_redemption("c-12") is None
+
+
+@pytest.mark.asyncio
+async def test_redeem_code_with_an_expired_family_issues_no_refresh_token(store):
+    await store.put_code("c-13", _code_record(created=NOW - 7200), 60)
+    _, outcome = await store.redeem_code("c-13", **REDEEM)
+    assert outcome == 1
+    assert await store.peek_refresh("rt-9") is None
+
+
+@pytest.mark.asyncio
+async def test_redeem_code_refresh_clash_is_a_conflict_and_writes_no_marker(store):
+    await store.put_refresh("rt-9", {"family": "someone-else"}, 60)
+    await store.put_code("c-14", _code_record(), 60)
+    with pytest.raises(StoreConflict):
+        await store.redeem_code("c-14", **REDEEM)
+    assert await store.peek_refresh("rt-9") == {"family": "someone-else"}
+    assert await store.code_redemption("c-14") is None
+
+
+@pytest.mark.asyncio
+async def test_undo_code_redemption_removes_marker_and_refresh_record(store, raw):
+    await store.put_code("c-15", _code_record(), 60)
+    await store.redeem_code("c-15", **REDEEM)
+    await store.undo_code_redemption("c-15", "rt-9")
+    assert await store.peek_refresh("rt-9") is None
+    assert await store.code_redemption("c-15") is None
+
+
+@pytest.mark.asyncio
+async def test_concurrent_redemptions_write_once(store):
+    await store.put_code("c-16", _code_record(), 60)
+    results = await asyncio.gather(*(store.redeem_code("c-16", **{**REDEEM, "jti": f"j{i}",
+                                                                  "refresh_token": f"r{i}"})
+                                     for i in range(10)))
+    assert sorted(outcome for _, outcome in results) == [0] * 9 + [2]
+    winners = [i for i, (record, _) in enumerate(results) if record is not None]
+    assert len(winners) == 1
+    assert (await store.code_redemption("c-16"))["jti"] == f"j{winners[0]}"
+
+
 @pytest.mark.asyncio
 async def test_token_material_never_appears_in_a_key(store, raw):
     code, rt = "C0DE-raw-value-xyz", "RT-raw-value-abc"

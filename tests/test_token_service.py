@@ -7,15 +7,22 @@ import asyncio
 import base64
 import json
 import time
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.token.app import make_app
 from shared import jose
+from shared.grants import Grant
+from shared.identity import Identity
+from shared.deps import Core
 from shared.keys import SigningKey, public_jwk
-from tests.support.op import ALICE, ISSUER, SECRET, make_core, make_state, mint_code, pkce_pair
+from shared.users.passwords import hash_password
+from tests.support.op import (ALICE, ISSUER, SECRET, make_state, mint_code, pkce_pair,
+                                settings_for)
 
 CLIENT_KEY = ec.generate_private_key(ec.SECP256R1())
 JWT_CLIENT = f"""
@@ -31,12 +38,23 @@ JWT_CLIENT = f"""
 @pytest.fixture(scope="module")
 def state(tmp_path_factory):
     from tests.support.op import REGISTRY
-    return make_state(tmp_path_factory.mktemp("token-state"), REGISTRY + JWT_CLIENT)
+    directory = tmp_path_factory.mktemp("token-state")
+    state = make_state(directory, REGISTRY + JWT_CLIENT)
+    # the users backend knows alice (as tests.support.op.ALICE), so the token service
+    # looks her up at every grant, as in production
+    state["users"] = str(directory / "users.yaml")
+    Path(state["users"]).write_text(yaml.safe_dump({"users": [{
+        "username": ALICE.username, "password": hash_password("alice-password"),
+        "name": ALICE.name, "given_name": ALICE.given_name, "family_name": ALICE.family_name,
+        "email": ALICE.email, "email_verified": True, "id": ALICE.numeric_id,
+        "uuid": ALICE.uuid}]}))
+    return state
 
 
 @pytest.fixture
 def core(state, redis_url, io_loop):
-    core = make_core("token", state, redis_url)
+    core = Core.with_users(settings_for("token", state, redis_url,
+                                        ["--users-file", state["users"]]))
     yield core
     io_loop.run_sync(core.close)
 
@@ -205,6 +223,68 @@ async def test_pkce_rules(http_client, base_url, core):
     code = await mint_code(core, challenge=challenge)
     missing, body = await token(http_client, base_url, code_form(code))
     assert missing.code == 400 and body["error"] == "invalid_grant"
+
+
+async def leftovers(core, code) -> tuple:
+    """What a code redemption left in Redis: its marker and every refresh record."""
+    store = core.store
+    refresh_keys = [k async for k in store._redis.scan_iter(match=store.key("rt", "*"))]
+    return await store.code_redemption(code), refresh_keys
+
+
+@pytest.mark.gen_test
+async def test_redemption_refused_after_the_one_round_trip_leaves_no_tokens(http_client,
+                                                                            base_url, core):
+    """A public client's code without PKCE matches in Redis (one round trip writes the
+    marker and the refresh record) but is refused by the PKCE rule: both are removed."""
+    await core.store._redis.flushdb()
+    code = await mint_code(core, client_id="public-app", redirect_uri="http://127.0.0.1:5555/cb")
+    resp, body = await token(http_client, base_url, code_form(
+        code, client_id="public-app", redirect_uri="http://127.0.0.1:5555/cb"), auth=None)
+    assert resp.code == 400 and body["error"] == "invalid_grant"
+    assert await leftovers(core, code) == (None, [])
+
+
+@pytest.mark.gen_test
+async def test_user_gone_at_redemption_is_invalid_grant_and_leaves_no_tokens(http_client,
+                                                                            base_url, core):
+    await core.store._redis.flushdb()
+    ghost = Identity(raw_sub="ghost-uuid", backend=ALICE.backend, username="ghost")
+    code = await mint_code(core, identity=ghost)
+    resp, body = await token(http_client, base_url, code_form(code))
+    assert resp.code == 400 and body["error"] == "invalid_grant"
+    assert await leftovers(core, code) == (None, [])
+
+
+@pytest.mark.gen_test
+async def test_code_stored_without_created_time_still_redeems_in_two_steps(http_client,
+                                                                        base_url, core):
+    """Codes written before grants carried `created` (an upgrade with codes in flight)."""
+    code = "legacy-" + "x" * 40
+    record = Grant(client_id="web-rp", identity=ALICE, scopes=["openid", "offline_access"],
+                   redirect_uri="https://rp.example.test/cb").to_record()
+    await core.store.put_code(code, record, 60)
+    resp, body = await token(http_client, base_url, code_form(code))
+    assert resp.code == 200 and body["refresh_token"]
+    marker, _ = await leftovers(core, code)
+    claims = jose.unverified_claims(body["access_token"])
+    assert marker["jti"] == claims["jti"] and marker["family"] == claims["kc.family"]
+    again, rotated = await token(http_client, base_url, {"grant_type": "refresh_token",
+                                                        "refresh_token": body["refresh_token"]})
+    assert again.code == 200 and rotated["refresh_token"] != body["refresh_token"]
+
+
+@pytest.mark.gen_test
+async def test_one_round_trip_redemption_records_what_it_issued(http_client, base_url, core):
+    code = await mint_code(core)
+    resp, body = await token(http_client, base_url, code_form(code))
+    assert resp.code == 200
+    marker, _ = await leftovers(core, code)
+    claims = jose.unverified_claims(body["access_token"])
+    assert marker == {"family": claims["kc.family"], "jti": claims["jti"],
+                      "exp": marker["exp"]}
+    assert marker["exp"] >= claims["iat"] + core.settings.refresh_token_expiration
+    assert (await core.store.peek_refresh(body["refresh_token"]))["family"] == claims["kc.family"]
 
 
 @pytest.mark.gen_test

@@ -6,7 +6,10 @@
 //
 //   node bench/peer/provider.mjs PORT CONFIG.json
 //
-// CONFIG.json: {"client_id", "client_secret", "redirect_uri"}. Prints "ready <pid>" when
+// CONFIG.json: {"client_id", "client_secret", "redirect_uri", "jwt_access_tokens"}. With
+// "jwt_access_tokens": true the access tokens are RS256 JWTs (RFC 9068, through the
+// resource indicators feature with one default resource) instead of opaque handles, so
+// that a code or refresh grant signs two tokens, as ours does. Prints "ready <pid>" when
 // listening.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -38,7 +41,20 @@ const provider = new Provider(issuer, {
   jwks: { keys: [signingKey] },
   cookies: { keys: [crypto.randomBytes(24).toString('base64url')] },
   claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
-  features: { devInteractions: { enabled: true } },
+  features: {
+    devInteractions: { enabled: true },
+    ...(config.jwt_access_tokens ? {
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: () => 'urn:konnect-bench:api',
+        useGrantedResource: () => true,
+        getResourceServerInfo: () => ({
+          scope: 'api', audience: 'urn:konnect-bench:api',
+          accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } },
+        }),
+      },
+    } : {}),
+  },
   pkce: { required: () => true },
   ttl: { AuthorizationCode: 900 },
   issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),

@@ -19,13 +19,22 @@ from shared import scopes as scopelib
 from shared.clients import Client
 from shared.errors import INVALID_GRANT, INVALID_REQUEST, INVALID_SCOPE, OAuth2Error, Unavailable
 from shared.grants import Grant
-from shared.tokens import Tokens, random_token
+from shared.store import REDEEM_UNCHECKED, REDEEM_WITH_REFRESH
+from shared.tokens import Tokens, new_jti, random_token
 
 _VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 
 
 def _grant_error(description: str, detail: str = "") -> OAuth2Error:
     return OAuth2Error(INVALID_GRANT, description, detail=detail or description)
+
+
+def s256(verifier: Optional[str]) -> str:
+    """BASE64URL(SHA256(verifier)) (RFC 7636 §4.2) of a well-formed verifier (§4.1), else ""."""
+    if not verifier or not _VERIFIER.match(verifier):
+        return ""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def check_pkce(grant: Grant, verifier: Optional[str], client: Client) -> None:
@@ -35,10 +44,10 @@ def check_pkce(grant: Grant, verifier: Optional[str], client: Client) -> None:
         if client.is_public:
             raise _grant_error("PKCE is required for public clients")
         return
-    if not verifier or not _VERIFIER.match(verifier):
+    computed = s256(verifier)
+    if not computed:
         raise _grant_error("code_verifier missing or malformed")
-    computed = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest())
-    if not hmac.compare_digest(computed.rstrip(b"="), grant.code_challenge.encode("ascii")):
+    if not hmac.compare_digest(computed.encode("ascii"), grant.code_challenge.encode("ascii")):
         raise _grant_error("code_verifier does not match the code_challenge")
 
 
@@ -57,17 +66,19 @@ class Issuer:
         return identity
 
     async def respond(self, client: Client, grant: Grant, scopes: list, *, id_token: bool,
-                      refresh: bool, pending: Optional[list] = None) -> tuple[dict, dict]:
+                      refresh: bool, pending: Optional[list] = None,
+                      jti: Optional[str] = None) -> tuple[dict, dict]:
         """(response body, issued ids) for `grant`, narrowed to `scopes`.
 
         With `pending`, the new refresh token's record is not stored here but appended to
         it as ``(token, record, ttl)``, for the caller to store together with its own
-        write in one round trip.
+        write in one round trip. `jti`: the access token's, when the caller chose it.
         """
         identity = await self._current_identity(grant)
         alg = client.id_token_signed_response_alg or None
         access = self.tokens.access_token(client_id=client.id, identity=identity, scopes=scopes,
-                                          family=grant.family, claims=grant.claims, alg=alg)
+                                          family=grant.family, claims=grant.claims, alg=alg,
+                                          jti=jti)
         body: dict[str, Any] = {"access_token": access.token, "token_type": "Bearer",
                                 "expires_in": self.tokens.access_ttl, "scope": " ".join(scopes)}
         issued = {"family": grant.family, "jti": access.jti, "exp": access.exp}
@@ -110,34 +121,70 @@ async def authorization_code(handler: Any, client: Client, issuer: Issuer) -> di
     redirect_uri = handler.param("redirect_uri")
     if not code:
         raise OAuth2Error(INVALID_REQUEST, "code is required")
-    store = issuer.store
-    record = await store.take_code(code)
+    verifier = handler.param("code_verifier")
+    store, tokens = issuer.store, issuer.tokens
+    now, jti, refresh = int(tokens.now()), new_jti(), random_token(32)
+    # One round trip: the code is taken and, if it matches this request, what its
+    # redemption issues is recorded at once (the marker, the refresh token's record).
+    record, outcome = await store.redeem_code(
+        code, client_id=client.id, redirect_uri=redirect_uri or "", challenge=s256(verifier),
+        jti=jti, refresh_token=refresh, now=now, access_ttl=tokens.access_ttl,
+        refresh_ttl=tokens.refresh_ttl)
     if record is None:
         used = await store.code_redemption(code)
         if used:
             # as long as any token of the family is accepted: exp + the tolerated skew
-            until = max(used["exp"], int(issuer.tokens.now()) + issuer.tokens.access_ttl) \
-                + issuer.tokens.skew
+            until = max(used["exp"], now + tokens.access_ttl) + tokens.skew
             await store.revoke_family(used["family"], until)
             await store.revoke_jti(used["jti"], until)
             raise _grant_error("code already used", "code replayed: issued tokens revoked")
         raise _grant_error("code is invalid or expired")
+    if outcome == REDEEM_UNCHECKED:
+        return await _redeem_checked_here(handler, client, issuer, code, record, redirect_uri)
+    try:
+        grant = _checked_grant(record, client, redirect_uri, verifier)
+        body, _ = await issuer.respond(client, grant, grant.scopes, id_token=True,
+                                       refresh=False, jti=jti)
+    except Exception:
+        # refused (or failed) after the writes: nobody holds these tokens, remove them
+        try:
+            await store.undo_code_redemption(code, refresh)
+        except Unavailable:
+            pass  # unreachable refresh token (256 random bits) until its TTL; marker harmless
+        raise
+    if outcome == REDEEM_WITH_REFRESH:
+        body["refresh_token"] = refresh
+    return body
+
+
+def _checked_grant(record: dict, client: Client, redirect_uri: Optional[str],
+                   verifier: Optional[str]) -> Grant:
+    """The grant behind a code, if this request may redeem it (RFC 6749 §4.1.3)."""
     grant = Grant.from_record(record)
     if grant.client_id != client.id:
         raise _grant_error("code was issued to another client")
     if grant.redirect_uri and redirect_uri != grant.redirect_uri:
         raise _grant_error("redirect_uri does not match the authorization request")
-    check_pkce(grant, handler.param("code_verifier"), client)
+    check_pkce(grant, verifier, client)
+    return grant
+
+
+async def _redeem_checked_here(handler: Any, client: Client, issuer: Issuer, code: str,
+                               record: dict, redirect_uri: Optional[str]) -> dict:
+    """The code was taken but nothing written: the request does not match the record
+    (refused here), or the record has no `created` time (codes stored by an older
+    version): checked here, then the writes follow in a second round trip."""
+    grant = _checked_grant(record, client, redirect_uri, handler.param("code_verifier"))
+    tokens = issuer.tokens
     if not grant.created:
-        grant.created = int(issuer.tokens.now())
+        grant.created = int(tokens.now())
     pending: list = []
     body, issued = await issuer.respond(client, grant, grant.scopes, id_token=True, refresh=True,
                                         pending=pending)
-    lifetime = issuer.tokens.refresh_ttl if "refresh_token" in body else issuer.tokens.access_ttl
-    issued["exp"] = max(issued["exp"], int(issuer.tokens.now()) + lifetime)
-    # the refresh token's record and the code's redemption marker: one round trip
-    await store.finish_code_redemption(code, issued, lifetime,
-                                       refresh=pending[0] if pending else None)
+    lifetime = tokens.refresh_ttl if "refresh_token" in body else tokens.access_ttl
+    issued["exp"] = max(issued["exp"], int(tokens.now()) + lifetime)
+    await issuer.store.finish_code_redemption(code, issued, lifetime,
+                                              refresh=pending[0] if pending else None)
     return body
 
 

@@ -90,6 +90,8 @@ class UsersFileBackend(UserBackend):
         self.path = path
         self._stamp: Optional[tuple] = None
         self._users: dict[str, dict] = {}
+        self._identities: dict[str, Identity] = {}
+        self._by_raw_sub: dict[str, str] = {}
         self._executor = executor or ThreadPoolExecutor(max_workers=2, thread_name_prefix="scrypt")
         self._own_executor = executor is None
         self._refresh(initial=True)
@@ -115,14 +117,15 @@ class UsersFileBackend(UserBackend):
             self._stamp = stamp
             return
         self._users, self._stamp = users, stamp
+        # built once per version of the file: lookups are a dict access, and each
+        # Identity (frozen) keeps its computed public subject between requests
+        self._identities = {name: _identity(entry) for name, entry in users.items()}
+        self._by_raw_sub = {}
+        for name, identity in self._identities.items():
+            self._by_raw_sub.setdefault(identity.raw_sub, name)
         if not initial:
             log.info("users file reloaded: %d user(s)", len(users))
 
-    def _by_sub(self, raw_sub: str) -> Optional[dict]:
-        for entry in self._users.values():
-            if str(entry.get("uuid") or entry["username"]) == raw_sub:
-                return entry
-        return None
 
     async def authenticate(self, username: str, password: str) -> Optional[Identity]:
         self._refresh()
@@ -135,8 +138,10 @@ class UsersFileBackend(UserBackend):
 
     async def lookup(self, raw_sub: str) -> Optional[Identity]:
         self._refresh()
-        entry = self._by_sub(raw_sub)
-        return None if entry is None or entry.get("disabled") else _identity(entry)
+        name = self._by_raw_sub.get(raw_sub)
+        if name is None or self._users[name].get("disabled"):
+            return None
+        return self._identities[name]
 
     async def close(self) -> None:
         if self._own_executor:
