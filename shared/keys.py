@@ -320,17 +320,19 @@ class Keyring:
             self._verify[key.kid] = key.verifier()
         self._verify["default"] = signer.verifier()
         self._jwks = {"keys": [dict(key.public_jwk(), kid=kid) for kid, key in self._verify.items()]}
+        self._signing_algs = tuple([signer.alg] + sorted(
+            {k.alg for k in self._signing.values()} - {signer.alg}))
+        self.can_sign = frozenset(self._signing_algs)
 
     @property
     def signing_algs(self) -> list[str]:
         """Algs we can sign with, the signer's first (discovery's *_signing_alg_values_supported)."""
-        algs = [self.signer.alg] + sorted({k.alg for k in self._signing.values()} - {self.signer.alg})
-        return algs
+        return list(self._signing_algs)
 
     def id_token_signer(self, registered_alg: Optional[str] = None) -> SigningKey:
         """A client's registered alg, else RS256 where we have it, else the signer."""
         for alg in (registered_alg, "RS256"):
-            if alg and alg in self.signing_algs:
+            if alg and alg in self.can_sign:
                 return self.signer_for(alg)
         return self.signer
 

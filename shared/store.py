@@ -51,6 +51,17 @@ redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 return 1
 """
 
+# Lua shared by the grant scripts: does a decoded grant record hold offline_access?
+_LUA_GRANT = """
+local function has_offline(r)
+  if type(r['scopes']) ~= 'table' then return false end
+  for _, scope in ipairs(r['scopes']) do
+    if scope == 'offline_access' then return true end
+  end
+  return false
+end
+"""
+
 # A whole code redemption in one round trip (Store.redeem_code). KEYS: the code, its
 # redemption marker, the new refresh token. ARGV: client_id, redirect_uri, the S256
 # challenge of the request's verifier ("" for none), the access token's jti, now, the
@@ -60,7 +71,7 @@ return 1
 # is the code's own record, so a refresh grant finds the same grant. Returns
 # {record, outcome}: 0 nothing written, 1 marker, 2 marker and refresh record, -1 the
 # refresh token exists (nothing written).
-_REDEEM_CODE = """
+_REDEEM_CODE = _LUA_GRANT + """
 local value = redis.call('GETDEL', KEYS[1])
 if not value then return false end
 local ok, r = pcall(cjson.decode, value)
@@ -74,14 +85,8 @@ if challenge == nil then challenge = '' end
 if challenge ~= ARGV[3] then return {value, 0} end
 local now, access_ttl, refresh_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local lifetime, outcome = access_ttl, 1
-local offline = false
-if type(r['scopes']) == 'table' then
-  for _, scope in ipairs(r['scopes']) do
-    if scope == 'offline_access' then offline = true end
-  end
-end
 local remaining = r['created'] + refresh_ttl - now
-if offline and remaining > 0 then
+if has_offline(r) and remaining > 0 then
   if not redis.call('SET', KEYS[3], value, 'EX', remaining, 'NX') then return {value, -1} end
   lifetime, outcome = refresh_ttl, 2
 end
@@ -90,21 +95,33 @@ redis.call('SET', KEYS[2], cjson.encode({family = r['family'], jti = ARGV[4], ex
 return {value, outcome}
 """
 
-# take_refresh plus, in the same step, whether the record's family is revoked (the
-# `revoked:family:<id>` key of is_revoked; ARGV[1] is that key without the id).
-_TAKE_REFRESH_CHECKED = """
+# A refresh-token rotation in one round trip (Store.rotate_refresh). KEYS: the presented
+# token, its spent marker, the new token. ARGV: the `revoked:family:` key prefix,
+# client_id, now, the refresh token lifetime. As take_refresh, the token goes (GETDEL)
+# and its spent marker takes its place; the family's revocation is read; and when the
+# record is this client's, the family not revoked and the grant has offline_access and
+# time left, the record is stored again behind the new token (SET NX). Returns
+# {record, revoked, written}: written 1 stored, 0 not, -1 the new token exists.
+_ROTATE_REFRESH = _LUA_GRANT + """
 local pttl = redis.call('PTTL', KEYS[1])
 local value = redis.call('GETDEL', KEYS[1])
 if not value then return false end
-local ok, record = pcall(cjson.decode, value)
-local revoked = 0
-if ok and type(record) == 'table' and type(record['family']) == 'string' then
+local ok, r = pcall(cjson.decode, value)
+local revoked, written = 0, 0
+if ok and type(r) == 'table' and type(r['family']) == 'string' then
   if pttl > 0 then
-    redis.call('SET', KEYS[2], cjson.encode(record['family']), 'PX', pttl)
+    redis.call('SET', KEYS[2], cjson.encode(r['family']), 'PX', pttl)
   end
-  revoked = redis.call('EXISTS', ARGV[1] .. record['family'])
+  revoked = redis.call('EXISTS', ARGV[1] .. r['family'])
+  if revoked == 0 and r['client_id'] == ARGV[2] and type(r['created']) == 'number' then
+    local remaining = r['created'] + tonumber(ARGV[4]) - tonumber(ARGV[3])
+    if has_offline(r) and remaining > 0 then
+      if redis.call('SET', KEYS[3], value, 'EX', remaining, 'NX') then written = 1
+      else written = -1 end
+    end
+  end
 end
-return {value, revoked}
+return {value, revoked, written}
 """
 
 # A subject's not-before time only moves forward and its entry only lives longer, so a
@@ -128,7 +145,8 @@ class _Script:
     """A Lua script run with EVALSHA, loaded again on NOSCRIPT (Redis restarted or flushed).
 
     redis-py's `Script` does the same but checks `isinstance(client, Pipeline)` on every
-    call, a slow typing-Protocol check that showed in the token endpoint's profile.
+    call, a slow typing-Protocol check that showed in the token endpoint's profile; EVALSHA
+    goes straight to `execute_command` for the same reason.
     """
 
     def __init__(self, client: aioredis.Redis, source: str) -> None:
@@ -136,11 +154,12 @@ class _Script:
         self._sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
     async def __call__(self, keys: list = (), args: list = ()) -> Any:
+        run = self._client.execute_command
         try:
-            return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+            return await run("EVALSHA", self._sha, len(keys), *keys, *args)
         except NoScriptError:
             await self._client.script_load(self._source)
-            return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+            return await run("EVALSHA", self._sha, len(keys), *keys, *args)
 
 
 REDEEM_UNCHECKED, REDEEM_MARKED, REDEEM_WITH_REFRESH = 0, 1, 2  # Store.redeem_code outcomes
@@ -234,7 +253,7 @@ class Store:
         self._take_refresh_script = _Script(client, _TAKE_REFRESH)
         self._revoke_subject_script = _Script(client, _REVOKE_SUBJECT)
         self._finish_code_script = _Script(client, _FINISH_CODE)
-        self._take_refresh_checked_script = _Script(client, _TAKE_REFRESH_CHECKED)
+        self._rotate_refresh_script = _Script(client, _ROTATE_REFRESH)
         self._redeem_code_script = _Script(client, _REDEEM_CODE)
 
     @classmethod
@@ -420,18 +439,31 @@ class Store:
         return _loads(await self._call(
             "take_refresh", lambda: self._take_refresh_script(keys=keys)))
 
-    async def take_refresh_checked(self, token: str) -> tuple:
-        """`take_refresh` and, in the same round trip, whether the record's family is on
-        the revocation list (what `is_revoked(family=...)` answers): ``(record, revoked)``,
-        ``(None, False)`` for an unknown or spent token. The token is taken either way."""
+    async def rotate_refresh(self, token: str, new_token: str, *, client_id: str, now: int,
+                             refresh_ttl: int) -> tuple:
+        """A refresh-token rotation in ONE round trip: `take_refresh`, whether the record's
+        family is on the revocation list (what `is_revoked(family=...)` answers) and, when
+        the record is `client_id`'s, its family not revoked, the grant holds offline_access
+        and time is left (created + `refresh_ttl` > `now`), the same record stored behind
+        `new_token` for that remaining time (SET NX; a clash raises `StoreConflict`).
+
+        Returns ``(record, revoked, stored)``; ``(None, False, False)`` for an unknown or
+        spent token. The presented token is taken either way. A caller that refuses after
+        `stored` removes the new token (`take_refresh`) and may put the old one back.
+        """
         h = digest(_check_ident("refresh token", token))
-        keys = [self.key("rt", h), self.key("rt-spent", h)]
-        args = [self.key("revoked", "family", "")]
-        result = await self._call("take_refresh", lambda: self._take_refresh_checked_script(
+        keys = [self.key("rt", h), self.key("rt-spent", h),
+                self.key("rt", digest(_check_ident("refresh token", new_token)))]
+        args = [self.key("revoked", "family", ""), _check_ident("client_id", client_id),
+                int(now), _check_ttl(refresh_ttl)]
+        result = await self._call("rotate_refresh", lambda: self._rotate_refresh_script(
             keys=keys, args=args))
         if not result:
-            return None, False
-        return _loads(result[0]), bool(result[1])
+            return None, False, False
+        value, revoked, stored = result
+        if stored < 0:
+            raise StoreConflict("refresh token already stored")
+        return _loads(value), bool(revoked), bool(stored)
 
     async def peek_refresh(self, token: str) -> dict | None:
         """A refresh-token record without redeeming it (introspection, revocation checks)."""
@@ -510,7 +542,9 @@ class Store:
             kinds.append("sub")
         if not keys:
             raise ValueError("is_revoked needs at least one of jti, family, sub")
-        values = await self._call("is_revoked", lambda: self._redis.mget(keys))
+        # execute_command: redis-py's `mget` wrapper re-inspects its arguments on each call
+        values = await self._call("is_revoked",
+                                  lambda: self._redis.execute_command("MGET", *keys))
         for kind, raw in zip(kinds, values):
             if raw is None:
                 continue

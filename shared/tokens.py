@@ -61,7 +61,7 @@ class Tokens:
                    skew=s.clock_skew, now=core.now)
 
     def _alg(self, alg: Optional[str]) -> Optional[str]:
-        return alg if alg in self.keyring.signing_algs else None
+        return alg if alg in self.keyring.can_sign else None
 
     def access_token(self, *, client_id: str, identity: Identity, scopes: Iterable[str],
                      family: str, claims: Optional[Mapping[str, Any]] = None,

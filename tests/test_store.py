@@ -179,6 +179,56 @@ async def test_concurrent_redemptions_write_once(store):
     assert (await store.code_redemption("c-16"))["jti"] == f"j{winners[0]}"
 
 
+ROTATE = dict(client_id="rp", now=NOW + 10, refresh_ttl=7200)
+
+
+@pytest.mark.asyncio
+async def test_rotate_refresh_takes_the_token_and_stores_the_grant_behind_the_new_one(store, raw):
+    record = _code_record()
+    await store.put_refresh("old-1", record, 60)
+    assert await store.rotate_refresh("old-1", "new-1", **ROTATE) == (record, False, True)
+    assert await store.peek_refresh("old-1") is None
+    assert await store.spent_refresh_family("old-1") == "fam-9"
+    assert await store.peek_refresh("new-1") == record
+    assert 7180 <= raw.ttl(store.key("rt", digest("new-1"))) <= 7190
+    assert await store.rotate_refresh("old-1", "new-2", **ROTATE) == (None, False, False)
+
+
+@pytest.mark.parametrize("case", ["other client", "revoked family", "no offline_access",
+                                  "family over", "no created"])
+@pytest.mark.asyncio
+async def test_rotate_refresh_stores_nothing_new_when_the_grant_may_not_go_on(store, case):
+    over = {"no offline_access": {"scopes": ["openid"]}, "family over": {"created": NOW - 7200},
+            "no created": {"created": None}}.get(case, {})
+    record = _code_record(**over)
+    await store.put_refresh("old-2", record, 60)
+    if case == "revoked family":
+        await store.revoke_family("fam-9", 60)
+    got = await store.rotate_refresh("old-2", "new-3", **{
+        **ROTATE, **({"client_id": "other"} if case == "other client" else {})})
+    assert got == (record, case == "revoked family", False)
+    assert await store.peek_refresh("new-3") is None
+    assert await store.spent_refresh_family("old-2") == "fam-9"  # taken all the same
+
+
+@pytest.mark.asyncio
+async def test_rotate_refresh_clash_is_a_conflict(store):
+    await store.put_refresh("taken-name", {"family": "x"}, 60)
+    await store.put_refresh("old-3", _code_record(), 60)
+    with pytest.raises(StoreConflict):
+        await store.rotate_refresh("old-3", "taken-name", **ROTATE)
+    assert await store.peek_refresh("taken-name") == {"family": "x"}
+
+
+@pytest.mark.asyncio
+async def test_concurrent_rotations_of_one_token_store_one_successor(store):
+    await store.put_refresh("old-4", _code_record(), 60)
+    results = await asyncio.gather(*(store.rotate_refresh("old-4", f"succ-{i}", **ROTATE)
+                                     for i in range(10)))
+    assert sum(1 for _, _, stored in results if stored) == 1
+    assert sum(1 for r, _, _ in results if r is not None) == 1
+
+
 @pytest.mark.asyncio
 async def test_token_material_never_appears_in_a_key(store, raw):
     code, rt = "C0DE-raw-value-xyz", "RT-raw-value-abc"

@@ -324,6 +324,23 @@ async def test_refresh_scope_may_narrow_but_not_widen(http_client, base_url, cor
 
 
 @pytest.mark.gen_test
+async def test_refused_refresh_leaves_only_the_presented_token(http_client, base_url, core):
+    """The one-round-trip rotation stores the successor before the scope check: a refusal
+    removes it and puts the presented token back, so exactly that one stays usable."""
+    await core.store._redis.flushdb()
+    code = await mint_code(core, scopes=("openid", "profile", "offline_access"))
+    _, first = await token(http_client, base_url, code_form(code))
+    _, before = await leftovers(core, code)
+    wide, err = await token(http_client, base_url, {"grant_type": "refresh_token",
+                                                    "scope": "openid email",
+                                                    "refresh_token": first["refresh_token"]})
+    assert wide.code == 400 and err["error"] == "invalid_scope"
+    _, after = await leftovers(core, code)
+    assert after == before and len(after) == 1
+    assert await core.store.peek_refresh(first["refresh_token"]) is not None
+
+
+@pytest.mark.gen_test
 async def test_no_refresh_token_without_offline_access(http_client, base_url, core):
     code = await mint_code(core, scopes=("openid",))
     _, body = await token(http_client, base_url, code_form(code))

@@ -193,8 +193,11 @@ async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
     if not token:
         raise OAuth2Error(INVALID_REQUEST, "refresh_token is required")
     store, now = issuer.store, int(issuer.tokens.now())
-    # one round trip: the record, and whether its family is on the revocation list
-    record, family_revoked = await store.take_refresh_checked(token)
+    new_token = random_token(32)
+    # one round trip: the token is taken, its family's revocation read and, for this
+    # client, the grant stored again behind the new token
+    record, family_revoked, stored = await store.rotate_refresh(
+        token, new_token, client_id=client.id, now=now, refresh_ttl=issuer.tokens.refresh_ttl)
     if record is None:
         family = await store.spent_refresh_family(token)
         if family:
@@ -205,8 +208,11 @@ async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
     grant = Grant.from_record(record)
 
     async def put_back() -> None:
-        """A refused or failed request is not a use: the token goes back, so that the
-        rightful client's next request is not taken for reuse (which revokes the family)."""
+        """A refused or failed request is not a use: the token goes back (and the new one
+        nobody received goes), so that the rightful client's next request is not taken
+        for reuse (which revokes the family)."""
+        if stored:
+            await store.take_refresh(new_token)
         remaining = grant.created + issuer.tokens.refresh_ttl - now
         if remaining > 0:
             await store.put_refresh(token, record, remaining)
@@ -224,8 +230,14 @@ async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
         raise OAuth2Error(INVALID_SCOPE, "scope exceeds the original grant")
     try:
         body, _ = await issuer.respond(client, grant, requested or grant.scopes, id_token=True,
-                                       refresh=True)
+                                       refresh=not stored)
     except Unavailable:
         await put_back()
         raise
+    except OAuth2Error:
+        if stored:  # e.g. the user is gone: the new token must not outlive the refusal
+            await store.take_refresh(new_token)
+        raise
+    if stored:
+        body["refresh_token"] = new_token
     return body

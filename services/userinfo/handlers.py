@@ -118,7 +118,7 @@ class UserInfoHandler(BaseHandler):
         body = userinfo_claims(identity, claims)
         client = await deps.lookup_client(claims.get("aud"))
         alg = client.userinfo_signed_response_alg if client else ""
-        if alg and alg in deps.keyring.signing_algs:
+        if alg and alg in deps.keyring.can_sign:
             body.update(iss=deps.settings.iss, aud=claims["aud"])
             self.set_header("Content-Type", "application/jwt")
             self.finish(deps.tokens.sign(body, alg=alg))
