@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import math
 import re
 import time
 from typing import Any, Awaitable, Callable, TypeVar
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -188,12 +188,13 @@ def digest(value: str | bytes) -> str:
     return hashlib.sha256(value).hexdigest()
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+def _dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON (orjson: the values are read and written on every grant)."""
+    return orjson.dumps(value)
 
 
 def _loads(raw: bytes | str | None) -> Any:
-    return None if raw is None else json.loads(raw)
+    return None if raw is None else orjson.loads(raw)
 
 
 def _check_ttl(ttl: float) -> int:

@@ -54,6 +54,10 @@ def test_every_benchmark_scenario_runs_without_errors(tmp_path):
         if peer:
             for record in results["peer"][endpoint]:
                 check(record, f"peer {endpoint}")
+            for record in results["peer_jwt"].get(endpoint, []):
+                check(record, f"peer with JWT access tokens {endpoint}")
+    if peer:  # the like-for-like peer: its code and refresh grants sign two tokens
+        assert {"token_code", "token_refresh"} <= set(results["peer_jwt"])
     for name in ("hello", "base", "userinfo"):
         for record in results["floors"]["bare"][name]:
             check(record, f"bare {name}")
