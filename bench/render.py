@@ -233,10 +233,20 @@ def peer_table(results: dict) -> str:
                   "ours/peer CPU per req", "peer errors"], rows)
 
 
+def cpu_ceiling(runs: list, cores: int) -> Optional[float]:
+    """req/s at which the machine's cores would be busy: cores / (the CPU every measured
+    process spends per request: services, proxy, Redis, log reader, load generator)."""
+    totals = [sum(v for k, v in r["cpu_us_per_req"].items() if k != "foreign" and v)
+              for r in runs]
+    total = med(t for t in totals if t)
+    return cores * 1e6 / total if total else None
+
+
 def scaling_table(results: dict) -> str:
     sc = results.get("scaling") or {}
     if not sc:
         return "_Scaling was not measured in this run (`--no-scaling`)._"
+    cores = int((results.get("meta", {}).get("versions") or {}).get("cores") or 2)
     rows = []
     for via in ("direct", "proxy"):
         one = (sc.get("1") or {}).get(via) or []
@@ -244,15 +254,18 @@ def scaling_table(results: dict) -> str:
             runs = sc[n].get(via) or []
             if not runs:
                 continue
+            ceiling = cpu_ceiling(runs, cores)
             rows.append([n, via, fmt(col(runs, "rps")), " / ".join(fmt(r["rps"]) for r in runs),
-                         fmt(ratios(runs, one), 2), fmt(col(runs, "p50_ms"), 1),
+                         fmt(ratios(runs, one), 2), fmt(ceiling),
+                         fmt(ceiling / col(one, "rps"), 2) if ceiling and one else "–",
+                         fmt(col(runs, "p50_ms"), 1),
                          fmt(col(runs, "p99_ms"), 1), sum(r["errors"] for r in runs),
                          fmt(col(runs, "cpu_us_per_req", "service")),
                          fmt(col(runs, "cpu_us_per_req", "proxy")) if via == "proxy" else "–",
                          fmt(col(runs, "cpu_s", "foreign"), 1)])
     return table(["token processes", "via", "req/s (median)", "runs", "× 1 process (in-run)",
-                  "p50 ms", "p99 ms", "errors", "token CPU µs/req", "proxy CPU µs/req",
-                  "foreign CPU s/run"], rows)
+                  f"{cores}-core ceiling req/s", "ceiling ÷ 1 process", "p50 ms", "p99 ms",
+                  "errors", "token CPU µs/req", "proxy CPU µs/req", "foreign CPU s/run"], rows)
 
 
 def memory_table(results: dict) -> str:

@@ -75,6 +75,11 @@ class BaseHandler(tornado.web.RequestHandler):
     def initialize(self, deps: Any = None) -> None:
         self.deps = deps
 
+    def compute_etag(self) -> None:
+        """No ETag: answers are `no-store` (RFC 9111 §5.2.2.5), so a validator would only
+        cost a SHA-1 of every body. The public documents (discovery, JWKS) have one."""
+        return None
+
     def set_default_headers(self) -> None:
         # Survives send_error()'s clear(): every answer, errors included, carries these.
         self.clear_header("Server")

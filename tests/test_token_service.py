@@ -481,3 +481,17 @@ async def test_jwks_has_public_keys_only(http_client, base_url, state):
     assert {state["kid"], "default", state["kid"] + "-rs256"} <= {k["kid"] for k in keys}
     for key in keys:
         assert key["use"] == "sig" and key["alg"] and "d" not in key and "p" not in key
+
+
+@pytest.mark.gen_test
+async def test_public_documents_have_an_etag_and_no_store_answers_do_not(http_client, base_url,
+                                                                         core):
+    for path in ("/.well-known/openid-configuration", "/konnect/v1/jwks.json"):
+        resp = await http_client.fetch(base_url + path)
+        assert resp.headers.get("Etag"), path
+        again = await http_client.fetch(base_url + path, raise_error=False,
+                                         headers={"If-None-Match": resp.headers["Etag"]})
+        assert again.code == 304, path
+    # a GET answered no-store (Tornado would add an ETag to any GET): none
+    health = await http_client.fetch(base_url + "/health-check")
+    assert health.headers["Cache-Control"] == "no-store" and "Etag" not in health.headers

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+import tornado.web
+
 from shared import discovery
 from shared.errors import (INVALID_REQUEST, METHOD_NOT_ALLOWED, UNSUPPORTED_GRANT_TYPE,
                            OAuth2Error)
@@ -163,6 +165,10 @@ class PublicDocumentHandler(BaseHandler):
 
     def body(self) -> bytes:
         raise NotImplementedError
+
+    def compute_etag(self) -> Optional[str]:
+        """Cacheable: a validator for conditional requests (RFC 9110 §8.8.3)."""
+        return tornado.web.RequestHandler.compute_etag(self)
 
     def get(self) -> None:
         self.set_header("Content-Type", self.content_type)
