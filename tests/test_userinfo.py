@@ -11,17 +11,9 @@ import yaml
 
 from services.userinfo.app import make_app
 from shared import jose
-from shared.users.passwords import hash_password
 from shared.users.userfile import UsersFileBackend
-from tests.support.op import ISSUER, make_core, make_state
+from tests.support.op import ISSUER, USERS, make_core, make_state
 
-USERS = {"users": [
-    {"username": "alice", "password": hash_password("wonderland"), "name": "Alice Example",
-     "given_name": "Alice", "family_name": "Example", "email": "alice@example.test",
-     "email_verified": True, "id": 1001, "uuid": "7c0e-alice"},
-    {"username": "bob", "password": hash_password("builder"), "name": "Bob", "id": 1002,
-     "uuid": "bob-uuid"},
-]}
 
 
 @pytest.fixture(scope="module")

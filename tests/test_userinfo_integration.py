@@ -26,19 +26,11 @@ from shared import jose
 from shared.config import load_settings
 from shared.deps import Core
 from shared.identity import public_subject
-from shared.users.passwords import hash_password
-from tests.support.op import ISSUER, SECRET, make_state, mint_code
+from tests.support.op import ISSUER, SECRET, USERS, make_state, mint_code
 from tests.test_token_service import basic
 
 APPS = {"token": token_app, "userinfo": userinfo_app, "identifier": identifier_app}
 PASSWORD = "ldap pw*(1)"  # filter metacharacters on purpose
-USERS = {"users": [
-    {"username": "alice", "password": hash_password("wonderland"), "name": "Alice Example",
-     "given_name": "Alice", "family_name": "Example", "email": "alice@example.test",
-     "email_verified": True, "id": 1001, "uuid": "7c0e-alice"},
-    {"username": "bob", "password": hash_password("builder"), "name": "Bob", "id": 1002,
-     "uuid": "bob-uuid"},
-]}
 ALL_SCOPES = ("openid", "profile", "email", "konnect/id", "konnect/uuid", "offline_access")
 
 

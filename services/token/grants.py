@@ -37,17 +37,17 @@ def s256(verifier: Optional[str]) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def check_pkce(grant: Grant, verifier: Optional[str], client: Client) -> None:
+def check_pkce(grant: Grant, verifier: Optional[str], challenge: str, client: Client) -> None:
+    """`challenge` is `s256(verifier)`, computed once by the caller."""
     if not grant.code_challenge:
         if verifier:
             raise _grant_error("code_verifier given but no code_challenge was sent")
         if client.is_public:
             raise _grant_error("PKCE is required for public clients")
         return
-    computed = s256(verifier)
-    if not computed:
+    if not challenge:
         raise _grant_error("code_verifier missing or malformed")
-    if not hmac.compare_digest(computed.encode("ascii"), grant.code_challenge.encode("ascii")):
+    if not hmac.compare_digest(challenge.encode("ascii"), grant.code_challenge.encode("ascii")):
         raise _grant_error("code_verifier does not match the code_challenge")
 
 
@@ -122,12 +122,13 @@ async def authorization_code(handler: Any, client: Client, issuer: Issuer) -> di
     if not code:
         raise OAuth2Error(INVALID_REQUEST, "code is required")
     verifier = handler.param("code_verifier")
+    challenge = s256(verifier)
     store, tokens = issuer.store, issuer.tokens
     now, jti, refresh = int(tokens.now()), new_jti(), random_token(32)
     # One round trip: the code is taken and, if it matches this request, what its
     # redemption issues is recorded at once (the marker, the refresh token's record).
     record, outcome = await store.redeem_code(
-        code, client_id=client.id, redirect_uri=redirect_uri or "", challenge=s256(verifier),
+        code, client_id=client.id, redirect_uri=redirect_uri or "", challenge=challenge,
         jti=jti, refresh_token=refresh, now=now, access_ttl=tokens.access_ttl,
         refresh_ttl=tokens.refresh_ttl)
     if record is None:
@@ -139,18 +140,20 @@ async def authorization_code(handler: Any, client: Client, issuer: Issuer) -> di
             await store.revoke_jti(used["jti"], until)
             raise _grant_error("code already used", "code replayed: issued tokens revoked")
         raise _grant_error("code is invalid or expired")
-    if outcome == REDEEM_UNCHECKED:
-        return await _redeem_checked_here(handler, client, issuer, code, record, redirect_uri)
     try:
-        grant = _checked_grant(record, client, redirect_uri, verifier)
+        grant = _checked_grant(record, client, redirect_uri, verifier, challenge)
+        if outcome == REDEEM_UNCHECKED:
+            # nothing written (a record without `created`, from an older version)
+            return await _redeem_in_two_steps(issuer, code, client, grant)
         body, _ = await issuer.respond(client, grant, grant.scopes, id_token=True,
                                        refresh=False, jti=jti)
     except Exception:
-        # refused (or failed) after the writes: nobody holds these tokens, remove them
-        try:
-            await store.undo_code_redemption(code, refresh)
-        except Unavailable:
-            pass  # unreachable refresh token (256 random bits) until its TTL; marker harmless
+        if outcome != REDEEM_UNCHECKED:
+            # refused (or failed) after the writes: nobody holds these tokens, remove them
+            try:
+                await store.undo_code_redemption(code, refresh)
+            except Unavailable:
+                pass  # unreachable refresh token (256 random bits) until its TTL; marker harmless
         raise
     if outcome == REDEEM_WITH_REFRESH:
         body["refresh_token"] = refresh
@@ -158,23 +161,20 @@ async def authorization_code(handler: Any, client: Client, issuer: Issuer) -> di
 
 
 def _checked_grant(record: dict, client: Client, redirect_uri: Optional[str],
-                   verifier: Optional[str]) -> Grant:
+                   verifier: Optional[str], challenge: str) -> Grant:
     """The grant behind a code, if this request may redeem it (RFC 6749 §4.1.3)."""
     grant = Grant.from_record(record)
     if grant.client_id != client.id:
         raise _grant_error("code was issued to another client")
     if grant.redirect_uri and redirect_uri != grant.redirect_uri:
         raise _grant_error("redirect_uri does not match the authorization request")
-    check_pkce(grant, verifier, client)
+    check_pkce(grant, verifier, challenge, client)
     return grant
 
 
-async def _redeem_checked_here(handler: Any, client: Client, issuer: Issuer, code: str,
-                               record: dict, redirect_uri: Optional[str]) -> dict:
-    """The code was taken but nothing written: the request does not match the record
-    (refused here), or the record has no `created` time (codes stored by an older
-    version): checked here, then the writes follow in a second round trip."""
-    grant = _checked_grant(record, client, redirect_uri, handler.param("code_verifier"))
+async def _redeem_in_two_steps(issuer: Issuer, code: str, client: Client, grant: Grant) -> dict:
+    """A checked grant whose code record `redeem_code` could not vouch for: the tokens
+    first, then the writes (refresh record, redemption marker) in a second round trip."""
     tokens = issuer.tokens
     if not grant.created:
         grant.created = int(tokens.now())

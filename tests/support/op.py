@@ -14,6 +14,7 @@ from shared.config import load_settings
 from shared.deps import Core
 from shared.grants import Grant
 from shared.identity import Identity
+from shared.users.passwords import hash_password
 
 ISSUER = "https://idp.example.test"
 SECRET = "s3cr3t-._~+/ %"  # characters clients must percent-encode in Basic credentials
@@ -44,6 +45,16 @@ ALICE = Identity(raw_sub="alice-uuid", backend="identifier-users", username="ali
                  name="Alice Example", given_name="Alice", family_name="Example",
                  email="alice@example.test", email_verified=True, numeric_id=1001,
                  uuid="alice-uuid")
+
+
+# A users file (the `users` backend) with alice (password wonderland) and bob (builder).
+USERS = {"users": [
+    {"username": "alice", "password": hash_password("wonderland"), "name": "Alice Example",
+     "given_name": "Alice", "family_name": "Example", "email": "alice@example.test",
+     "email_verified": True, "id": 1001, "uuid": "7c0e-alice"},
+    {"username": "bob", "password": hash_password("builder"), "name": "Bob", "id": 1002,
+     "uuid": "bob-uuid"},
+]}
 
 
 def make_state(directory: Path, registry: str = REGISTRY, key_type: str = "rsa") -> dict:
