@@ -25,6 +25,8 @@ DISCOVERY_PATH = "/.well-known/openid-configuration"
 RESPONSE_TYPES = ["code", "id_token", "id_token token", "code id_token", "code token",
                   "code id_token token"]
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+# RFC 7662 §2.1: introspection requires client authentication; `none` is not offered there
+INTROSPECTION_AUTH_METHODS = [m for m in AUTH_METHODS if m != "none"]
 REQUEST_OBJECT_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                        "ES256", "ES384", "ES512", "EdDSA"]
 
@@ -59,7 +61,7 @@ def document(settings: Any, keyring: Any, definitions: Any = None) -> dict:
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": REQUEST_OBJECT_ALGS,
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
-        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_methods_supported": INTROSPECTION_AUTH_METHODS,
         "code_challenge_methods_supported": ["S256"],
         "claims_parameter_supported": True,
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid",

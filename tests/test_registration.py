@@ -160,10 +160,10 @@ async def test_registered_web_client_gets_a_secret_and_redeems_codes_with_basic_
         assert ok.code == 200, tokens
         _, claims = core.keyring.verify(tokens["id_token"])
         assert claims["aud"] == client_id
-    refreshed, again = await post(http_client, base_url, "/konnect/v1/token",
-                                  {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
-                                  {"Authorization": basic(client_id, secret)})
-    assert refreshed.code == 200, again
+        # registered without grant_types: authorization_code only (RFC 7591 §2), so no
+        # refresh token despite offline_access (tests/test_token_hardening.py: the refresh
+        # grant of clients registered for it)
+        assert "refresh_token" not in tokens
 
 
 @pytest.mark.gen_test

@@ -5,6 +5,10 @@ they are URL-decoded after; client_secret_post), RFC 7523 §2.2 / OIDC Core §9
 (private_key_jwt: `iss` = `sub` = client id, `aud` = the endpoint, `exp`, single-use
 `jti`), and `none` for public clients (which must then use PKCE, RFC 9700 §2.1.1).
 A client may use one method per request (RFC 6749 §2.3).
+
+Introspection asks for `confidential=True`: a real client authentication (a secret or
+private_key_jwt), never `none` and never an implicitly trusted client (RFC 7662 §2.1:
+the endpoint MUST require authorization, against token scanning, §4).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from shared.keys import client_key_lookup
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ASSERTION_LIFETIME = 600
+CLOCK_SKEW = 30  # seconds tolerated on a client assertion's exp, nbf and iat (RFC 7519 §4.1.4)
 
 
 def _invalid(detail: str, basic: bool) -> OAuth2Error:
@@ -54,8 +59,23 @@ def parse_basic(header: Optional[str]) -> Optional[tuple[str, str]]:
 
 
 async def authenticate(handler: Any, *, lookup: Callable[[str, Optional[str]], Any],
-                       store: Any, audiences: tuple, now: Callable[[], float]) -> Authenticated:
-    """The authenticated client of this request, or an `invalid_client` (401) error."""
+                       store: Any, audiences: tuple, now: Callable[[], float],
+                       confidential: bool = False) -> Authenticated:
+    """The authenticated client of this request, or an `invalid_client` (401) error.
+
+    With `confidential`, only a registered client that proved a credential passes: the
+    registry is asked without a redirect URI (so no implicit client comes into being) and
+    method `none` is refused.
+    """
+    result = await _authenticate(handler, lookup, store, audiences, now, confidential)
+    if confidential and (result.method == "none" or result.client.implicit):
+        raise _invalid("client credentials are required at this endpoint", False)
+    return result
+
+
+async def _authenticate(handler: Any, lookup: Callable[[str, Optional[str]], Any], store: Any,
+                        audiences: tuple, now: Callable[[], float],
+                        confidential: bool) -> Authenticated:
     basic = parse_basic(handler.request.headers.get("Authorization"))
     form_id = handler.param("client_id")
     form_secret = handler.param("client_secret")
@@ -65,7 +85,8 @@ async def authenticate(handler: Any, *, lookup: Callable[[str, Optional[str]], A
                                  ("private_key_jwt", assertion)) if used]
     if len(methods) > 1:
         raise OAuth2Error(INVALID_REQUEST, "more than one client authentication method used")
-    redirect_uri = handler.param("redirect_uri")
+    # the redirect URI only names an implicitly trusted client (konnect.md §5.4, Q15)
+    redirect_uri = None if confidential else handler.param("redirect_uri")
     if assertion:
         if assertion_type != ASSERTION_TYPE:
             raise OAuth2Error(INVALID_REQUEST, "unsupported client_assertion_type")
@@ -107,19 +128,34 @@ async def _private_key_jwt(assertion: str, form_id: Optional[str], lookup: Any, 
     if keys is None:
         raise _invalid("client has no registered keys", False)
     try:
-        _, claims = jose.verify(assertion, keys, require_kid=False)
+        header, claims = jose.verify(assertion, keys, require_kid=False)
     except jose.JoseError as err:
         raise _invalid(f"client assertion: {err}", False) from None
+    # OIDC Dynamic Client Registration §2 `token_endpoint_auth_signing_alg`: requests whose
+    # JWT is not signed with the registered alg MUST be rejected (the key's family is wider)
+    registered_alg = client.token_endpoint_auth_signing_alg
+    if registered_alg and header.get("alg") != registered_alg:
+        raise _invalid("assertion not signed with the registered alg", False)
     aud = claims.get("aud")
     auds = aud if isinstance(aud, list) else [aud]
     if not any(a in audiences for a in auds):
         raise _invalid("assertion audience is not this server", False)
     t, exp, jti = now(), claims.get("exp"), claims.get("jti")
-    if not isinstance(exp, (int, float)) or isinstance(exp, bool) or exp < t - 30 \
-            or exp > t + MAX_ASSERTION_LIFETIME:
+    if not _is_time(exp) or exp < t - CLOCK_SKEW or exp > t + MAX_ASSERTION_LIFETIME:
         raise _invalid("assertion expired or too long-lived", False)
+    # RFC 7523 §3 item 5: MUST NOT be accepted before `nbf`; item 6 leaves `iat` to us: one
+    # from the future (beyond the skew) is refused, as is either claim that is no NumericDate
+    for name in ("nbf", "iat"):
+        value = claims.get(name)
+        if value is not None and (not _is_time(value) or value > t + CLOCK_SKEW):
+            raise _invalid(f"assertion {name} is in the future or malformed", False)
     if not isinstance(jti, str) or not jti:
         raise _invalid("assertion has no jti", False)
     if not await store.first_use("client-assertion", f"{client_id} {jti}", int(exp - t) + 60):
         raise _invalid("client assertion replayed", False)
     return Authenticated(client, "private_key_jwt")
+
+
+def _is_time(value: Any) -> bool:
+    """A JWT NumericDate (RFC 7519 §2): a JSON number, not a boolean."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -5,6 +5,10 @@
 - PKCE S256 (RFC 7636 §4.6); a public client must have used it.
 - Refresh tokens are rotated on every use; presenting a rotated one revokes the whole
   family, access tokens included (RFC 9700 §4.14.2). Scope may narrow, never widen (§6).
+- A dynamically registered client may use only the `grant_types` it registered (RFC 6749
+  §5.2 `unauthorized_client`; RFC 7591 §2, OIDC Registration §2) and gets a refresh token
+  only if they include `refresh_token`. Static and implicit clients: every grant, as in
+  Konnect (`grant_types` in the YAML is informational there).
 """
 
 from __future__ import annotations
@@ -23,6 +27,17 @@ from shared.store import REDEEM_UNCHECKED, REDEEM_WITH_REFRESH
 from shared.tokens import Tokens, new_jti, random_token
 
 _VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+
+
+def grant_type_allowed(client: Client, grant_type: str) -> bool:
+    """Whether `client` may use `grant_type` at the token endpoint.
+
+    Enforced for dynamically registered clients, which declared their own `grant_types`
+    (RFC 7591 §2; konnect.md quirk Q16). In the static registry the key stays
+    informational, as in Konnect (konnect.md §5.1): a Konnect YAML that lists only
+    `authorization_code` for an app that refreshes keeps working after the switch.
+    """
+    return not client.dynamic or not client.grant_types or grant_type in client.grant_types
 
 
 def _grant_error(description: str, detail: str = "") -> OAuth2Error:
@@ -88,7 +103,8 @@ class Issuer:
                 client_id=client.id, identity=identity, sub=sub, nonce=grant.nonce or None,
                 sid=grant.sid or None, auth_time=grant.auth_time or None,
                 access_token=access.token, extra=_id_token_claims(grant, identity), alg=alg)
-        if refresh and scopelib.OFFLINE in grant.scopes:
+        if refresh and scopelib.OFFLINE in grant.scopes \
+                and grant_type_allowed(client, "refresh_token"):
             token = random_token(32)
             remaining = grant.created + self.tokens.refresh_ttl - int(self.tokens.now())
             if remaining > 0:
@@ -156,7 +172,14 @@ async def authorization_code(handler: Any, client: Client, issuer: Issuer) -> di
                 pass  # unreachable refresh token (256 random bits) until its TTL; marker harmless
         raise
     if outcome == REDEEM_WITH_REFRESH:
-        body["refresh_token"] = refresh
+        if grant_type_allowed(client, "refresh_token"):
+            body["refresh_token"] = refresh
+        else:
+            # the one round trip stored it (the store knows no grant_types): nobody gets it
+            try:
+                await store.take_refresh(refresh)
+            except Unavailable:
+                pass  # unreachable (256 random bits) until its TTL
     return body
 
 
@@ -192,6 +215,8 @@ async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
     token = handler.param("refresh_token")
     if not token:
         raise OAuth2Error(INVALID_REQUEST, "refresh_token is required")
+    # read before the token is taken: a malformed request (RFC 6749 §3.2) spends nothing
+    requested = scopelib.parse(handler.param("scope"))
     store, now = issuer.store, int(issuer.tokens.now())
     new_token = random_token(32)
     # one round trip: the token is taken, its family's revocation read and, for this
@@ -224,7 +249,6 @@ async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
     # while offline_access grants live on until revoked (RFC 7009) or reused.
     if family_revoked:
         raise _grant_error("grant has been revoked")
-    requested = scopelib.parse(handler.param("scope"))
     if requested and not set(requested) <= set(grant.scopes):
         await put_back()
         raise OAuth2Error(INVALID_SCOPE, "scope exceeds the original grant")

@@ -8,8 +8,8 @@ from typing import Any, Optional
 import tornado.web
 
 from shared import discovery
-from shared.errors import (INVALID_REQUEST, METHOD_NOT_ALLOWED, UNSUPPORTED_GRANT_TYPE,
-                           OAuth2Error)
+from shared.errors import (INVALID_REQUEST, METHOD_NOT_ALLOWED, UNAUTHORIZED_CLIENT,
+                           UNSUPPORTED_GRANT_TYPE, OAuth2Error)
 from shared.grants import Grant
 from shared.tokens import TokenError, is_revoked
 from shared.web import BaseHandler
@@ -18,6 +18,14 @@ from . import grants
 from .clientauth import authenticate
 
 GRANTS = {"authorization_code": grants.authorization_code, "refresh_token": grants.refresh_token}
+# What client authentication reads (clientauth.authenticate) at every endpoint here; it
+# also reads `redirect_uri` (an implicit client's) except at introspection.
+CLIENT_PARAMS = ("client_id", "client_secret", "client_assertion", "client_assertion_type")
+
+
+def _not_in_body(name: str) -> OAuth2Error:
+    return OAuth2Error(INVALID_REQUEST, f"parameter {name} must be sent in the request body, "
+                       "not in the URL")
 
 
 class FormHandler(BaseHandler):
@@ -26,7 +34,15 @@ class FormHandler(BaseHandler):
     CORS for any origin, as Konnect's token endpoint (konnect.md §2.1), so browser-based
     clients can redeem codes; the preflight also allows `Authorization` (quirk Q24). No
     cookies are read here and credentials are never allowed, so `*` exposes nothing.
+
+    Parameters come from the form body only: client credentials MUST NOT be in the request
+    URI (RFC 6749 §2.3.1), and the token, revocation and introspection requests are sent
+    form-encoded in the body (RFC 6749 §3.2, RFC 7009 §2.1, RFC 7662 §2.1). A parameter this
+    endpoint reads that arrives in the query is `invalid_request`, refused before anything
+    is looked up or spent; query parameters no endpoint reads are ignored.
     """
+
+    body_params: tuple = CLIENT_PARAMS
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -49,19 +65,32 @@ class FormHandler(BaseHandler):
         ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != "application/x-www-form-urlencoded":
             raise OAuth2Error(INVALID_REQUEST, "expected application/x-www-form-urlencoded")
+        for name in self.body_params:
+            if name in self.request.query_arguments:
+                raise _not_in_body(name)
+
+    def param(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """One parameter of the form body (see the class docstring); never the query's."""
+        if name in self.request.query_arguments:
+            raise _not_in_body(name)
+        return super().param(name, default)
 
     def get(self) -> None:  # prepare() answers; these exist so tornado routes the method
         pass
 
     put = delete = patch = get
 
-    async def client(self):
+    async def client(self, *, confidential: bool = False):
         deps = self.deps
         return await authenticate(self, lookup=deps.lookup_client, store=deps.store,
-                                  audiences=deps.assertion_audiences, now=deps.now)
+                                  audiences=deps.assertion_audiences, now=deps.now,
+                                  confidential=confidential)
 
 
 class TokenHandler(FormHandler):
+    body_params = CLIENT_PARAMS + ("redirect_uri", "grant_type", "code", "code_verifier",
+                                   "refresh_token", "scope")
+
     async def post(self) -> None:
         grant_type = self.param("grant_type")
         if not grant_type:
@@ -70,12 +99,21 @@ class TokenHandler(FormHandler):
         if run is None:
             raise OAuth2Error(UNSUPPORTED_GRANT_TYPE, "grant_type not supported")
         auth = await self.client()
+        if not grants.grant_type_allowed(auth.client, grant_type):
+            # RFC 6749 §5.2: the authenticated client is not authorized for this grant type
+            raise OAuth2Error(UNAUTHORIZED_CLIENT, "the client is not registered for this "
+                              "grant type")
         body = await run(self, auth.client, self.deps.issuer)
         self.write_json(body)
 
 
 class RevokeHandler(FormHandler):
-    """RFC 7009: revoke a refresh token (its whole family) or an access token (its jti)."""
+    """RFC 7009: revoke a refresh token (its whole family) or an access token (its jti).
+
+    Public clients authenticate with their client_id alone here (RFC 7009 §2.1, §5) and
+    can only ever revoke their own tokens."""
+
+    body_params = CLIENT_PARAMS + ("redirect_uri", "token", "token_type_hint")
 
     async def post(self) -> None:
         token = self.param("token")
@@ -112,16 +150,26 @@ class RevokeHandler(FormHandler):
 
 
 class IntrospectHandler(FormHandler):
-    """RFC 7662: the state of a token issued to the calling client (or any, if trusted)."""
+    """RFC 7662: the state of a token issued to the calling client (or any, if trusted).
+
+    The caller must authenticate with real credentials (a secret or private_key_jwt):
+    §2.1 requires authorization at this endpoint and §4 warns of token scanning, so public
+    clients (`none`) and implicitly trusted clients get 401 `invalid_client`. Only a
+    registered client marked `trusted` sees the state of other clients' tokens; for anyone
+    else such a token is `{"active": false}` (§2.2).
+    """
+
+    body_params = CLIENT_PARAMS + ("token", "token_type_hint")
 
     async def post(self) -> None:
         token = self.param("token")
         if not token:
             raise OAuth2Error(INVALID_REQUEST, "token is required")
         self.param("token_type_hint")
-        client = (await self.client()).client
+        client = (await self.client(confidential=True)).client
+        sees_all = client.trusted and not client.implicit and not client.dynamic
         info = await (self._access(token) if "." in token else self._refresh(token))
-        if info is None or (info.get("client_id") != client.id and not client.trusted):
+        if info is None or (info.get("client_id") != client.id and not sees_all):
             info = None
         self.write_json(dict(info, active=True) if info else {"active": False})
 
@@ -174,9 +222,10 @@ class PublicDocumentHandler(BaseHandler):
         self.set_header("Content-Type", self.content_type)
         self.finish(self.body())
 
-    def head(self) -> None:
-        self.set_header("Content-Type", self.content_type)
-        self.finish()
+    # HEAD answers GET's status and headers (Content-Length, ETag, and 304 on a matching
+    # If-None-Match) without the body (RFC 9110 §9.3.2, §8.6, §13.1.2): Tornado computes
+    # them from the written body and drops the body itself for HEAD.
+    head = get
 
     def options(self) -> None:
         self.set_header("Access-Control-Allow-Headers", "Accept, Content-Type")

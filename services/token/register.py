@@ -21,7 +21,8 @@ from typing import Any, Optional
 
 from shared import discovery
 from shared.clients import (ALGS, AUTH_METHODS, DYNAMIC_PREFIX, Client, RegistryError,
-                            dynamic_record, parse_entry, redirect_uri_problem, uri_problem)
+                            dynamic_record, is_op_path, origin_of, parse_entry,
+                            redirect_uri_problem, uri_problem)
 from shared.errors import (INVALID_CLIENT_METADATA, INVALID_REDIRECT_URI, METHOD_NOT_ALLOWED,
                            TOO_MANY_REQUESTS, OAuth2Error)
 from shared.keys import KeyLoadError, client_key
@@ -114,11 +115,15 @@ def _check_jwks(jwks: Any) -> Optional[dict]:
     return {"keys": [dict(jwk) for jwk in jwks["keys"]]}
 
 
-def parse_registration(body: dict, *, client_id: str, signing_algs: list) -> Client:
+def parse_registration(body: dict, *, client_id: str, signing_algs: list,
+                       issuer: str = "") -> Client:
     """The client described by a registration request, or the OAuth2Error to answer.
 
     Unknown members are ignored (RFC 7591 §2); `redirect_uris` problems are
-    `invalid_redirect_uri`, every other problem `invalid_client_metadata` (§3.3).
+    `invalid_redirect_uri`, every other problem `invalid_client_metadata` (§3.3). A
+    redirect URI into the OP's own endpoints (`issuer`'s origin, `is_op_path`) is refused:
+    a response sent there would be carried on by the OP to wherever that request points
+    (RFC 9700 §4.11, §4.1).
     """
     for name, why in REFUSED.items():
         if body.get(name) is not None:
@@ -136,6 +141,8 @@ def parse_registration(body: dict, *, client_id: str, signing_algs: list) -> Cli
         raise OAuth2Error(INVALID_REDIRECT_URI, "redirect_uris is required")
     for i, uri in enumerate(redirect_uris):
         problem = redirect_uri_problem(app_type, False, uri, hint=False)
+        if not problem and issuer and origin_of(uri) == origin_of(issuer) and is_op_path(uri):
+            problem = "must not point at the OpenID Provider's own endpoints"
         if problem:
             raise OAuth2Error(INVALID_REDIRECT_URI, f"redirect_uris[{i}] {problem}")
     post_logout = _strings(body, "post_logout_redirect_uris", MAX_URIS)
@@ -219,6 +226,8 @@ def registration_response(client: Client, *, secret: Optional[str], issued_at: i
 class RegisterHandler(BaseHandler):
     """`POST /konnect/v1/register` with a JSON body; 201 with the client's credentials."""
 
+    allow = ("POST",)  # the `Allow` of the 405 below (RFC 9110 §15.5.6)
+
     def prepare(self) -> None:
         if self.request.method != "POST":
             raise OAuth2Error(METHOD_NOT_ALLOWED, "use POST", status=405)
@@ -239,7 +248,8 @@ class RegisterHandler(BaseHandler):
         body = self.json_body()
         client_id = DYNAMIC_PREFIX + secrets.token_urlsafe(24)
         client = parse_registration(body, client_id=client_id,
-                                    signing_algs=deps.keyring.signing_algs)
+                                    signing_algs=deps.keyring.signing_algs,
+                                    issuer=deps.settings.iss)
         secret = None
         if client.token_endpoint_auth_method in ("client_secret_basic", "client_secret_post"):
             secret = secrets.token_urlsafe(32)

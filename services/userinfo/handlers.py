@@ -1,7 +1,8 @@
 """The UserInfo endpoint (OpenID Connect Core §5.3, RFC 6750).
 
 The access token comes from `Authorization: Bearer` or, for POST, the form body
-(RFC 6750 §2.1, §2.2), never the query string (§2.3 is refused: URLs end up in logs).
+(RFC 6750 §2.1, §2.2: the body method MUST NOT be used with GET, so a GET carrying one is
+`invalid_request`), never the query string (§2.3 is refused: URLs end up in logs).
 It is checked for signature (pinned alg, known kid), times, issuer, `kc.isAccessToken`,
 then against the revocation list in one Redis round trip; if Redis cannot answer, the
 answer is 503, never claims. The claims come from the user backend, so a user deleted or
@@ -88,6 +89,9 @@ class UserInfoHandler(BaseHandler):
             raise OAuth2Error(INVALID_REQUEST, "access token in the query string is not accepted")
         header = self.request.headers.get_list("Authorization")
         form = self.request.body_arguments.get("access_token", [])
+        if form and self.request.method != "POST":
+            raise OAuth2Error(INVALID_REQUEST, "the access_token form parameter is only "
+                              "accepted with POST")
         if len(header) > 1 or len(form) > 1 or (header and form):
             raise OAuth2Error(INVALID_REQUEST, "more than one access token")
         if header:
