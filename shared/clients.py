@@ -19,11 +19,12 @@ import logging
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Mapping, Optional
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
 from .config import is_loopback_host
+from .topology import EXACT_ROUTES, PREFIX_ROUTES
 
 log = logging.getLogger("konnect.clients")
 
@@ -301,6 +302,36 @@ def client_from_record(record: Any, *, now: float) -> Optional[Client]:
                   dynamic=True, trusted=False, insecure=False, **values)
 
 
+# Paths the OP itself serves (shared/topology.py routes them): an implicitly trusted client
+# must not redirect into them (see `ClientRegistry.lookup`).
+OP_PATHS = tuple(sorted({"/signin/v1", "/konnect/v1", "/.well-known",
+                         *(p.rstrip("/") for paths in EXACT_ROUTES.values() for p in paths),
+                         *(p.rstrip("/") for paths in PREFIX_ROUTES.values() for p in paths)}))
+
+
+def is_op_path(uri: str) -> bool:
+    """True if `uri`'s path is, or may reach, one of the OP's own endpoints (`OP_PATHS`),
+    wherever it starts (an issuer with a path prefix). Compared as a browser or proxy may
+    see it: percent-decoding repeated, dot segments resolved (RFC 3986 §5.2.4), empty
+    segments dropped, case folded; a path that does not settle counts as the OP's."""
+    path = urlsplit(uri).path
+    for _ in range(4):
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    else:
+        return True
+    segments: list[str] = []
+    for segment in path.replace("\\", "/").split("/"):
+        if segment == "..":
+            segments = segments[:-1]
+        elif segment not in ("", "."):
+            segments.append(segment)
+    normalised = ("/" + "/".join(segments) + "/").lower()
+    return any(op + "/" in normalised for op in OP_PATHS)
+
+
 class ClientRegistry:
     def __init__(self, clients: Mapping[str, Client] | None = None, *, issuer: str = "") -> None:
         self._clients: dict[str, Client] = dict(clients or {})
@@ -374,7 +405,10 @@ class ClientRegistry:
 
         Unregistered ids are accepted only with a redirect URI on the issuer's own origin,
         as trusted implicit clients (konnect.md §5.4); never an id with the dynamic prefix
-        (an expired or unknown dynamic client must not turn into a trusted one).
+        (an expired or unknown dynamic client must not turn into a trusted one), and never
+        a redirect URI into the OP's own endpoints (`is_op_path`): a redirect to the
+        authorization endpoint would carry an implicit response's fragment on to a second
+        request's redirect (RFC 9110 §10.2.2), to any client's URI (RFC 9700 §4.1.3, §4.11).
         """
         client = self.get(client_id)
         if client is not None:
@@ -384,7 +418,8 @@ class ClientRegistry:
         if not client_id or len(client_id) > MAX_CLIENT_ID \
                 or _BAD_CHARS.search(client_id) or uri_problem(redirect_uri) is not None:
             return None
-        if self.issuer_origin and origin_of(redirect_uri) == self.issuer_origin:
+        if self.issuer_origin and origin_of(redirect_uri) == self.issuer_origin \
+                and not is_op_path(redirect_uri):
             return Client(id=client_id, redirect_uris=(redirect_uri,), trusted=True,
                           implicit=True, origins=(self.issuer_origin,))
         return None

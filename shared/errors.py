@@ -122,7 +122,7 @@ class OAuth2Error(Exception):
         """
         if not self.redirect_uri:
             raise ValueError("OAuth2Error without a verified redirect_uri cannot be redirected")
-        return add_params(self.redirect_uri, self.location_params(), fragment=self.fragment)
+        return response_location(self.redirect_uri, self.location_params(), fragment=self.fragment)
 
     def location_params(self) -> list[tuple[str, str]]:
         """The response parameters of an authorization error (also for form_post)."""
@@ -147,6 +147,18 @@ def add_params(uri: str, params: list[tuple[str, str]], *, fragment: bool = Fals
     names = {k for k, _ in params}
     kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in names]
     return urlunsplit(parts._replace(query=urlencode(kept + params)))
+
+
+def response_location(uri: str, params: list[tuple[str, str]], *, fragment: bool) -> str:
+    """An authorization response's redirect (success or error), in the query or fragment.
+
+    A query response ends with an empty fragment `#` (RFC 9700 §4.1.3, §4.11): without
+    one, a browser carries the fragment of the redirect that led here on to this target
+    (RFC 9110 §10.2.2), e.g. tokens of an implicit response that was redirected back into
+    the authorization endpoint. An empty fragment is still a fragment: nothing is carried.
+    """
+    location = add_params(uri, params, fragment=fragment)
+    return location if fragment else location + "#"
 
 
 class Unavailable(Exception):

@@ -117,10 +117,16 @@ class Tokens:
 
     def open_id_token_hint(self, token: str) -> dict:
         """The claims of an `id_token_hint` we issued: signature and issuer checked, `exp`
-        not (OIDC Core §3.1.2.1; RP-Initiated Logout §2). TokenError otherwise."""
+        not (OIDC Core §3.1.2.1; RP-Initiated Logout §2). TokenError otherwise.
+
+        Our access tokens are signed by the same keys: one marked `kc.isAccessToken` is
+        not an ID token and is refused (RFC 8725 §3.11 explicit typing, §2.8 cross-JWT
+        confusion)."""
         claims = self.verify(token)
         if claims.get("iss") != self.issuer:
             raise TokenError("id_token_hint is from another issuer")
+        if "kc.isAccessToken" in claims:
+            raise TokenError("id_token_hint is an access token")
         return claims
 
     def check_times(self, claims: Mapping[str, Any], *, require_exp: bool = True) -> None:

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared import jose
 from shared.keys import SigningKey, public_jwk
-from shared.session import browser_state, session_state
-from tests.support.op import ISSUER, REGISTRY, make_state
+from shared.session import Logon, browser_state, session_state
+from tests.support.op import ALICE, ISSUER, REGISTRY, make_state
 from tests.test_flow import Browser, app, authorize_url, core, query_of, sign_in  # noqa: F401
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -254,7 +254,7 @@ def test_check_session_script_answers_as_session_management_says(tmp_path):
     harness.write_text(NODE_HARNESS)
     script = Path(__file__).resolve().parents[1] / "services/authorize/static/check-session.js"
     origin = "https://rp.example.test"
-    state = browser_state("some-sub", ISSUER)
+    state = browser_state(Logon(ALICE, 1700000000, "sid-1", "key-1"), ISSUER)
     good = session_state("web-rp", origin, state)
     messages = [[f"web-rp {good}", True],              # unchanged
                 [f"other-rp {good}", True],            # changed (client differs)

@@ -48,7 +48,8 @@ def app(core):
         if make is identifier_app:
             settings = application.settings
     return tornado.web.Application(rules, **{k: v for k, v in settings.items()
-                                             if k in ("template_path", "static_path", "static_url_prefix")})
+                                             if k in ("template_path", "static_path", "static_url_prefix",
+                                                      "static_handler_class")})
 
 
 class Browser:

@@ -79,14 +79,18 @@ class Interop:
         return self.group.session()
 
     def sign_in(self, url: str) -> str:
-        """The browser part: sign in, consent, and return the redirect with the code."""
+        """The browser part: sign in, consent, and return the redirect with the code as
+        the RP's server receives it: a browser never sends the fragment, here the empty
+        one query responses end with (RFC 9700 §4.1.3). Authlib would take any `#` in
+        `authorization_response` for an implicit response."""
         agent = Agent(self.issuer, self.ca)
         try:
             outcome = agent.run(url, USER, self.password, stop_outside=True)
         finally:
             agent.session.close()
         assert outcome.url.startswith(self.redirect_uri + "?"), outcome
-        return outcome.url
+        assert outcome.url.endswith("#"), outcome
+        return outcome.url[:-1]
 
 
 def _secret(prefix: str) -> str:

@@ -16,7 +16,7 @@ from tornado.escape import xhtml_escape
 
 from shared import discovery, scopes as scopelib
 from shared.errors import (ACCESS_DENIED, CONSENT_REQUIRED, INVALID_REQUEST, LOGIN_REQUIRED,
-                           OAuth2Error, add_params)
+                           OAuth2Error, add_params, response_location)
 from shared.grants import Grant
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
                             browser_state, clear_cookie, consent_cookie_name, open_consent,
@@ -24,7 +24,7 @@ from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSIO
 from shared.tokens import TokenError, random_token
 from shared.web import PageHandler
 
-from .request import AuthRequest, parse, verified_client
+from .request import AuthRequest, narrow_claims, parse, requested_subs, verified_client
 from .request_object import RequestObjectError, invalid, merged_params, open_request_object
 
 SIGNIN_PATH = "/signin/v1/identifier"
@@ -33,6 +33,11 @@ CONSENT_PATH = "/signin/v1/consent"
 
 
 class AuthorizeHandler(PageHandler):
+    # Set while handling: the client is dynamically registered (its redirect URI is
+    # anyone's), and whether the browser has a valid logon (see `write_error`).
+    _dynamic_client = False
+    _signed_in = False
+
     async def get(self) -> None:
         await self.authorize()
 
@@ -40,9 +45,31 @@ class AuthorizeHandler(PageHandler):
         await self.authorize()
 
     def _redirect_error(self, req: AuthRequest, error: str, description: str) -> OAuth2Error:
-        return OAuth2Error(error, description, redirect_uri=req.redirect_uri,
-                           state=req.state or None, fragment=req.fragment,
-                           issuer=self.deps.settings.iss)
+        err = OAuth2Error(error, description, redirect_uri=req.redirect_uri,
+                          state=req.state or None, fragment=req.fragment,
+                          issuer=self.deps.settings.iss)
+        err.response_mode = req.response_mode
+        return err
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Authorization errors for a verified redirect_uri, in the request's response mode.
+
+        - `response_mode=form_post`: errors are posted too (OAuth 2.0 Form Post Response
+          Mode §2), with `state` and `iss` (RFC 9207 §2), never put in a query.
+        - A dynamically registered client's redirect URI is whatever anyone registered:
+          before the user has signed in, an error is a page, not an automatic redirect
+          (RFC 9700 §4.11.2: the OP must not be an open redirector). Once signed in, the
+          user has authenticated at the OP and errors (consent_required, access_denied)
+          are redirected as usual.
+        """
+        err = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(err, OAuth2Error) and err.redirect_uri:
+            if self._dynamic_client and not self._signed_in:
+                err.redirect_uri = None  # rendered as a page by the base class
+            elif getattr(err, "response_mode", "") == "form_post":
+                self.set_status(200)
+                return self._form_post(err.redirect_uri, err.location_params())
+        super().write_error(status_code, **kwargs)
 
     async def authorize(self) -> None:
         deps = self.deps
@@ -50,20 +77,17 @@ class AuthorizeHandler(PageHandler):
         if get("request") is not None:
             get = await self._request_object(get)
         client, redirect_uri = await verified_client(get, deps.lookup_client)
-        try:
-            req = parse(get, client, redirect_uri, deps.settings.iss)
-        except OAuth2Error as err:
-            if getattr(err, "response_mode", "") == "form_post":
-                return self._form_post(redirect_uri, err.location_params())
-            raise
-        logon = await self._cookie_logon(req) if self._cookie_manager else self._logon(req)
+        self._dynamic_client = client.dynamic
+        req = parse(get, client, redirect_uri, deps.settings.iss)  # form_post: write_error
+        logon = await self._cookie_logon(req) if self._cookie_manager else await self._logon(req)
         if logon is None:
             if "none" in req.prompt:
                 raise self._redirect_error(req, LOGIN_REQUIRED, "the user is not signed in")
             if self._cookie_manager:
                 return self._to_web_app_sign_in(req)
             if "select_account" in req.prompt and "login" not in req.prompt \
-                    and Logon.open(deps.sealer, self.get_cookie(LOGON_COOKIE)) is not None:
+                    and await Logon.open_live(deps.sealer, deps.store,
+                                              self.get_cookie(LOGON_COOKIE)) is not None:
                 return self._hand_off(CHOOSE_PATH, req)
             return self._hand_off(SIGNIN_PATH, req)
         scopes = await self._consented_scopes(req, logon)
@@ -78,15 +102,18 @@ class AuthorizeHandler(PageHandler):
         client = await deps.lookup_client(get("client_id"), get("redirect_uri"))
         if client is None:
             raise OAuth2Error(INVALID_REQUEST, "unknown client")
+        self._dynamic_client = client.dynamic
         try:
             claims = open_request_object(get("request"), client, deps.settings.iss, deps.now())
             return merged_params(get, claims)
         except RequestObjectError as err:
             redirect_uri = get("redirect_uri")
             if client.redirect_uri_ok(redirect_uri):
-                raise invalid(str(err), redirect_uri=redirect_uri, state=get("state") or None,
-                              fragment=(get("response_type") or "code") != "code",
-                              issuer=deps.settings.iss) from None
+                error = invalid(str(err), redirect_uri=redirect_uri, state=get("state") or None,
+                                fragment=(get("response_type") or "code") != "code",
+                                issuer=deps.settings.iss)
+                error.response_mode = get("response_mode") or ""
+                raise error from None
             raise invalid(str(err)) from None
 
     @property
@@ -116,9 +143,9 @@ class AuthorizeHandler(PageHandler):
         self.redirect(add_params(self.deps.settings.sign_in_uri,
                                  [("continue", here), ("oauth", "1")]))
 
-    def _logon(self, req: AuthRequest):
+    async def _logon(self, req: AuthRequest):
         deps = self.deps
-        logon = Logon.open(deps.sealer, self.get_cookie(LOGON_COOKIE))
+        logon = await Logon.open_live(deps.sealer, deps.store, self.get_cookie(LOGON_COOKIE))
         if logon is None:
             return None
         # auth_time is whole seconds (a float "now" would make every logon older than
@@ -130,16 +157,28 @@ class AuthorizeHandler(PageHandler):
         return self._check_hint(req, logon)
 
     def _check_hint(self, req: AuthRequest, logon: Logon):
+        """The logon, unless the request names another user: an `id_token_hint` (OIDC Core
+        §3.1.2.1) or a claims request for a `sub` value (§5.5.1: the OP MUST NOT reply
+        with tokens for a different user; konnect.md §6.9). Then `login_required` with
+        `prompt=none`, else None: the user signs in again."""
         deps = self.deps
+        self._signed_in = True
+        mine = (logon.identity.sub, logon.identity.raw_sub)
         if req.id_token_hint:
             try:
                 hint = deps.tokens.open_id_token_hint(req.id_token_hint)
             except TokenError:
                 raise self._redirect_error(req, INVALID_REQUEST, "id_token_hint is invalid") from None
-            if hint.get("sub") not in (logon.identity.sub, logon.identity.raw_sub):
+            if hint.get("sub") not in mine:
                 if "none" in req.prompt:
                     raise self._redirect_error(req, LOGIN_REQUIRED, "a different user is signed in")
                 return None
+        wanted = requested_subs(req.claims)
+        if wanted is not None and not wanted.intersection(mine):
+            if "none" in req.prompt:
+                raise self._redirect_error(req, LOGIN_REQUIRED,
+                                           "the requested sub is not the signed-in user")
+            return None
         return logon
 
     def _hand_off(self, path: str, req: AuthRequest, **extra: str) -> None:
@@ -175,9 +214,13 @@ class AuthorizeHandler(PageHandler):
     async def _respond(self, req: AuthRequest, logon: Logon, scopes: list) -> None:
         deps, types = self.deps, req.types
         identity, now = logon.identity, int(deps.now())
+        # After consent the claims request is narrowed to the approved scopes; a trusted
+        # client gets the claims it asks for without consent (Konnect, konnect.md §6.9).
+        trusted = req.client.trusted and "consent" not in req.prompt
+        claims = req.claims if trusted else narrow_claims(req.claims, scopes)
         grant = Grant(client_id=req.client.id, identity=identity, scopes=scopes,
                       redirect_uri=req.redirect_uri, response_type=req.response_type,
-                      claims=req.claims, nonce=req.nonce, code_challenge=req.code_challenge,
+                      claims=claims, nonce=req.nonce, code_challenge=req.code_challenge,
                       code_challenge_method=req.code_challenge_method,
                       auth_time=logon.auth_time, sid=logon.sid, created=now)
         params: list = []
@@ -188,7 +231,7 @@ class AuthorizeHandler(PageHandler):
             params.append(("code", code))
         if "token" in types:
             access = deps.tokens.access_token(client_id=req.client.id, identity=identity,
-                                              scopes=scopes, family=grant.family, claims=req.claims)
+                                              scopes=scopes, family=grant.family, claims=claims)
             params += [("access_token", access.token), ("token_type", "Bearer"),
                        ("expires_in", str(deps.tokens.access_ttl))]
         if "id_token" in types:
@@ -201,7 +244,7 @@ class AuthorizeHandler(PageHandler):
                 client_id=req.client.id, identity=identity, nonce=req.nonce, sid=logon.sid,
                 auth_time=auth_time, access_token=access.token if access else None, code=code,
                 extra=extra)))
-        state = browser_state(identity.sub, deps.settings.iss)
+        state = browser_state(logon, deps.settings.iss)
         set_cookie(self, BROWSER_STATE_COOKIE, state, path=SESSION_PATH, http_only=False)
         origin = "{0.scheme}://{0.netloc}".format(urlsplit(req.redirect_uri))
         if req.state:
@@ -211,7 +254,7 @@ class AuthorizeHandler(PageHandler):
                    ("iss", deps.settings.iss)]
         if req.response_mode == "form_post":
             return self._form_post(req.redirect_uri, params)
-        self.redirect(add_params(req.redirect_uri, params, fragment=req.fragment))
+        self.redirect(response_location(req.redirect_uri, params, fragment=req.fragment))
 
     def _form_post(self, target: str, params: list) -> None:
         """OAuth 2.0 Form Post Response Mode §2: an auto-submitting page, CSP with a nonce."""

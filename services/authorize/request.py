@@ -21,6 +21,9 @@ RESPONSE_TYPES = {"code", "id_token", "id_token token", "code id_token", "code t
 PROMPTS = {"none", "login", "consent", "select_account"}
 MODES = {"query", "fragment", "form_post"}
 _CHALLENGE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+# OIDC Core §3.1.2.1 max_age: a non-negative integer of seconds. ASCII digits only (str.isdigit
+# takes "²" and "٣"), and at most 10 of them (over 300 years; Python's int() refuses 4300+).
+_MAX_AGE = re.compile(r"[0-9]{1,10}")
 PARAMS = ("client_id", "redirect_uri", "response_type", "scope", "state", "nonce",
           "response_mode", "prompt", "max_age", "id_token_hint", "login_hint", "claims",
           "ui_locales", "code_challenge", "code_challenge_method", "request", "request_uri",
@@ -111,7 +114,7 @@ def parse(get: Callable[[str], Optional[str]], client: Client, redirect_uri: str
         raise fail(INVALID_REQUEST, "invalid prompt")
     max_age = get("max_age")
     if max_age is not None:
-        if not max_age.isdigit():
+        if not _MAX_AGE.fullmatch(max_age):
             raise fail(INVALID_REQUEST, "max_age must be a non-negative integer")
     challenge, method = get("code_challenge") or "", get("code_challenge_method") or ""
     if challenge or method:
@@ -147,3 +150,34 @@ def _claims(raw: Optional[str], fail: Any) -> Optional[dict]:
                                         for k in ("userinfo", "id_token")):
         raise fail(INVALID_REQUEST, "claims must be a JSON object of objects")
     return {k: doc[k] for k in ("userinfo", "id_token") if k in doc}
+
+
+def requested_subs(claims: Optional[dict]) -> Optional[set]:
+    """The subjects a claims request restricts the response to (OIDC Core §5.5.1: `sub`
+    with `value` or `values`, in `id_token` and/or `userinfo`; both must hold), or None
+    when it names none. Values that are not strings match no user."""
+    wanted: Optional[set] = None
+    for member in ("id_token", "userinfo"):
+        spec = ((claims or {}).get(member) or {}).get("sub")
+        if not isinstance(spec, dict):
+            continue
+        for key in ("value", "values"):
+            if key not in spec:
+                continue
+            given = spec[key] if key == "values" and isinstance(spec[key], list) else [spec[key]]
+            names = {v for v in given if isinstance(v, str)}
+            wanted = names if wanted is None else wanted & names
+    return wanted
+
+
+def narrow_claims(claims: Optional[dict], scopes: list) -> Optional[dict]:
+    """The claims request without the standard claims of scopes not granted: `email` only
+    with `email`, `name` only with `profile` (OIDC Core §5.4, §5.5; Konnect filters the
+    claims request to the approved scopes, konnect.md §6.9). Other members (`sub`,
+    `auth_time`, claims no scope releases) stay."""
+    if not claims:
+        return claims
+    granted = set(scopes)
+    return {member: {name: spec for name, spec in wanted.items()
+                     if scopelib.SCOPE_OF_CLAIM.get(name, scopelib.OPENID) in granted}
+            for member, wanted in claims.items()}
