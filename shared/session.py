@@ -3,10 +3,13 @@
 Names and paths are Konnect's (konnect.md §7.8). The contents are sealed (sealed.py)
 instead of JWE; cookies need not survive a switch from Konnect (Appendix B).
 
-- `__Secure-KKT`, the logon: identity, auth_time, sid; path `/signin/v1/identifier/_/`.
+- `__Secure-KKT`, the logon: identity, auth_time, sid, a random browser-state key; path
+  `/signin/v1/identifier/_/`. Sealed for 24 h, but a session only while no sign-out of its
+  subject came after it (`Logon.open_live`: the subject's not-before in the store).
 - `__Secure-KKTC-<hash>`, a consent decision for one authorization request, 60 s, used once.
 - `__Secure-KKBS`, the browser state for Session Management 1.0 (not HttpOnly: the
-  check-session iframe reads it).
+  check-session iframe reads it). Keyed by a random per-logon value, so no third party can
+  compute it for a user it knows (Konnect's unkeyed hash could be: `browser_state`).
 """
 
 from __future__ import annotations
@@ -34,20 +37,43 @@ class Logon:
     identity: Identity
     auth_time: int
     sid: str
+    # the key of this logon's browser state (`browser_state`); "" for a logon that is not
+    # the identifier's own (the cookie identity manager), whose sid is then the key
+    state_key: str = ""
 
     def seal(self, sealer: Sealer) -> str:
-        return sealer.seal("logon", {"identity": self.identity.to_record(),
-                                     "auth_time": self.auth_time, "sid": self.sid}, LOGON_TTL)
+        doc = {"identity": self.identity.to_record(), "auth_time": self.auth_time, "sid": self.sid}
+        if self.state_key:
+            doc["bsk"] = self.state_key
+        return sealer.seal("logon", doc, LOGON_TTL)
 
     @classmethod
     def open(cls, sealer: Sealer, value: Optional[str]) -> Optional["Logon"]:
+        """The sealed contents only: use `open_live` to know whether it is still a session."""
         if not value:
             return None
         try:
             doc = sealer.unseal("logon", value)
-            return cls(Identity.from_record(doc["identity"]), int(doc["auth_time"]), str(doc["sid"]))
-        except (SealError, KeyError, TypeError, ValueError):
+            key = doc.get("bsk", "")
+            return cls(Identity.from_record(doc["identity"]), int(doc["auth_time"]),
+                       str(doc["sid"]), key if isinstance(key, str) else "")
+        except (SealError, KeyError, TypeError, ValueError, AttributeError):
             return None
+
+    @classmethod
+    async def open_live(cls, sealer: Sealer, store: Any, value: Optional[str]) -> Optional["Logon"]:
+        """The logon cookie's session, or None. The one way every service opens the logon
+        cookie: a sealed logon is a session only while no sign-out of its subject came after
+        it. Signing out (services/identifier/signout.py) writes the subject's not-before;
+        a logon whose auth_time is at or before it is over (OIDC RP-Initiated Logout 1.0
+        §2: the OP logs the End-User out; the sealed cookie alone would live 24 h).
+        Fails closed: Redis unreachable raises `StoreUnavailable` (503), never a session."""
+        logon = cls.open(sealer, value)
+        if logon is None:
+            return None
+        if await store.is_revoked(sub=logon.identity.sub, iat=logon.auth_time):
+            return None
+        return logon
 
 
 def new_sid() -> str:
@@ -76,9 +102,21 @@ def open_consent(sealer: Sealer, value: Optional[str]) -> Optional[dict]:
     return doc if isinstance(doc, dict) else None
 
 
-def browser_state(sub: Optional[str], issuer: str) -> str:
-    data = f"{sub or ' '} {issuer} kopano-konnect-1".encode("utf-8")
-    return base64.urlsafe_b64encode(hashlib.blake2b(data, digest_size=32).digest()).rstrip(b"=").decode()
+def new_state_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def browser_state(logon: Logon, issuer: str) -> str:
+    """The browser state of OIDC Session Management 1.0 §3 (the `__Secure-KKBS` cookie the
+    check-session iframe hashes, §4.1): BLAKE2b keyed with the logon's random state key.
+    Konnect hashed only sub and issuer, with no secret, so any site framing the iframe could
+    test whether its visitor is signed in as a user it knows; without the key nobody can
+    compute it. It changes with every sign-in, which the iframe reports as `changed` (§4.1:
+    the RP then re-authenticates with prompt=none)."""
+    key = hashlib.sha256((logon.state_key or logon.sid).encode("utf-8")).digest()
+    data = f"{logon.identity.sub} {issuer} kopano-konnect-1".encode("utf-8")
+    digest = hashlib.blake2b(data, key=key, digest_size=32, person=b"konnect-KKBS").digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def session_state(client_id: str, origin: str, state: str) -> str:

@@ -126,6 +126,14 @@ return {value, revoked, written}
 
 # A subject's not-before time only moves forward and its entry only lives longer, so a
 # later, weaker call can never un-revoke tokens that an earlier call revoked.
+# DECR only an existing, positive counter: DECR on a key that expired since the hit would
+# create it at -1 with no TTL (a credit that never ends).
+_GIVE_BACK = """
+local count = tonumber(redis.call('GET', KEYS[1]))
+if count and count > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
+"""
+
 _REVOKE_SUBJECT = """
 local nbf = tonumber(ARGV[1])
 local ttl_ms = tonumber(ARGV[2]) * 1000
@@ -253,6 +261,7 @@ class Store:
         self._down = False
         self._take_refresh_script = _Script(client, _TAKE_REFRESH)
         self._revoke_subject_script = _Script(client, _REVOKE_SUBJECT)
+        self._give_back_script = _Script(client, _GIVE_BACK)
         self._finish_code_script = _Script(client, _FINISH_CODE)
         self._rotate_refresh_script = _Script(client, _ROTATE_REFRESH)
         self._redeem_code_script = _Script(client, _REDEEM_CODE)
@@ -598,6 +607,13 @@ class Store:
         """Forget the attempts of `key` (e.g. after a successful logon)."""
         k = self._rl_key(bucket, key)
         await self._call("reset", lambda: self._redis.delete(k))
+
+    async def give_back(self, bucket: str, key: str) -> int:
+        """Take back one attempt `hit` counted for `key` (e.g. the IP's hit of a sign-in that
+        succeeded), keeping the window's expiry. One script, so it never goes below 0 nor
+        outlives the window. Returns the count left."""
+        k = self._rl_key(bucket, key)
+        return int(await self._call("give_back", lambda: self._give_back_script(keys=[k])))
 
     # -- dynamically registered clients (OIDC Dynamic Client Registration 1.0) ----------------
 

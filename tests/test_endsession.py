@@ -3,6 +3,7 @@ services on one origin, real Redis and the users-file backend (fixtures of test_
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from urllib.parse import urlencode
 
@@ -182,7 +183,7 @@ async def test_select_account_shows_the_chooser_when_signed_in(http_client, base
 
 def _alice(core):
     from tests.support.op import ALICE
-    return Identity(**{**ALICE.__dict__, "raw_sub": "u-alice", "uuid": "u-alice"})
+    return dataclasses.replace(ALICE, raw_sub="u-alice", uuid="u-alice")
 
 
 @pytest.mark.gen_test

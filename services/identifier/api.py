@@ -4,23 +4,61 @@ Every call is a POST with a JSON body, the header `Kopano-Konnect-XSRF: 1` and a
 Origin (or Referer) on the request's own host: a cross-site form cannot send the header
 and a cross-site script cannot pass the origin check (OWASP CSRF: custom request header
 plus origin verification). A "no" is `204` with `Kopano-Konnect-State`.
+
+The bodies are Konnect's request structs, whose fields are strings (`allow` a boolean,
+`params` a list of strings, `hello` an object): a member of another JSON type is a 400
+`invalid_request` naming it, never a 500 (Konnect's JSON decoding refused them too).
+`state` is echoed in a header, so it must be printable ASCII (RFC 9110 §5.5: a field value
+has no CR/LF; non-ASCII is not portable) of at most 256 characters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 from typing import Any, Optional
 from urllib.parse import urlencode, urlsplit
 
 from shared import discovery, scopes as scopelib
 from shared.errors import INVALID_REQUEST, TOO_MANY_REQUESTS, OAuth2Error
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
-                            clear_cookie, consent_cookie_name, new_sid, seal_consent, set_cookie)
+                            clear_cookie, consent_cookie_name, new_sid, new_state_key,
+                            seal_consent, set_cookie)
 from shared.web import BaseHandler
 
 from .signout import sign_out
 
 LOGON_WINDOW, LOGON_LIMIT = 300, 10
+LOGON_IP_LIMIT = 5 * LOGON_LIMIT  # failed sign-ins per client IP and window
+STATE_MAX = 256
+_STATE_OK = re.compile(r"[\x20-\x7e]*")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON may escape one; it is not UTF-8 text
+
+
+def _invalid(description: str) -> OAuth2Error:
+    return OAuth2Error(INVALID_REQUEST, description)
+
+
+def string_member(doc: dict, name: str, where: str = "") -> str:
+    """A string member of a request body; absent or null is ""."""
+    value = doc.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str) or _SURROGATE.search(value):
+        raise _invalid(f"{where}{name} must be a string")
+    return value
+
+
+def hello_request(value: Any, where: str = "") -> Optional[dict]:
+    """A HelloRequest (konnect.md §2.12): an object whose members are strings (null counts
+    as absent), or None when there is none. Its members go into the continue URI's query,
+    so every one of them must be a string."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _invalid(f"{where.rstrip('.') or 'the request'} must be a JSON object")
+    return {k: string_member(value, k, where) for k, v in value.items() if v is not None}
 
 
 class APIHandler(BaseHandler):
@@ -34,30 +72,34 @@ class APIHandler(BaseHandler):
         if not host or host.lower() != (self.request.headers.get("Host") or "").lower():
             raise OAuth2Error(INVALID_REQUEST, "origin check failed", detail=f"origin {source!r}")
         self.body = self.json_body()
-        state = self.body.get("state", "")
-        self.state = state if isinstance(state, str) and len(state) <= 256 else ""
+        state = string_member(self.body, "state")
+        if len(state) > STATE_MAX or not _STATE_OK.fullmatch(state):
+            raise _invalid(f"state must be at most {STATE_MAX} printable ASCII characters")
+        self.state = state
 
     def no(self) -> None:
         self.set_status(204)
         self.set_header("Kopano-Konnect-State", self.state)
         self.finish()
 
-    def logon(self) -> Optional[Logon]:
-        return Logon.open(self.deps.sealer, self.get_cookie(LOGON_COOKIE))
+    async def logon(self) -> Optional[Logon]:
+        deps = self.deps
+        return await Logon.open_live(deps.sealer, deps.store, self.get_cookie(LOGON_COOKIE))
 
-    async def hello(self, logon: Logon, request: Any) -> dict:
-        request = request if isinstance(request, dict) else {}
-        flow = request.get("flow") if isinstance(request.get("flow"), str) else ""
+    async def hello(self, logon: Logon, request: dict) -> dict:
+        """The HelloResponse for a signed-in user; `request` has passed `hello_request`."""
+        flow = request.get("flow", "")
         answer = {"state": self.state, "flow": flow, "success": True,
                   "username": logon.identity.username,
                   "displayName": logon.identity.name or logon.identity.username}
         if flow in ("oidc", "consent"):
-            query = {k: v for k, v in request.items() if isinstance(v, str) and k not in ("state", "flow")}
-            if "state" in request and isinstance(request.get("ref"), str):
+            query = {k: v for k, v in request.items() if k not in ("state", "flow")}
+            if "state" in request and "ref" in request:
                 query["state"] = request["ref"]
             answer["continue_uri"] = discovery.url(self.deps.settings, "authorization_endpoint")
             client = await self.deps.lookup_client(request.get("client_id"), request.get("redirect_uri"))
-            if client is not None and (not client.trusted or "consent" in (request.get("prompt") or "")):
+            if client is not None and (not client.trusted
+                                       or "consent" in request.get("prompt", "")):
                 answer["next"] = "consent"
                 wanted = scopelib.parse(request.get("scope"))
                 answer["scopes"] = {s: True for s in wanted}
@@ -72,11 +114,11 @@ class APIHandler(BaseHandler):
 
 class HelloHandler(APIHandler):
     async def post(self) -> None:
-        logon = self.logon()
-        prompt = str(self.body.get("prompt") or "")
-        if logon is None or "login" in prompt.split():
+        request = hello_request(self.body)
+        logon = await self.logon()
+        if logon is None or "login" in request.get("prompt", "").split():
             return self.no()
-        self.write_json(await self.hello(logon, self.body))
+        self.write_json(await self.hello(logon, request))
 
 
 class LogonHandler(APIHandler):
@@ -85,14 +127,19 @@ class LogonHandler(APIHandler):
     async def post(self) -> None:
         params = self.body.get("params")
         if not isinstance(params, list) or len(params) < 3 or \
-                not all(isinstance(p, str) for p in params[:3]):
+                not all(isinstance(p, str) and not _SURROGATE.search(p) for p in params[:3]):
             raise OAuth2Error(INVALID_REQUEST, "params must be [username, password, mode]")
         username, password, mode = params[:3]
+        # before any sign-in work: a bad hello must not come after a cookie was set
+        hello = hello_request(self.body.get("hello"), "hello.")
         if mode != "1" or not username or not password or len(username) > 256 or len(password) > 1024:
             return self.no()
         store = self.deps.store
-        for bucket, key in (("logon-user", username.lower()), ("logon-ip", self.client_ip)):
-            if await store.hit(bucket, key, window=LOGON_WINDOW) > LOGON_LIMIT * (5 if bucket == "logon-ip" else 1):
+        # Counted before the password is checked, so concurrent guesses cannot overshoot and
+        # the scrypt work per window is bounded; a success gives its IP hit back below.
+        for bucket, key, limit in (("logon-user", username.lower(), LOGON_LIMIT),
+                                   ("logon-ip", self.client_ip, LOGON_IP_LIMIT)):
+            if await store.hit(bucket, key, window=LOGON_WINDOW) > limit:
                 raise OAuth2Error(TOO_MANY_REQUESTS, "too many sign-in attempts", status=429,
                                   retry_after=await store.retry_after(bucket, key))
         started = asyncio.get_running_loop().time()
@@ -104,37 +151,62 @@ class LogonHandler(APIHandler):
             if delay > 0:
                 await asyncio.sleep(delay)
             return self.no()
+        # A success is no attempt against the limits: many users behind one NAT signing in
+        # must not lock each other out (security.md WB-14).
         await store.reset("logon-user", username.lower())
-        logon = Logon(identity=identity, auth_time=int(self.deps.now()), sid=new_sid())
+        await store.give_back("logon-ip", self.client_ip)
+        logon = Logon(identity=identity, auth_time=await self.auth_time(identity.sub),
+                      sid=new_sid(), state_key=new_state_key())
         set_cookie(self, LOGON_COOKIE, logon.seal(self.deps.sealer), path=API_PATH)
         clear_cookie(self, BROWSER_STATE_COOKIE, path=SESSION_PATH)
-        hello = self.body.get("hello")
         self.write_json({"success": True, "state": self.state,
-                         "hello": await self.hello(logon, hello) if isinstance(hello, dict) else None})
+                         "hello": await self.hello(logon, hello) if hello is not None else None})
+
+    async def auth_time(self, sub: str) -> int:
+        """Now in whole seconds (the unit of auth_time, OIDC Core §2), but later than the
+        subject's not-before. A sign-out writes its second as the not-before and ends every
+        logon and token of that second (`Store.revoke_subject`), so a sign-in in the same
+        second as a sign-out waits for the next second: else the new logon and the tokens
+        issued from it in that second would be dead at once. Bounded: a not-before further
+        ahead (another host's clock) is not waited out."""
+        deps = self.deps
+        for _ in range(3):
+            now = deps.now()
+            if not await deps.store.is_revoked(sub=sub, iat=int(now)):
+                break
+            await asyncio.sleep(min(1.0, max(0.02, math.floor(now) + 1 - now)))
+        return int(deps.now())
 
 
 class LogoffHandler(APIHandler):
     async def post(self) -> None:
-        # Access tokens issued before now stop working everywhere (revocation list).
-        await sign_out(self, self.logon())
+        # Ends the session and the access tokens issued before now, everywhere.
+        await sign_out(self, await self.logon())
         self.write_json({"success": True, "state": self.state})
 
 
 class ConsentHandler(APIHandler):
     async def post(self) -> None:
-        logon = self.logon()
         b = self.body
-        fields = [b.get(k) for k in ("client_id", "redirect_uri", "ref", "flow_nonce")]
-        if logon is None or not self.state or not all(isinstance(f, str) for f in fields[:2]):
+        client_id, redirect_uri, ref, nonce = (
+            string_member(b, k) for k in ("client_id", "redirect_uri", "ref", "flow_nonce"))
+        scope = b.get("scope")
+        if scope is None or isinstance(scope, str):
+            scopes = scopelib.parse(scope)
+        elif isinstance(scope, list) and all(isinstance(s, str) and not _SURROGATE.search(s)
+                                             for s in scope):
+            scopes = list(dict.fromkeys(scope))
+        else:
+            raise _invalid("scope must be a string (or a list of strings)")
+        allow = b.get("allow", False)
+        if not isinstance(allow, bool):
+            raise _invalid("allow must be true or false")
+        logon = await self.logon()
+        if logon is None or not self.state or not client_id or not redirect_uri:
             raise OAuth2Error(INVALID_REQUEST, "consent needs a signed-in user and the request")
-        client_id, redirect_uri, ref, nonce = [f if isinstance(f, str) else "" for f in fields]
         client = await self.deps.lookup_client(client_id, redirect_uri)
         if client is None or not client.redirect_uri_ok(redirect_uri):
             raise OAuth2Error(INVALID_REQUEST, "unknown client")
-        scope = b.get("scope")
-        scopes = scopelib.parse(scope) if isinstance(scope, str) else \
-            [s for s in (scope or []) if isinstance(s, str)]
-        allow = b.get("allow") is True
         name = consent_cookie_name(self.state, client_id, redirect_uri, ref, nonce)
         set_cookie(self, name, seal_consent(self.deps.sealer, allow=allow, scopes=scopes,
                                             sub=logon.identity.sub), path=API_PATH, max_age=60)

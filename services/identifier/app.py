@@ -15,11 +15,19 @@ HERE = os.path.dirname(__file__)
 API = "/signin/v1/identifier/_/"
 
 
-class BrandingHandler(tornado.web.StaticFileHandler):
-    """The deployment's branding files, with the same security headers as static files."""
+class StaticHandler(tornado.web.StaticFileHandler):
+    """`/signin/v1/static/*` (the pages' script and style sheet): `nosniff`, so a browser
+    uses a file only as the type it is served as (Fetch §3.5 "X-Content-Type-Options")."""
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
+
+
+class BrandingHandler(StaticHandler):
+    """The deployment's branding files, with the same security headers as static files."""
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
         self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'self'")
 
 
@@ -44,7 +52,8 @@ def make_app(settings, deps: Core):
         (API + "consent", ConsentHandler, args),
         (API + "endsession", EndSessionHandler, args),
     ], deps, template_path=os.path.join(HERE, "templates"),
-        static_path=os.path.join(HERE, "static"), static_url_prefix="/signin/v1/static/")
+        static_path=os.path.join(HERE, "static"), static_url_prefix="/signin/v1/static/",
+        static_handler_class=StaticHandler)
 
 
 def main(argv=None) -> None:

@@ -10,7 +10,8 @@
   once, then redirected with `state`. Otherwise the user confirms on a page; after the
   confirmation the browser goes back to the verified URI (Konnect never returned: fixed).
 - Signing out clears the logon and browser-state cookies and writes the subject's
-  not-before into the revocation list, so access tokens issued before stop working.
+  not-before into the revocation list, so the logon (a copy of the cookie included) and the
+  access tokens issued before stop working (signout.py).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class EndSessionHandler(SigninPage):
         if uri is not None and (client is None or not client.post_logout_redirect_uri_ok(uri)):
             raise OAuth2Error(INVALID_REQUEST,
                               "post_logout_redirect_uri is not registered for this client")
-        logon = Logon.open(deps.sealer, self.get_cookie(LOGON_COOKIE))
+        logon = await Logon.open_live(deps.sealer, deps.store, self.get_cookie(LOGON_COOKIE))
         if logon is not None and hint_claims and hint_claims.get("sub") != logon.identity.sub:
             raise OAuth2Error(INVALID_REQUEST, "the id_token_hint is for another user")
         if logon is None or (client is not None and client.trusted and hint_claims and uri):
@@ -89,7 +90,8 @@ class EndSessionHandler(SigninPage):
         except SealError:
             raise OAuth2Error(INVALID_REQUEST, "the sign-out confirmation expired; try again") from None
         # Whoever is signed in now is signed out: that is what the user just confirmed.
-        await sign_out(self, Logon.open(deps.sealer, self.get_cookie(LOGON_COOKIE)))
+        await sign_out(self, await Logon.open_live(deps.sealer, deps.store,
+                                                   self.get_cookie(LOGON_COOKIE)))
         self._done(doc.get("uri"), doc.get("state"))
 
     def _hint(self) -> Optional[dict]:

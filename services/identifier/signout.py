@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from shared.session import API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon, clear_cookie
+from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, LOGON_TTL, SESSION_PATH,
+                            Logon, clear_cookie)
+
+
+def not_before_ttl(deps: Any) -> int:
+    """How long a sign-out's not-before is kept: as long as anything it ends can still be
+    presented, the access tokens and the logon cookie (sealed for LOGON_TTL), plus the clock
+    skew. Shorter, and a copy of the old logon cookie would be a session again once the
+    Redis entry expired."""
+    return max(deps.tokens.access_ttl, LOGON_TTL) + deps.settings.clock_skew
 
 
 async def sign_out(handler: Any, logon: Optional[Logon]) -> None:
-    """What every sign-out does: revoke what was issued to this user's sessions so far and
-    forget the logon in this browser."""
+    """What every sign-out does: end this user's sessions and revoke what was issued to them
+    so far, then forget the logon in this browser.
+
+    The subject's not-before (whole seconds, `Store.revoke_subject`) ends every logon and
+    access token of the subject with an auth_time / iat at or before now, in every browser
+    (`Logon.open_live`, `Tokens.is_revoked`). A sign-in in the same second afterwards waits
+    for the next second (`LogonHandler`), so it is not caught by it."""
     deps = handler.deps
     if logon is not None:
-        await deps.store.revoke_subject(logon.identity.sub, int(deps.now()),
-                                        deps.tokens.access_ttl + deps.settings.clock_skew)
+        await deps.store.revoke_subject(logon.identity.sub, int(deps.now()), not_before_ttl(deps))
     clear_cookie(handler, LOGON_COOKIE, path=API_PATH)
     clear_cookie(handler, BROWSER_STATE_COOKIE, path=SESSION_PATH)
