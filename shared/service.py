@@ -29,6 +29,9 @@ log = logging.getLogger("konnect.service")
 SHUTDOWN_GRACE = 10.0  # seconds for in-flight requests after a stop signal
 
 
+MAX_HEADER_SIZE = 64 * 1024
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
@@ -44,7 +47,10 @@ def make_server(app: tornado.web.Application, settings: Any) -> tornado.httpserv
         app,
         xheaders=False,
         max_body_size=settings.max_body_size,
-        max_header_size=16 * 1024,
+        # above the proxies' own limits (Caddy ~20 KB, Apache 16 KiB per field), so that
+        # what they let through is answered, never a dropped connection (a 502 for the
+        # user); the proxy answers 431 for more. Bounded: this is buffered per connection.
+        max_header_size=MAX_HEADER_SIZE,
         body_timeout=30,
         idle_connection_timeout=75,
         decompress_request=False,
@@ -104,17 +110,26 @@ async def drain(app: tornado.web.Application, grace: float, service: str = "") -
                     app.inflight, grace)
 
 
-class _TooLarge(tornado.httputil.HTTPMessageDelegate):
-    """Answers 413 as soon as the headers announce a body over the limit, before reading it
-    (Tornado itself would answer a bare 400 and close)."""
+class _Guard(tornado.httputil.HTTPMessageDelegate):
+    """Wraps Tornado's per-request delegate for two things Tornado does not do:
+
+    - answers 413 as soon as the headers announce a body over the limit, before reading
+      it (Tornado itself would answer a bare 400 and close);
+    - keeps `Application.inflight` true for requests that never reach a handler: a
+      request is counted when it is routed (`find_handler`) and uncounted when it is
+      logged, or here when its connection closes before the body was complete (a client
+      gone mid-upload, a body timeout, a chunked body over the limit). Otherwise every
+      such request would make the next shutdown wait its whole grace period.
+    """
 
     def __init__(self, inner: tornado.httputil.HTTPMessageDelegate,
-                 conn: tornado.httputil.HTTPConnection, limit: int) -> None:
-        self.inner, self.conn, self.limit, self.refused = inner, conn, limit, False
+                 conn: tornado.httputil.HTTPConnection, app: "Application") -> None:
+        self.inner, self.conn, self.app = inner, conn, app
+        self.refused = self.routed = self.complete = False
 
     def headers_received(self, start_line, headers):  # noqa: ANN001 (tornado's signature)
         length = headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > self.limit:
+        if length.isascii() and length.isdigit() and int(length) > self.app.body_limit:
             self.refused = True
             body = json.dumps({"error": "request_too_large",
                                "error_description": "request too large"}).encode()
@@ -126,6 +141,7 @@ class _TooLarge(tornado.httputil.HTTPMessageDelegate):
                     "Cache-Control": "no-store"}), body)
             self.conn.finish()
             return None
+        self.routed = True  # the inner delegate routes (and counts) the request now
         return self.inner.headers_received(start_line, headers)
 
     def data_received(self, chunk):  # noqa: ANN001
@@ -133,15 +149,20 @@ class _TooLarge(tornado.httputil.HTTPMessageDelegate):
 
     def finish(self) -> None:
         if not self.refused:
+            self.complete = True  # the handler runs and is logged (uncounted) when done
             self.inner.finish()
 
     def on_connection_close(self) -> None:
-        if not self.refused:
-            self.inner.on_connection_close()
+        if self.refused:
+            return
+        if self.routed and not self.complete:
+            self.app.request_done()
+        self.inner.on_connection_close()
 
 
 class Application(tornado.web.Application):
-    """tornado.web.Application with the early 413 for oversized bodies."""
+    """tornado.web.Application with the early 413 for oversized bodies and a count of the
+    requests in flight (for the drain on SIGTERM); see `_Guard`."""
 
     body_limit = 65536
     inflight = 0  # requests routed to a handler and not yet answered (for the drain)
@@ -150,13 +171,15 @@ class Application(tornado.web.Application):
         self.inflight += 1
         return super().find_handler(request, **kwargs)
 
-    def log_request(self, handler) -> None:  # noqa: ANN001 - called once per answered request
+    def request_done(self) -> None:
         self.inflight = max(0, self.inflight - 1)
+
+    def log_request(self, handler) -> None:  # noqa: ANN001 - called once per answered request
+        self.request_done()
         super().log_request(handler)
 
     def start_request(self, server_conn, request_conn):  # noqa: ANN001
-        return _TooLarge(super().start_request(server_conn, request_conn), request_conn,
-                         self.body_limit)
+        return _Guard(super().start_request(server_conn, request_conn), request_conn, self)
 
 
 def application(routes: list, deps: Any, **kwargs: Any) -> Application:

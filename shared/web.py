@@ -180,6 +180,22 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # --- errors
 
+    #: the methods this endpoint answers, for the `Allow` of its 405s; empty: the methods
+    #: the class implements (handlers whose `prepare` refuses stub methods set it)
+    allow: tuple = ()
+
+    def allowed_methods(self) -> tuple:
+        if self.allow:
+            return self.allow
+        base = tornado.web.RequestHandler
+        return tuple(m for m in self.SUPPORTED_METHODS
+                     if getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None))
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        # clear() drops the headers set so far; an `Allow` set before raising a 405 stays
+        self._allow = self._headers.get("Allow")
+        super().send_error(status_code, **kwargs)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         err = as_oauth2_error(exc)
@@ -188,6 +204,9 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(err.status_code)
         for name, value in err.headers():
             self.set_header(name, value)
+        if err.status_code == 405:  # RFC 9110 §15.5.6: a 405 MUST carry Allow
+            self.set_header("Allow", getattr(self, "_allow", None)
+                            or ", ".join(self.allowed_methods()))
         if err.redirect_uri:
             self.redirect(err.location())
             return

@@ -119,6 +119,24 @@ def test_request_id_from_the_proxy_reaches_the_service(group):
     assert f"rid={rid}" in group.output()
 
 
+def test_no_hsts_by_default_for_a_localhost_issuer(group):
+    """HSTS pins a host, whatever the port: on localhost it would break every local http
+    app of the developer's browser, so it is off there unless asked for."""
+    resp = group.session().get(group.issuer + "/.well-known/openid-configuration", timeout=5)
+    assert resp.status_code == 200 and "Strict-Transport-Security" not in resp.headers
+
+
+def test_header_blocks_the_proxy_passes_are_answered_not_dropped(group):
+    """Caddy lets ~20 KB of headers through: the service answers them (no 502); above
+    its own limit the proxy answers 431."""
+    s = group.session()
+    url = group.issuer + "/konnect/v1/userinfo"
+    resp = s.get(url, timeout=10, headers={"Authorization": "Bearer " + "a" * 19_000})
+    assert resp.status_code == 401 and resp.json()["error"] == "invalid_token"
+    resp = s.get(url, timeout=10, headers={"Authorization": "Bearer " + "a" * 70_000})
+    assert resp.status_code == 431
+
+
 def test_oversized_body_is_refused_by_the_proxy(group):
     resp = group.session().post(group.issuer + "/konnect/v1/token", timeout=10,
                                 data={"grant_type": "x" * 100_000})
@@ -247,7 +265,8 @@ def test_sigterm_drains_a_request_in_flight(group):
 
 @pytest.fixture(scope="module")
 def apache_group(tmp_path_factory):
-    with Group(tmp_path_factory.mktemp("group-apache"), proxy="apache", token_procs=2) as g:
+    with Group(tmp_path_factory.mktemp("group-apache"), proxy="apache", token_procs=2,
+               extra_env={"KONNECT_HSTS_MAX_AGE": "600"}) as g:
         yield g
 
 
@@ -260,6 +279,7 @@ def test_full_flow_through_apache(apache_group):
     info = s.get(g.issuer + "/konnect/v1/userinfo", timeout=10,
                  headers={"Authorization": "Bearer " + tokens["access_token"]})
     assert info.status_code == 200 and info.json()["email"] == "demo@example.test"
+    assert info.headers["Strict-Transport-Security"] == "max-age=600"  # as asked (RFC 6797)
     new = s.post(g.issuer + "/konnect/v1/token", headers=auth, timeout=10, data={
         "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
     assert new.status_code == 200, new.text
@@ -279,9 +299,13 @@ def test_make_run_passes_the_environment_and_stops_everything_on_sigterm(tmp_pat
     g = Group(tmp_path / "state", token_procs=1, extra_env={
         "KONNECTD_ALLOW_DYNAMIC_CLIENT_REGISTRATION": "yes",
         "KONNECTD_ACCESS_TOKEN_EXPIRATION": "123",
-        "KONNECTD_LOG_FORMAT": "json"})
+        "KONNECTD_LOG_FORMAT": "json", "KONNECT_HSTS_MAX_AGE": "600"})
     g.start()
-    doc = g.session().get(g.issuer + "/.well-known/openid-configuration", timeout=5).json()
+    resp = g.session().get(g.issuer + "/.well-known/openid-configuration", timeout=5)
+    assert resp.headers["Strict-Transport-Security"] == "max-age=600"  # through Caddy
+    missing = g.session().get(g.issuer + "/nothing-here", timeout=5)
+    assert missing.status_code == 404 and "Strict-Transport-Security" in missing.headers
+    doc = resp.json()
     assert doc["registration_endpoint"] == g.issuer + "/konnect/v1/register"
     tokens = code_flow(g, Agent(g.issuer, g.ca))
     assert tokens["expires_in"] == 123

@@ -274,3 +274,131 @@ def test_status_table():
     assert errors.status_for(errors.INSUFFICIENT_SCOPE) == 403
     assert errors.status_for(errors.TEMPORARILY_UNAVAILABLE) == 503
     assert errors.status_for(errors.INVALID_GRANT) == 400
+
+
+async def _raw(port: int, data: bytes, *, read: bool = False) -> bytes:
+    """Send raw bytes on a new connection; optionally read the answer; then close."""
+    import asyncio
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(65536), 5) if read else b""
+    writer.close()
+    return answer
+
+
+@pytest.mark.gen_test
+async def test_requests_that_never_reach_a_handler_are_not_left_in_flight(app, http_client):
+    """A client gone mid-body, a chunked body over the limit: the in-flight count (what
+    SIGTERM's drain waits for) comes back to 0 instead of holding every shutdown."""
+    import asyncio
+    import tornado.testing
+    sock, port = tornado.testing.bind_unused_port()
+    app.body_limit = 2048
+    server = make_server(app, SimpleNamespace(max_body_size=2048))
+    server.add_sockets([sock])
+    try:
+        head = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        for _ in range(3):  # announced 100 bytes, sent 5, gone
+            await _raw(port, head + b"Content-Length: 100\r\n\r\n{\"a\":")
+        over = head + b"Transfer-Encoding: chunked\r\n\r\n" + b"".join(
+            b"400\r\n" + b" " * 1024 + b"\r\n" for _ in range(4)) + b"0\r\n\r\n"
+        await _raw(port, over, read=True)
+        for _ in range(50):
+            if app.inflight == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert app.inflight == 0
+        ok = await fetch(http_client, f"http://127.0.0.1:{port}/echo", method="POST",
+                         body=b"{}", headers={"Content-Type": "application/json"})
+        assert ok.code == 200 and app.inflight == 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.gen_test
+async def test_header_blocks_above_the_proxies_limits_are_answered(app):
+    """Caddy lets about 20 KB of headers through: the service must answer those (a dropped
+    connection is a 502 for the user), up to its own bounded limit."""
+    import tornado.testing
+    from shared.service import MAX_HEADER_SIZE
+    sock, port = tornado.testing.bind_unused_port()
+    server = make_server(app, SimpleNamespace(max_body_size=2048))
+    server.add_sockets([sock])
+    try:
+        big = b"X-Big: " + b"a" * 30000 + b"\r\n"
+        answer = await _raw(port, b"GET /page HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n", read=True)
+        # answered by the handler (this test page always answers its own 400 page)
+        assert answer.startswith(b"HTTP/1.1 400") and b"text/html" in answer, answer[:100]
+        huge = b"X-Big: " + b"a" * (MAX_HEADER_SIZE + 10) + b"\r\n"
+        answer = await _raw(port, b"GET /page HTTP/1.1\r\nHost: x\r\n" + huge + b"\r\n", read=True)
+        assert b"text/html" not in answer  # bounded: never reaches a handler
+    finally:
+        server.stop()
+
+
+@pytest.mark.gen_test
+async def test_non_ascii_digits_in_content_length_are_not_a_crash(app):
+    import tornado.testing
+    sock, port = tornado.testing.bind_unused_port()
+    server = make_server(app, SimpleNamespace(max_body_size=2048))
+    server.add_sockets([sock])
+    try:
+        answer = await _raw(port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n",
+                            read=True)
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+        assert app.inflight == 0
+    finally:
+        server.stop()
+
+
+class PostOnly(BaseHandler):
+    """As the token endpoints: `prepare` refuses the stub methods, with its own Allow."""
+
+    def prepare(self):
+        if self.request.method != "POST":
+            self.set_header("Allow", "POST")
+            raise OAuth2Error(errors.METHOD_NOT_ALLOWED, "use POST", status=405)
+
+    def get(self):
+        pass
+
+    def post(self):
+        self.write_json({})
+
+
+class Declared(PostOnly):
+    allow = ("POST", "OPTIONS")
+
+    def prepare(self):
+        if self.request.method != "POST":
+            raise OAuth2Error(errors.METHOD_NOT_ALLOWED, "use POST", status=405)
+
+
+@pytest.mark.gen_test
+async def test_every_405_carries_allow(http_client, app):
+    """RFC 9110 §15.5.6: a 405 MUST list the methods the resource supports."""
+    import tornado.testing
+    deps = app.settings["default_handler_args"]["deps"]
+    app.add_handlers(r".*", [(r"/post-only", PostOnly, {"deps": deps}),
+                             (r"/declared", Declared, {"deps": deps})])
+    sock, port = tornado.testing.bind_unused_port()
+    server = make_server(app, SimpleNamespace(max_body_size=2048))
+    server.add_sockets([sock])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        # Tornado's own 405 (a method the class does not implement): what it implements
+        resp = await fetch(http_client, base + "/echo", method="DELETE")
+        assert resp.code == 405 and resp.headers["Allow"] == "GET, POST"
+        assert json.loads(resp.body)["error"] == "method_not_allowed"
+        # a 405 raised by the handler after setting Allow itself
+        resp = await fetch(http_client, base + "/post-only")
+        assert resp.code == 405 and resp.headers["Allow"] == "POST"
+        # a handler that declares its methods
+        resp = await fetch(http_client, base + "/declared", method="PUT", body=b"")
+        assert resp.code == 405 and resp.headers["Allow"] == "POST, OPTIONS"
+        # other errors carry none
+        resp = await fetch(http_client, base + "/boom?kind=oauth")
+        assert resp.code == 400 and "Allow" not in resp.headers
+    finally:
+        server.stop()
