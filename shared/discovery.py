@@ -62,6 +62,9 @@ def document(settings: Any, keyring: Any, definitions: Any = None) -> dict:
         "token_endpoint_auth_signing_alg_values_supported": REQUEST_OBJECT_ALGS,
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
         "introspection_endpoint_auth_methods_supported": INTROSPECTION_AUTH_METHODS,
+        # RFC 8414 §2: required where private_key_jwt is offered (never "none")
+        "revocation_endpoint_auth_signing_alg_values_supported": REQUEST_OBJECT_ALGS,
+        "introspection_endpoint_auth_signing_alg_values_supported": REQUEST_OBJECT_ALGS,
         "code_challenge_methods_supported": ["S256"],
         "claims_parameter_supported": True,
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid",

@@ -54,6 +54,8 @@ OUR_ADDITIONS = {
     "revocation_endpoint", "introspection_endpoint", "response_modes_supported",
     "grant_types_supported", "code_challenge_methods_supported",
     "revocation_endpoint_auth_methods_supported", "introspection_endpoint_auth_methods_supported",
+    "revocation_endpoint_auth_signing_alg_values_supported",
+    "introspection_endpoint_auth_signing_alg_values_supported",
     "require_request_uri_registration", "authorization_response_iss_parameter_supported",
     "frontchannel_logout_supported", "backchannel_logout_supported", "ui_locales_supported",
 }

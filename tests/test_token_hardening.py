@@ -216,6 +216,10 @@ async def test_discovery_does_not_offer_none_for_introspection(http_client, base
         "client_secret_basic", "client_secret_post", "private_key_jwt"]
     assert "none" in doc["revocation_endpoint_auth_methods_supported"]
     assert "none" in doc["token_endpoint_auth_methods_supported"]
+    # RFC 8414 §2: private_key_jwt is offered there, so its algorithms are listed, never none
+    for endpoint in ("token", "revocation", "introspection"):
+        algs = doc[f"{endpoint}_endpoint_auth_signing_alg_values_supported"]
+        assert "RS256" in algs and "none" not in algs
 
 
 # -- 2. parameters in the body only (RFC 6749 §2.3.1, §3.2; RFC 7009 §2.1; RFC 7662 §2.1) --
