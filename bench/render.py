@@ -311,8 +311,13 @@ def targets(results: dict, fl: dict) -> tuple:
         one, two = (sc.get("1") or {}).get(via) or [], (sc.get("2") or {}).get(via) or []
         if one and two:
             r = ratios(two, one)
+            cores = int((results.get("meta", {}).get("versions") or {}).get("cores") or 2)
+            ceiling = cpu_ceiling(two, cores)
+            reach = ceiling / col(one, "rps") if ceiling and col(one, "rps") else None
             out.append((f"2 token processes ≥ 1.7 × 1 process ({'through the proxy' if via == 'proxy' else 'direct, SO_REUSEPORT'})",
-                        r is not None and r >= 1.7, f"{fmt(r, 2)} ×"))
+                        r is not None and r >= 1.7,
+                        f"{fmt(r, 2)} × (what the {cores} cores allow at 2 processes, from the "
+                        f"CPU all processes spend per request: {fmt(reach, 2)} ×)"))
     ui = (ours.get("userinfo") or {}).get("direct") or []
     if ui and fl.get("userinfo"):
         frac = ratios(ui, fl["userinfo"])
