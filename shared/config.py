@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import importlib.util
 import ipaddress
+import re
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -126,13 +127,20 @@ def _cast(opt: Option, raw: Any, source: str, problems: list[str]) -> Any:
         bad("not a boolean (yes/no/true/false/1/0)")
         return opt.default
     if opt.kind == "int":
-        try:
-            number = int(value)
-        except ValueError:
-            bad("not a whole number")
+        # ASCII digits only: int() would also take "1_000", "+5" and other scripts' digits
+        if not re.fullmatch(r"-?[0-9]{1,18}", value):
+            if re.fullmatch(r"-?[0-9]+", value) is None:
+                bad("not a whole number")
+            else:
+                bad(f"must be at least {opt.minimum}" if value.startswith("-")
+                    else f"must be at most {opt.maximum} (see --help)")
             return opt.default
+        number = int(value)
         if opt.minimum is not None and number < opt.minimum:
             bad(f"must be at least {opt.minimum}")
+            return opt.default
+        if opt.maximum is not None and number > opt.maximum:
+            bad(f"must be at most {opt.maximum} (see --help)")
             return opt.default
         return number
     if opt.kind == "choice":
@@ -219,8 +227,10 @@ def validate(s) -> list[str]:
     if s.with_metrics and not _check_host_port(s.metrics_listen):
         problems.append(f"metrics_listen has value {s.metrics_listen!r}: must be host:port")
     for path in s.signing_private_key:
-        if not path.is_file():
+        if not path.exists():
             problems.append(f"signing_private_key {path}: no such file")
+        elif not path.is_file():  # a directory, /dev/zero, a FIFO: shared.keys says which
+            problems.append(f"signing_private_key {path}: not a regular file")
     if s.validation_keys_path and not s.validation_keys_path.is_dir():
         problems.append(f"validation_keys_path {s.validation_keys_path}: no such directory")
     if s.encryption_secret:
@@ -252,6 +262,36 @@ def validate(s) -> list[str]:
     return problems
 
 
+def url_port_problem(url: str) -> str | None:
+    """Why the port of an absolute URL is unusable, or None (no port, or 1-65535).
+
+    RFC 3986 §3.2.3: the port is ASCII digits; TCP ports are 1-65535. urlsplit's `.port`
+    raises on some bad ports and passes others (0, an empty port), so the text is checked.
+    """
+    hostport = urlsplit(url).netloc.rpartition("@")[2]
+    if hostport.startswith("["):                       # IPv6 literal: [::1]:port
+        rest = hostport.partition("]")[2]
+    else:
+        rest = hostport[hostport.find(":"):] if ":" in hostport else ""
+    if not rest:
+        return None
+    port = rest[1:] if rest.startswith(":") else rest
+    if not rest.startswith(":") or not re.fullmatch(r"[0-9]{1,5}", port) \
+            or not 1 <= int(port) <= 65535:
+        return f"port {port!r} is not a number from 1 to 65535"
+    return None
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, for messages (redis://:pw@host)."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return parts._replace(netloc=f"{user}:***@{hostport}").geturl()
+
+
 def _check_issuer(s) -> list[str]:
     """OIDC Discovery §3 / OIDC Core §16.15: https URL with a host, no query or fragment."""
     if not s.iss:
@@ -259,6 +299,8 @@ def _check_issuer(s) -> list[str]:
     parts = urlsplit(s.iss)
     if parts.query or parts.fragment or not parts.hostname:
         return [f"iss has value {s.iss!r}: must be a URL with a host and no query or fragment"]
+    if (why := url_port_problem(s.iss)):
+        return [f"iss has value {s.iss!r}: {why}"]
     if parts.scheme == "https":
         return []
     if parts.scheme == "http" and is_loopback_host(parts.hostname) and s.allow_http_loopback_issuer:
@@ -271,12 +313,18 @@ def _check_issuer(s) -> list[str]:
 
 def _check_redis_url(url: str) -> list[str]:
     parts = urlsplit(url)
+    shown = redact_url(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
-        return [f"redis_url has value {url!r}: must start with redis://, rediss:// or unix://"]
+        return [f"redis_url has value {shown!r}: must start with redis://, rediss:// or unix://"]
     if parts.scheme == "unix" and not parts.path:
-        return [f"redis_url has value {url!r}: unix:// needs a socket path"]
-    if parts.scheme != "unix" and not parts.hostname:
-        return [f"redis_url has value {url!r}: needs a host"]
+        return [f"redis_url has value {shown!r}: unix:// needs a socket path"]
+    if parts.scheme != "unix":
+        if not parts.hostname:
+            return [f"redis_url has value {shown!r}: needs a host"]
+        if (why := url_port_problem(url)):
+            return [f"redis_url has value {shown!r}: {why}"]
+        if not re.fullmatch(r"/?([0-9]{1,5})?", parts.path):
+            return [f"redis_url has value {shown!r}: the path must be a database number"]
     return []
 
 
@@ -286,9 +334,12 @@ def _check_identity_manager(s) -> list[str]:
     if manager == "ldap":
         if not s.ldap_uri:
             problems.append("ldap_uri is required for the ldap identity manager (LDAP_URI)")
-        elif urlsplit(s.ldap_uri if "://" in s.ldap_uri else "ldap://" + s.ldap_uri).scheme \
-                not in ("ldap", "ldaps"):
-            problems.append(f"ldap_uri has value {s.ldap_uri!r}: must be ldap:// or ldaps://")
+        else:
+            uri = s.ldap_uri if "://" in s.ldap_uri else "ldap://" + s.ldap_uri
+            if urlsplit(uri).scheme not in ("ldap", "ldaps"):
+                problems.append(f"ldap_uri has value {s.ldap_uri!r}: must be ldap:// or ldaps://")
+            elif (why := url_port_problem(uri)):
+                problems.append(f"ldap_uri has value {s.ldap_uri!r}: {why}")
         if not s.ldap_basedn:
             problems.append("ldap_basedn is required for the ldap identity manager (LDAP_BASEDN)")
         if s.ldap_bindpw and not s.ldap_binddn:
@@ -301,6 +352,9 @@ def _check_identity_manager(s) -> list[str]:
         if scheme not in ("http", "https", "file"):
             problems.append(f"kopano_server_default_uri has value "
                             f"{s.kopano_server_default_uri!r}: must be http(s):// or file://")
+        elif scheme != "file" and (why := url_port_problem(s.kopano_server_default_uri)):
+            problems.append(f"kopano_server_default_uri has value "
+                            f"{s.kopano_server_default_uri!r}: {why}")
     elif manager == "cookie":
         if len(s.identity_manager_args) < 2:
             problems.append("the cookie identity manager needs two arguments: "

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .config import StartupError
+from .config import StartupError, redact_url
 from .clients import ClientRegistry, RegistryError, client_from_record, is_dynamic_id
 from .keys import KeyLoadError, Keyring, load_keyring
 from .sealed import Sealer, SecretError, load_secret
@@ -105,11 +105,15 @@ class Core:
             definitions = ScopeDefinitions.load(settings.identifier_scopes_conf)
         except ScopesError as err:
             problems.append(str(err))
+        store = None
+        try:  # connects lazily; only the URL and options are checked here
+            store = Store.from_url(settings.redis_url, prefix=settings.redis_prefix,
+                                   socket_timeout=settings.redis_timeout,
+                                   connect_timeout=settings.redis_timeout, now=now)
+        except (ValueError, TypeError) as err:  # redis-py's URL parsing: a bad port, db, option
+            problems.append(f"redis_url {redact_url(settings.redis_url)!r}: {err}")
         if problems:
             raise StartupError(problems)
-        store = Store.from_url(settings.redis_url, prefix=settings.redis_prefix,
-                               socket_timeout=settings.redis_timeout,
-                               connect_timeout=settings.redis_timeout, now=now)
         return cls(settings=settings, keyring=keyring, sealer=sealer, registry=registry,
                    store=store, trusted_networks=parse_networks(settings.trusted_proxy), now=now,
                    scope_definitions=definitions)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -171,14 +173,75 @@ def kid_for_path(path: str | Path) -> str:
     return Path(path).resolve().stem
 
 
-def _read(path: str | Path) -> bytes:
+def _read(path: str | Path) -> tuple[bytes, int]:
+    """The bytes and permission bits of a regular key file of at most 64 KiB.
+
+    Anything else is refused before a byte is read (security.md FT-15): a directory, a
+    device (a symlink to /dev/zero would read without end), a FIFO (O_NONBLOCK: opening
+    it does not wait for a writer), a socket. The read itself is capped too, so a file
+    that grows after the check cannot make it unbounded.
+    """
     try:
-        p = Path(path)
-        if p.stat().st_size > _MAX_KEY_FILE:
-            raise KeyLoadError(f"{path}: file too large for a key")
-        return p.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as err:
         raise KeyLoadError(f"{path}: cannot read key file ({err.strerror or err})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyLoadError(f"{path}: not a regular file ({_file_kind(st.st_mode)})")
+        chunks, size = [], 0
+        while size <= _MAX_KEY_FILE:
+            chunk = os.read(fd, _MAX_KEY_FILE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > _MAX_KEY_FILE:
+            raise KeyLoadError(f"{path}: file too large for a key (over {_MAX_KEY_FILE} bytes)")
+        return b"".join(chunks), stat.S_IMODE(st.st_mode)
+    except OSError as err:
+        raise KeyLoadError(f"{path}: cannot read key file ({err.strerror or err})") from None
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _warn_if_exposed(path: str | Path, mode: int) -> None:
+    """docs/operations.md: private keys are 0600. security.md FT-15 allows refusing or a
+    loud warning; we warn, because existing Konnect installations may hold their keys at
+    0640 (group `kopano`) or 0644, and refusing would stop them at upgrade."""
+    if mode & 0o066:
+        who = " and ".join(w for w, bits in (("group", 0o060), ("others", 0o006)) if mode & bits)
+        log.warning("PRIVATE KEY FILE %s HAS MODE %04o: it is readable or writable by %s; "
+                    "anyone who can read it can sign tokens as this OP. chmod 600 it "
+                    "(owner: the service user)", path, mode, who)
+
+
+def _check_jwk_members(doc: Mapping[str, Any], *, private: bool) -> None:
+    """Types and intended use of a JWK's optional members (RFC 7517 §4.2-4.5)."""
+    for name in ("alg", "kid", "use"):
+        if name in doc and not isinstance(doc[name], str):
+            raise KeyLoadError(f"JWK member {name!r} must be a string")
+    use = doc.get("use")
+    if use is not None and use != "sig":  # RFC 7517 §4.2: "enc" keys are for encryption
+        raise KeyLoadError(f"JWK has \"use\": {use!r}; a signing or validation key must "
+                           "have \"use\": \"sig\" or none")
+    ops = doc.get("key_ops")
+    if ops is not None:  # RFC 7517 §4.3: the operations the key is intended for
+        if not isinstance(ops, list) or not all(isinstance(op, str) for op in ops):
+            raise KeyLoadError("JWK member 'key_ops' must be a list of strings")
+        usable = {"sign"} if private else {"verify", "sign"}  # a private JWK may validate
+        if not usable & set(ops):
+            raise KeyLoadError(f"JWK \"key_ops\" {ops!r} does not allow "
+                               + ("signing" if private else "verifying"))
 
 
 def _load_pem(data: bytes, *, private: bool) -> Any:
@@ -197,8 +260,12 @@ def _load_pem(data: bytes, *, private: bool) -> Any:
 
 
 def load_key_file(path: str | Path, *, private: bool = True) -> tuple[str, Any, Optional[str]]:
-    """(kid, cryptography key, alg from the JWK or None) from one key file."""
-    data = _read(path)
+    """(kid, cryptography key, alg from the JWK or None) from one key file.
+
+    Only regular files are read; a private key readable by group or others is loaded
+    with a loud warning (see `_warn_if_exposed`).
+    """
+    data, mode = _read(path)
     try:
         if str(path).endswith(".json"):
             try:
@@ -206,6 +273,7 @@ def load_key_file(path: str | Path, *, private: bool = True) -> tuple[str, Any, 
             except ValueError:
                 raise KeyLoadError("not valid JSON") from None
             key = key_from_jwk(doc, private=private)
+            _check_jwk_members(doc, private=private)
             kid = doc.get("kid") or kid_for_path(path)
             alg = doc.get("alg")
         else:
@@ -213,6 +281,8 @@ def load_key_file(path: str | Path, *, private: bool = True) -> tuple[str, Any, 
         check_policy(key)
     except KeyLoadError as err:
         raise KeyLoadError(f"{path}: {err}") from None
+    if hasattr(key, "private_bytes"):
+        _warn_if_exposed(path, mode)
     if not isinstance(kid, str) or not kid:
         raise KeyLoadError(f"{path}: kid must be a non-empty string")
     if alg is not None and alg not in family_algs(key):
@@ -264,8 +334,9 @@ class SigningKey(VerificationKey):
 
 def client_key(jwk: Mapping[str, Any]) -> VerificationKey:
     """A client's registered public JWK (private_key_jwt, request objects)."""
-    if jwk.get("use") not in (None, "sig"):
+    if not isinstance(jwk, Mapping) or jwk.get("use") not in (None, "sig"):
         raise KeyLoadError("client key is not for signatures")
+    _check_jwk_members(jwk, private=False)
     key = key_from_jwk(jwk, private=False)
     check_policy(key)
     algs = family_algs(key)

@@ -41,6 +41,7 @@ class Option:
     flag: bool = True                  # has a --flag
     choices: tuple[str, ...] = ()
     minimum: int | None = None
+    maximum: int | None = None         # every int option has one (refused above it)
     secret: bool = False               # never printed, never logged
     extension: bool = False            # not in Konnect
     envs: tuple[str, ...] = field(init=False)
@@ -61,6 +62,17 @@ class Option:
 
 def _o(name, kind, default, help, **kw) -> Option:
     return Option(name, kind, default, help, **kw)
+
+
+# Upper bounds of the numeric options. Out-of-range values are refused at start-up: an
+# absurd value would otherwise fail per request (a 500 on every token request, an
+# OverflowError in a socket timeout) or silently weaken a check (a year of clock skew).
+TEN_YEARS = 10 * 365 * 86400    # token lifetimes: 3.3 x Konnect's 3-year refresh default
+MAX_CODE_LIFETIME = 600         # RFC 6749 §4.1.2: a code lifetime of at most 10 min is RECOMMENDED
+MAX_CLOCK_SKEW = 600            # RFC 7519 §4.1.4: "a few minutes" of leeway
+MAX_TIMEOUT = 600               # backend/Redis timeouts: 10 min; a request never waits longer
+MAX_BODY_SIZE = 16 * 1024 * 1024
+MAX_SESSION_TIMEOUT = 86400     # Kopano server session timeout: one day
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -109,11 +121,17 @@ OPTIONS: tuple[Option, ...] = (
     _o("allow_client_guests", "bool", False, "allow client controlled guests (Konnect; not "
        "supported here: refused)"),
     _o("allow_dynamic_client_registration", "bool", False, "enable /konnect/v1/register"),
-    _o("access_token_expiration", "int", 600, "access token lifetime, seconds", minimum=0),
-    _o("id_token_expiration", "int", 3600, "ID token lifetime, seconds", minimum=0),
-    _o("refresh_token_expiration", "int", 94608000, "refresh token lifetime, seconds", minimum=0),
+    _o("access_token_expiration", "int", 600, "access token lifetime, seconds (0: the "
+       "default; at most 10 years, as every token lifetime: a bound against typos, larger "
+       "values made every token request fail)", minimum=0,
+       maximum=TEN_YEARS),
+    _o("id_token_expiration", "int", 3600, "ID token lifetime, seconds (0: the default; at "
+       "most 10 years)", minimum=0, maximum=TEN_YEARS),
+    _o("refresh_token_expiration", "int", 94608000, "refresh token lifetime, seconds (0: the "
+       "default; at most 10 years)", minimum=0, maximum=TEN_YEARS),
     _o("dynamic_client_secret_expiration", "int", 0,
-       "dynamic client secret lifetime, seconds (0: never)", minimum=0),
+       "dynamic client secret lifetime, seconds (0: never; at most 10 years)", minimum=0,
+       maximum=TEN_YEARS),
     _o("log_timestamp", "bool", True, "prefix log lines with a timestamp"),
     _o("log_level", "choice", "info", "log level", choices=LOG_LEVELS),
     _o("log_format", "choice", "text", "log format: text (key=value) or json (extension)",
@@ -127,8 +145,9 @@ OPTIONS: tuple[Option, ...] = (
        "the revocation list and rate limits: redis://, rediss://, unix:// (extension)",
        env=("KONNECTD_REDIS_URL",), extension=True),
     _o("redis_prefix", "str", "konnect:", "prefix of every Redis key (extension)", extension=True),
-    _o("redis_timeout", "int", 2, "Redis connect and socket timeout, seconds (extension)",
-       minimum=1, extension=True),
+    _o("redis_timeout", "int", 2, "Redis connect and socket timeout, seconds (at most 600: "
+       "no request should wait on Redis longer) (extension)", minimum=1, maximum=MAX_TIMEOUT,
+       extension=True),
     _o("identity_manager", "choice", "users", "user backend: users, ldap, kc, cookie, dummy "
        "(Konnect: the serve positional argument)", env=("KONNECTD_IDENTITY_MANAGER",),
        choices=IDENTITY_MANAGERS),
@@ -138,15 +157,19 @@ OPTIONS: tuple[Option, ...] = (
        "signs anybody in as one fixed user: tests and demos only (extension)", extension=True),
     _o("users_file", "path", None, "YAML users file of the `users` backend (extension)",
        env=("KONNECTD_USERS_FILE",), extension=True),
-    _o("code_expiration", "int", 60, "authorization code lifetime, seconds (extension)",
-       minimum=1, extension=True),
+    _o("code_expiration", "int", 60, "authorization code lifetime, seconds (at most 600: "
+       "RFC 6749 §4.1.2 recommends a code lifetime of at most 10 minutes) (extension)",
+       minimum=1, maximum=MAX_CODE_LIFETIME, extension=True),
     _o("clock_skew", "int", 30, "tolerated clock skew when checking token times, seconds "
-       "(extension)", minimum=0, extension=True),
+       "(at most 600: RFC 7519 §4.1.4 allows a small leeway of a few minutes; more would "
+       "accept expired tokens) (extension)", minimum=0, maximum=MAX_CLOCK_SKEW,
+       extension=True),
     _o("event_loop", "choice", "uvloop", "event loop of the service process: uvloop (faster "
        "I/O and Redis calls) or asyncio (extension)", choices=("uvloop", "asyncio"),
        extension=True),
-    _o("max_body_size", "int", 65536, "largest accepted request body, bytes (extension)",
-       minimum=1024, extension=True),
+    _o("max_body_size", "int", 65536, "largest accepted request body, bytes (at most 16 "
+       "MiB: bodies are held in memory, and no OP request comes near it) (extension)",
+       minimum=1024, maximum=MAX_BODY_SIZE, extension=True),
     # --- LDAP backend (Konnect reads these from the environment only, §3.3/§4.3)
     _o("ldap_uri", "str", None, "LDAP server: ldap://host[:389] or ldaps://host[:636]",
        env=("LDAP_URI",)),
@@ -171,8 +194,9 @@ OPTIONS: tuple[Option, ...] = (
        env=("LDAP_UIDNUMBER_ATTRIBUTE",)),
     _o("ldap_sub_attributes", "list", (), "attributes forming the raw subject (default: the DN)",
        env=("LDAP_SUB_ATTRIBUTES",)),
-    _o("ldap_timeout", "int", 10, "LDAP connect and receive timeout, seconds (extension)",
-       minimum=1, extension=True),
+    _o("ldap_timeout", "int", 10, "LDAP connect and receive timeout, seconds; a logon or "
+       "lookup answers within three timeouts, else 503 (at most 600) (extension)",
+       minimum=1, maximum=MAX_TIMEOUT, extension=True),
     # --- Kopano server backend (kc, §4.2)
     _o("kopano_server_default_uri", "str", "file:///run/kopano/server.sock",
        "Kopano server: http(s)://host:port or file:///path/to/socket",
@@ -184,8 +208,12 @@ OPTIONS: tuple[Option, ...] = (
        env=("KOPANO_CLIENT_CERTIFICATE",)),
     _o("kopano_client_private_key", "path", None, "TLS client private key",
        env=("KOPANO_CLIENT_PRIVATE_KEY",)),
-    _o("kopano_server_session_timeout", "int", 300, "Kopano session timeout, seconds",
-       env=("KOPANO_SERVER_SESSION_TIMEOUT",), cfg="kc_session_timeout", minimum=61),
+    _o("kopano_server_session_timeout", "int", 300, "Kopano session timeout, seconds (at "
+       "most one day)", env=("KOPANO_SERVER_SESSION_TIMEOUT",), cfg="kc_session_timeout",
+       minimum=61, maximum=MAX_SESSION_TIMEOUT),
+    _o("kc_timeout", "int", 10, "Kopano server connect and read timeout, seconds; a logon or "
+       "lookup answers within three timeouts (default: 30 s, Konnect's HTTP client timeout), "
+       "else 503 (at most 600) (extension)", minimum=1, maximum=MAX_TIMEOUT, extension=True),
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}
@@ -207,6 +235,8 @@ def markdown_table() -> str:
         else:
             default = f"`{opt.default}`"
         choices = f" One of {', '.join(opt.choices)}." if opt.kind == "choice" else ""
+        if opt.kind == "int":
+            choices = f" From {opt.minimum} to {opt.maximum}."
         text = (opt.help + "." + choices).replace("|", "\\|")
         lines.append(f"| {flag} | {envs} | `{opt.cfg_key}` | {default} | {text} |")
     return "\n".join(lines) + "\n"

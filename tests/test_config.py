@@ -238,3 +238,117 @@ def test_configuration_doc_is_generated_from_the_option_table():
     from shared.options import markdown_table
     doc = (ROOT / "docs" / "configuration.md").read_text()
     assert doc.endswith(markdown_table()), "regenerate: python -m shared.options"
+
+
+def test_every_numeric_option_has_a_range():
+    for opt in OPTIONS:
+        if opt.kind == "int":
+            assert opt.minimum is not None and opt.maximum is not None, opt.name
+            assert opt.minimum <= opt.default <= opt.maximum, opt.name
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--access-token-expiration", "999999999999999999999"),   # was a 500 on every token request
+    ("--access-token-expiration", str(10 * 365 * 86400 + 1)),
+    ("--id-token-expiration", "99999999999"),
+    ("--refresh-token-expiration", "99999999999999"),
+    ("--dynamic-client-secret-expiration", "99999999999"),
+    ("--code-expiration", "999999999999999999999"),           # was a 503 on every authorize
+    ("--code-expiration", "601"),                             # RFC 6749 §4.1.2: at most 10 min
+    ("--clock-skew", "9999999999"),                           # accepted year-old tokens
+    ("--clock-skew", "601"),
+    ("--ldap-timeout", "99999999999"),                        # was an OverflowError
+    ("--redis-timeout", "99999999999999"),
+    ("--kc-timeout", "601"),
+    ("--kopano-server-session-timeout", "86401"),
+    ("--max-body-size", "99999999999999999999"),
+])
+def test_numbers_above_the_maximum_are_refused_at_start(flag, value):
+    problems = problems_of(ISS + [flag, value])
+    name = flag[2:].replace("-", "_")
+    assert len(problems) == 1 and problems[0].startswith(f"{name} (flag) has value {value!r}")
+    assert "must be at most" in problems[0]
+
+
+@pytest.mark.parametrize("flag,value,expected", [
+    ("--access-token-expiration", str(10 * 365 * 86400), 315360000),
+    ("--code-expiration", "600", 600),
+    ("--clock-skew", "600", 600),
+    ("--ldap-timeout", "600", 600),
+    ("--kc-timeout", "1", 1),
+])
+def test_numbers_at_the_maximum_are_accepted(flag, value, expected):
+    assert getattr(load(ISS + [flag, value]), flag[2:].replace("-", "_")) == expected
+
+
+@pytest.mark.parametrize("value", ["1_000", "+60", "\u0663\u0660", "6e1", "60.0", "-"])
+def test_numbers_are_plain_ascii_digits(value):
+    """int() would take "1_000", "+60" and Arabic-Indic digits; a setting takes 0-9 only."""
+    assert problems_of(ISS, {"KONNECTD_CODE_EXPIRATION": value}) == [
+        f"code_expiration (KONNECTD_CODE_EXPIRATION) has value {value!r}: not a whole number"]
+
+
+def test_a_huge_negative_number_is_below_the_minimum():
+    assert problems_of(ISS + ["--clock-skew", "-" + "9" * 21]) == [
+        f"clock_skew (flag) has value {'-' + '9' * 21!r}: must be at least 0"]
+
+
+@pytest.mark.parametrize("iss", ["https://idp.example.test:99999", "https://idp.example.test:abc",
+                                 "https://idp.example.test:0", "https://idp.example.test:",
+                                 "https://idp.example.test:+443", "https://[::1]:70000/"])
+def test_issuer_port_must_be_1_to_65535(iss):
+    problems = problems_of(["--iss", iss])
+    assert len(problems) == 1 and "is not a number from 1 to 65535" in problems[0], problems
+
+
+def test_issuer_with_a_valid_port_is_accepted():
+    assert load(["--iss", "https://idp.example.test:65535/x"]).iss.endswith(":65535/x")
+
+
+@pytest.mark.parametrize("url,why", [
+    ("redis://127.0.0.1:abc/0", "1 to 65535"), ("redis://127.0.0.1:99999/0", "1 to 65535"),
+    ("rediss://:hunter2@127.0.0.1:0/0", "1 to 65535"), ("redis://127.0.0.1:6379/abc", "database"),
+])
+def test_redis_url_port_and_database_are_checked_without_showing_the_password(url, why):
+    problems = problems_of(ISS, {"KONNECTD_REDIS_URL": url})
+    assert len(problems) == 1 and why in problems[0] and "hunter2" not in problems[0]
+
+
+@pytest.mark.parametrize("env,name", [
+    ({"KONNECTD_IDENTITY_MANAGER": "ldap", "LDAP_URI": "ldap://h:abc", "LDAP_BASEDN": "dc=x"},
+     "ldap_uri"),
+    ({"KONNECTD_IDENTITY_MANAGER": "ldap", "LDAP_URI": "h:99999", "LDAP_BASEDN": "dc=x"},
+     "ldap_uri"),
+    ({"KONNECTD_IDENTITY_MANAGER": "kc", "KOPANO_SERVER_DEFAULT_URI": "https://h:abc/"},
+     "kopano_server_default_uri"),
+])
+def test_backend_uri_ports_are_checked(env, name):
+    problems = problems_of(ISS, env)
+    assert len(problems) == 1 and problems[0].startswith(name) and "1 to 65535" in problems[0]
+
+
+def test_bad_ports_exit_with_status_2_and_no_traceback():
+    result = _run("token", "--iss", "https://idp.example.test:99999",
+                  env={"KONNECTD_REDIS_URL": "redis://127.0.0.1:abc/0",
+                       "KONNECTD_EVENT_LOOP": "asyncio", "KONNECTD_CODE_EXPIRATION": "9" * 21})
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
+    assert len(lines) == 3 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_redis_url_refused_by_redis_py_is_a_startup_problem(tmp_path):
+    """Config checks catch the common mistakes; whatever redis-py still refuses joins the
+    StartupError list (exit 2) instead of a traceback."""
+    import dataclasses
+
+    from shared.config import StartupError
+    from shared.deps import Core
+    from tests.support.op import make_state, settings_for
+
+    state = make_state(tmp_path)
+    settings = settings_for("token", state, "redis://127.0.0.1:6379/0")
+    broken = dataclasses.replace(settings, redis_url="redis://:pw@127.0.0.1:abc/0")
+    with pytest.raises(StartupError) as info:
+        Core.from_settings(broken)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith("redis_url 'redis://:***@127.0.0.1:abc/0'")

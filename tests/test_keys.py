@@ -336,3 +336,90 @@ def test_keytool_jwk_from_pem_bad_file_exits_2(tmp_path):
     (tmp_path / "bad.pem").write_text("nope")
     result = run_tool("jwk-from-pem", str(tmp_path / "bad.pem"))
     assert result.returncode == 2 and "bad.pem" in result.stderr
+
+
+@pytest.mark.parametrize("member", [{"alg": ["RS256"]}, {"alg": {}}, {"kid": ["a"]},
+                                    {"use": ["sig"]}, {"key_ops": "sign"}])
+def test_jwk_members_of_the_wrong_type_are_a_clear_error(tmp_path, rsa_key, member):
+    path = tmp_path / "k.json"
+    path.write_text(json.dumps({**private_jwk(rsa_key), **member}))
+    with pytest.raises(KeyLoadError, match=rf"k\.json: JWK member '{next(iter(member))}' must be"):
+        load_keyring([str(path)])
+    with pytest.raises(KeyLoadError):  # a client's registered key: refused, not a TypeError
+        client_key({**public_jwk(rsa_key), **member})
+
+
+def test_jwk_for_encryption_is_refused_as_signing_and_validation_key(tmp_path, rsa_key):
+    """RFC 7517 §4.2: "use": "enc" is a key for encryption, never for signatures."""
+    (tmp_path / "val").mkdir()
+    enc = tmp_path / "enc.json"
+    enc.write_text(json.dumps(dict(private_jwk(rsa_key), use="enc")))
+    (tmp_path / "val" / "old.json").write_text(json.dumps(dict(public_jwk(rsa_key), use="enc")))
+    with pytest.raises(KeyLoadError, match=r"enc\.json: JWK has \"use\": 'enc'"):
+        load_keyring([str(enc)])
+    with pytest.raises(KeyLoadError, match=r"old\.json: JWK has \"use\": 'enc'"):
+        load_keyring([], validation_keys_path=str(tmp_path / "val"))
+    verify_only = tmp_path / "verify.json"          # RFC 7517 §4.3 key_ops without "sign"
+    verify_only.write_text(json.dumps(dict(private_jwk(rsa_key), key_ops=["verify"])))
+    with pytest.raises(KeyLoadError, match="does not allow signing"):
+        load_keyring([str(verify_only)])
+    sig = tmp_path / "sig.json"
+    sig.write_text(json.dumps(dict(private_jwk(rsa_key), use="sig", key_ops=["sign"])))
+    assert load_keyring([str(sig)]).signer.kid == "sig"
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "directory", "fifo"])
+def test_a_key_path_that_is_not_a_regular_file_is_refused_before_reading(tmp_path, kind):
+    """security.md FT-15: a symlink to /dev/zero read without end (the size check trusted
+    st_size, which is 0); a FIFO blocked the start waiting for a writer."""
+    link = tmp_path / "konnectd-signing-private-key.pem"
+    if kind == "/dev/zero":
+        link.symlink_to("/dev/zero")
+    elif kind == "directory":
+        link.mkdir()
+    else:
+        os.mkfifo(link)
+    with pytest.raises(KeyLoadError, match="not a regular file"):
+        load_key_file(link)
+    validation = tmp_path / "val"
+    validation.mkdir()
+    (validation / "zero.pem").symlink_to("/dev/zero")
+    with pytest.raises(KeyLoadError, match="zero.pem: not a regular file"):
+        load_keyring([], validation_keys_path=str(validation))
+
+
+def test_a_key_file_over_64_kib_is_refused(tmp_path):
+    path = tmp_path / "big.pem"
+    path.write_bytes(b"-" * (64 * 1024 + 1))
+    with pytest.raises(KeyLoadError, match="too large"):
+        load_key_file(path)
+
+
+@pytest.mark.parametrize("mode,who", [(0o666, "group and others"), (0o644, "group and others"),
+                                      (0o640, "group"), (0o602, "others")])
+def test_a_private_key_open_to_group_or_others_loads_with_a_loud_warning(tmp_path, rsa_key,
+                                                                       caplog, mode, who):
+    """security.md FT-15 allows "refuse, or warn loudly": we warn (existing Konnect keys may
+    be 0640/0644), naming the file and its mode. 0600 and 0400 are quiet."""
+    path = write_pem(tmp_path / "exposed.pem", rsa_key)
+    os.chmod(path, mode)
+    with caplog.at_level(logging.WARNING, logger="konnect.keys"):
+        assert load_keyring([str(path)]).signer.kid == "exposed"
+    [record] = [r for r in caplog.records if "PRIVATE KEY FILE" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert str(path) in record.getMessage() and f"{mode:04o}" in record.getMessage()
+    assert who in record.getMessage()
+    caplog.clear()
+    for quiet in (0o600, 0o400):
+        os.chmod(path, quiet)
+        with caplog.at_level(logging.WARNING, logger="konnect.keys"):
+            load_keyring([str(path)])
+        assert not [r for r in caplog.records if "PRIVATE KEY FILE" in r.getMessage()]
+
+
+def test_a_public_validation_key_readable_by_all_is_quiet(tmp_path, rsa_key, caplog):
+    (tmp_path / "val").mkdir()
+    os.chmod(write_public_pem(tmp_path / "val" / "old.pem", rsa_key), 0o644)
+    with caplog.at_level(logging.WARNING, logger="konnect.keys"):
+        load_keyring([], validation_keys_path=str(tmp_path / "val"))
+    assert not [r for r in caplog.records if "PRIVATE KEY FILE" in r.getMessage()]

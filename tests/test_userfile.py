@@ -150,3 +150,107 @@ async def test_cli_adds_users_and_sets_passwords(tmp_path):
         await backend.close()
     assert run_cli("passwd", str(path), "nobody", "--password-stdin", stdin="x\n").returncode == 2
     assert "carol" in run_cli("list", str(path)).stdout
+
+
+@pytest.mark.parametrize("users,needle", [
+    ([{"username": "alice", "password": HASH, "uuid": "u-1"},
+      {"username": "mallory", "password": HASH, "uuid": "u-1"}],
+     "users[1] (mallory) and users[0] (alice) have the same subject 'u-1'"),
+    ([{"username": "u-2", "password": HASH},
+      {"username": "eve", "password": HASH, "uuid": "u-2"}],
+     "users[1] (eve) and users[0] (u-2) have the same subject 'u-2'"),
+    ([{"username": "bob", "password": HASH, "uuid": 12},
+      {"username": "12", "password": HASH}],
+     "users[1] (12) and users[0] (bob) have the same subject '12'"),
+])
+def test_two_users_with_one_subject_are_refused(tmp_path, users, needle):
+    """OIDC Core §2: sub is locally unique and never reassigned. raw sub = uuid, else
+    username: two entries sharing it would get one another's userinfo."""
+    with pytest.raises(UsersFileError) as info:
+        UsersFileBackend(str(write(tmp_path / "u.yaml", users)))
+    assert needle in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_a_reload_giving_two_users_one_subject_keeps_the_last_good_version(users_file,
+                                                                                 caplog):
+    backend = UsersFileBackend(str(users_file))
+    try:
+        write(users_file, [
+            {"username": "alice", "password": HASH, "name": "Alice", "uuid": "u-alice"},
+            {"username": "mallory", "password": hash_password("m"), "name": "Mallory",
+             "uuid": "u-alice"},
+        ])
+        assert (await backend.lookup("u-alice")).name == "Alice"
+        assert await backend.authenticate("mallory", "m") is None
+        [record] = [r for r in caplog.records if "keeping the previous version" in r.message]
+        assert record.levelname == "ERROR"
+        assert "users[1] (mallory) and users[0] (alice) have the same subject" in record.message
+    finally:
+        await backend.close()
+
+
+@pytest.mark.parametrize("name", ["alice ", " alice", "alice\t", "\u00a0alice"])
+def test_usernames_with_leading_or_trailing_white_space_are_refused(tmp_path, name):
+    users = [{"username": "alice", "password": HASH, "uuid": "u1"},
+             {"username": name, "password": HASH, "uuid": "u2"}]
+    with pytest.raises(UsersFileError, match="leading or trailing white space"):
+        UsersFileBackend(str(write(tmp_path / "u.yaml", users)))
+
+
+def test_usernames_equal_after_nfc_and_lower_casing_are_refused(tmp_path):
+    users = [{"username": "jos\u00e9", "password": HASH, "uuid": "u1"},        # NFC
+             {"username": "JOSE\u0301", "password": HASH, "uuid": "u2"}]       # NFD, upper
+    with pytest.raises(UsersFileError) as info:
+        UsersFileBackend(str(write(tmp_path / "u.yaml", users)))
+    assert "'JOSE\\u0301' and 'jos\\xe9' (users[0]) are the same name" in str(info.value)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("stored", ["jos\u00e9", "jose\u0301"])
+async def test_sign_in_matches_usernames_in_nfc_whatever_form_either_side_uses(tmp_path, stored):
+    path = write(tmp_path / "u.yaml", [{"username": stored, "password": HASH, "uuid": "u-jose"}])
+    backend = UsersFileBackend(str(path))
+    try:
+        for typed in ("jos\u00e9", "jose\u0301", "JOS\u00c9", "JOSE\u0301"):
+            assert (await backend.authenticate(typed, "correct horse")).raw_sub == "u-jose"
+        for typed in ("jose", "jos\u00e9 ", "jos\u00e9\u200b"):
+            assert await backend.authenticate(typed, "correct horse") is None
+    finally:
+        await backend.close()
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("users: [\n  - {username: a- username: alice\n", "not valid YAML (line"),
+    ("- username: alice\n  password: x\n", "top level must be a mapping with a 'users' list"),
+    ("just a string\n", "top level must be a mapping"),
+    ("users:\n- {username: alice, uuid: u1}\n- {username: bob, uuid: u1}\n", "same subject 'u1'"),
+])
+@pytest.mark.parametrize("command", ["add", "list"])
+def test_cli_on_a_broken_file_prints_one_line_and_exits_2(tmp_path, content, needle, command):
+    path = tmp_path / "broken.yaml"
+    path.write_text(content)
+    result = run_cli(command, str(path), *(["bob", "--password-stdin"] if command == "add" else []),
+                     stdin="pw\n")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and needle in result.stderr, result.stderr
+    assert path.read_text() == content                      # never rewritten
+
+
+def test_a_top_level_list_is_refused_by_the_backend_too(tmp_path):
+    """It used to load as a file without users: every sign-in failed, silently."""
+    path = tmp_path / "u.yaml"
+    path.write_text("- username: alice\n  password: x\n")
+    with pytest.raises(UsersFileError, match="top level must be a mapping"):
+        UsersFileBackend(str(path))
+
+
+def test_cli_refuses_white_space_and_stores_usernames_in_nfc(tmp_path):
+    path = tmp_path / "u.yaml"
+    refused = run_cli("add", str(path), "bob ", "--password-stdin", stdin="pw\n")
+    assert refused.returncode == 2 and "white space" in refused.stderr and not path.exists()
+    added = run_cli("add", str(path), "jose\u0301", "--password-stdin", stdin="pw\n")
+    assert added.returncode == 0, added.stderr
+    assert yaml.safe_load(path.read_text())["users"][0]["username"] == "jos\u00e9"
+    again = run_cli("add", str(path), "JOS\u00c9", "--password-stdin", stdin="pw\n")
+    assert again.returncode == 2 and "exists" in again.stderr

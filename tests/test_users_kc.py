@@ -270,3 +270,66 @@ async def test_concurrent_authenticate_calls_complete_without_blocking_the_loop(
     finally:
         task.cancel()
         await b.close()
+
+
+async def _wait_for(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+@pytest.mark.asyncio
+async def test_trickling_server_is_unavailable_at_the_deadline_and_frees_every_worker(uri, kc):
+    """security.md FT-10: a server that sends one byte every 50 ms never trips a 0.5 s read
+    timeout; the overall deadline (3 x timeout) answers 503, and the workers let go, so the
+    pool serves again as soon as the server does."""
+    kc.trickle = 0.05
+    b = KCBackend(uri, username="konnect", password="service pass", timeout=0.5, max_workers=2)
+    try:
+        start = time.monotonic()
+        calls = [b.authenticate("alice", "correct horse"), b.lookup("Mg"),
+                 b.authenticate("bob", BOB_PASSWORD), b.lookup("--__")]  # 4 calls, 2 workers
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        assert all(isinstance(r, BackendUnavailable) for r in results), results
+        assert time.monotonic() - start < 1.5 + 1.0                        # one deadline
+        assert await _wait_for(lambda: kc.trickling == 0, 2), "a worker still reads"
+        kc.trickle = 0
+        alice = await asyncio.wait_for(b.authenticate("alice", "correct horse"), 5)
+        assert alice is not None and alice.username == "alice"
+    finally:
+        kc.trickle = 0
+        await b.close()
+
+
+@pytest.mark.asyncio
+async def test_deadline_covers_waiting_for_the_global_session(kc):
+    """A lookup queued behind a hung global-session logon answers within its own deadline."""
+    kc.trickle = 0.05
+    b = KCBackend(kc.url, username="konnect", password="service pass", timeout=0.3,
+                  max_workers=4)
+    try:
+        start = time.monotonic()
+        results = await asyncio.wait_for(
+            asyncio.gather(*(b.lookup("Mg") for _ in range(4)), return_exceptions=True), 10)
+        assert all(isinstance(r, BackendUnavailable) for r in results), results
+        assert time.monotonic() - start < 0.9 + 1.0
+    finally:
+        kc.trickle = 0
+        await b.close()
+
+
+def test_kc_timeout_setting_reaches_the_backend(kc):
+    settings = load_settings(
+        ["--iss", "https://idp.example.test", "--identity-manager", "kc",
+         "--kopano-server-default-uri", kc.url, "--kc-timeout", "4"], {}, service="identifier")
+    b = make_backend(settings)
+    try:
+        assert (b.timeout, b.deadline) == (4, 12)
+        assert b._client.transport.operation_timeout == 4
+    finally:
+        asyncio.run(b.close())
+    default = load_settings(["--iss", "https://idp.example.test"], {}, service="identifier")
+    assert default.kc_timeout == 10                     # 30 s a call: Konnect's HTTP timeout

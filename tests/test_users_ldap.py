@@ -413,3 +413,27 @@ async def test_ldaps_verifies_the_certificate(tls_slapd, make, caplog):
     assert open_fds() <= fds
     assert "unable to get local issuer certificate" in caplog.text
     assert "Hostname mismatch" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_logon_takes_nfc_and_nfd_spellings_and_still_refuses_padded_names(make, slapd_server,
+                                                                                ldap_ou):
+    """The users file normalises sign-in names to NFC; the LDAP backend does the same and does
+    not regress: slapd's own matching ignores the trailing space (RFC 4518 §2.6.1), our check
+    of the login attribute does not."""
+    dn = slapd_server.add_user(ldap_ou, "jos\u00e9", PASSWORD, "Jos\u00e9", "Example",
+                               mail="jose@example.test")
+    add(slapd_server, ldap_ou, "alice")
+    backend = make()
+    for typed in ("jos\u00e9", "jose\u0301", "JOSE\u0301"):
+        identity = await backend.authenticate(typed, PASSWORD)
+        assert identity is not None and identity.raw_sub == dn and identity.username == "jos\u00e9"
+    assert (await backend.authenticate("alice", PASSWORD)).username == "alice"
+    for typed in ("alice ", " alice", "jose", "alice\u200b"):
+        assert await backend.authenticate(typed, PASSWORD) is None
+
+
+@pytest.mark.parametrize("uri", ["ldap://127.0.0.1:abc", "ldap://127.0.0.1:99999", "h:0"])
+def test_an_ldap_uri_with_a_bad_port_is_a_config_error_not_a_traceback(uri):
+    with pytest.raises(BackendConfigError, match="1 to 65535"):
+        LDAPBackend(uri, "dc=example,dc=test")

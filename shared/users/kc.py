@@ -3,8 +3,16 @@
 The only module that talks to the Kopano server, and the only `import zeep`. zeep is built
 from our own minimal WSDL (`kopano.wsdl`: logon, logoff, resolveUsername, getUser) and never
 fetches anything from the network. zeep is synchronous, so every call runs in a bounded
-thread pool and has a timeout. `KOPANO_SERVER_DEFAULT_URI` may be http://, https:// or
-file:// (a unix socket, spoken to with a small requests adapter of our own).
+thread pool. `KOPANO_SERVER_DEFAULT_URI` may be http://, https:// or file:// (a unix
+socket, spoken to with a small requests adapter of our own).
+
+Timeouts (security.md FT-10): `--kc-timeout` bounds every connect and every socket read,
+and each call (authenticate, lookup: several SOAP requests) has an overall deadline of
+three timeouts (30 s by default, Konnect's HTTP client timeout), after which it answers
+`BackendUnavailable` (503). Read timeouts alone cannot bound a server that trickles one
+byte at a time, so when the deadline passes the worker's connection is shut down
+(`_Deadline.abort`) and its next step fails at once: a hung server never holds a worker
+beyond the deadline, and the pool cannot be exhausted for longer than that.
 
 * authenticate: `logon` with the user's credentials (flag NO_UID_AUTH, so the socket peer's
   uid never authenticates anyone), then resolveUsername and getUser; the user's session is
@@ -28,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import socket
 import struct
@@ -36,7 +45,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -109,6 +118,105 @@ def _exid_of(raw_sub: str) -> Optional[bytes]:
         return None
 
 
+class _Deadline:
+    """The overall deadline of one backend call, shared by the event loop and the worker.
+
+    The worker checks it before every SOAP request and caps each request's socket timeout
+    by the time left; the connections it sends on are tracked so that `abort` (from the
+    event loop, when the deadline passed or the caller went away) can shut them down and
+    wake a worker that is blocked reading.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.expires = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._connections: set = set()
+        self._aborted = False
+
+    def remaining(self) -> float:
+        if self._aborted:
+            return 0.0
+        return self.expires - time.monotonic()
+
+    def check(self) -> float:
+        """The time left; BackendUnavailable when there is none."""
+        left = self.remaining()
+        if left <= 0:
+            raise BackendUnavailable("kopano server: no answer in time")
+        return left
+
+    def socket_timeout(self, timeout: float) -> float:
+        return min(timeout, self.check())
+
+    def track(self, connection: Any) -> None:
+        with self._lock:
+            if self._aborted:
+                raise BackendUnavailable("kopano server: no answer in time")
+            self._connections.add(connection)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._connections.clear()
+
+    def abort(self) -> None:
+        with self._lock:
+            self._aborted = True
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            sock = getattr(connection, "sock", None)
+            if sock is not None:
+                try:  # the plain socket's shutdown, also for TLS: the worker's read gets EOF
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+_current = threading.local()  # .deadline: the _Deadline of the call this worker runs
+
+
+class _TrackedConnection:
+    """Registers itself with the running call's deadline before each request."""
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        deadline = getattr(_current, "deadline", None)
+        if deadline is not None:
+            deadline.track(self)
+        return super().request(*args, **kwargs)
+
+
+class _HTTPConnection(_TrackedConnection, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_TrackedConnection, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_TRACKED_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _TrackedAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, with connections a call's deadline can shut down."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_TRACKED_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if type(manager) is urllib3.ProxyManager:  # not SOCKS: its pools are its own
+            manager.pool_classes_by_scheme = dict(_TRACKED_POOLS)
+        return manager
+
+
 class _UnixConnection(urllib3.connection.HTTPConnection):
     socket_path = ""
 
@@ -132,7 +240,8 @@ class UnixSocketAdapter(requests.adapters.HTTPAdapter):
 
     def __init__(self, path: str, pool_maxsize: int = 10) -> None:
         self._pool = urllib3.HTTPConnectionPool("localhost", maxsize=pool_maxsize)
-        self._pool.ConnectionCls = type("UnixConnection", (_UnixConnection,), {"socket_path": path})
+        self._pool.ConnectionCls = type("UnixConnection", (_TrackedConnection, _UnixConnection),
+                                        {"socket_path": path})
         super().__init__(pool_maxsize=pool_maxsize)
 
     def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
@@ -157,6 +266,15 @@ class _LocalTransport(zeep.Transport):
             raise zeep.exceptions.TransportError(f"refusing to fetch {url}: the WSDL is local")
         return super().load(url)
 
+    def post(self, address: str, message: bytes, headers: dict) -> requests.Response:
+        """zeep's post, with each request's timeout capped by the call's deadline. (zeep's
+        debug logging of the messages is left out: logon carries the user's password.)"""
+        deadline = getattr(_current, "deadline", None)
+        timeout = self.operation_timeout
+        if deadline is not None:
+            timeout = deadline.socket_timeout(timeout)
+        return self.session.post(address, data=message, headers=headers, timeout=timeout)
+
 
 class KCBackend(UserBackend):
     manager = "kc"
@@ -175,7 +293,7 @@ class KCBackend(UserBackend):
             session.mount("http+unix://", UnixSocketAdapter(unquote(parts.path), max_workers))
             address = "http+unix://kopano/"
         elif parts.scheme in ("http", "https") and parts.hostname:
-            session.mount(f"{parts.scheme}://", requests.adapters.HTTPAdapter(pool_maxsize=max_workers))
+            session.mount(f"{parts.scheme}://", _TrackedAdapter(pool_maxsize=max_workers))
             address = uri
         else:
             raise BackendConfigError(f"kopano_server_default_uri {uri!r}: must be http(s):// or file://")
@@ -186,6 +304,8 @@ class KCBackend(UserBackend):
                 if client_private_key else str(client_certificate)
         session.verify = not insecure
         self.uri = uri
+        self.timeout = float(timeout)
+        self.deadline = 3 * self.timeout  # a whole call, as the LDAP backend's
         self._requests = session
         transport = _LocalTransport(session=session, timeout=timeout, operation_timeout=timeout)
         settings = zeep.Settings(strict=False, forbid_dtd=True, forbid_entities=True,
@@ -214,6 +334,7 @@ class KCBackend(UserBackend):
                    client_certificate=str(cert) if cert else None,
                    client_private_key=str(key) if key else None,
                    session_timeout=settings.kopano_server_session_timeout,
+                   timeout=settings.kc_timeout,
                    insecure=bool(getattr(settings, "insecure", False)))
 
     # --- the UserBackend interface
@@ -231,15 +352,40 @@ class KCBackend(UserBackend):
             return
         self._closed = True
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._drop_global, None)
+            await self._run(self._drop_global, None, closing=True)
+        except BackendUnavailable as err:
+            log.info("kopano server: the global session was not logged off: %s", err)
         finally:
-            self._executor.shutdown(wait=False)
+            self._executor.shutdown(wait=False, cancel_futures=True)
             self._requests.close()
 
-    async def _run(self, fn: Callable, *args: Any) -> Any:
-        if self._closed:
+    async def _run(self, fn: Callable, *args: Any, closing: bool = False) -> Any:
+        """`fn(*args)` in the pool, answered within the deadline or BackendUnavailable."""
+        if self._closed and not closing:
             raise BackendUnavailable("kc backend is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        deadline = _Deadline(self.deadline)
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._in_worker, deadline, fn, *args)
+        try:
+            return await asyncio.wait_for(future, self.deadline)
+        except asyncio.TimeoutError:
+            deadline.abort()  # frees the worker: its connection is shut down
+            log.warning("kopano server %s: %s got no answer within %g s", self.uri,
+                        fn.__name__.strip("_"), self.deadline)
+            raise BackendUnavailable("kopano server: no answer in time") from None
+        except asyncio.CancelledError:  # the request went away: free the worker too
+            deadline.abort()
+            raise
+
+    @staticmethod
+    def _in_worker(deadline: _Deadline, fn: Callable, *args: Any) -> Any:
+        _current.deadline = deadline
+        try:
+            deadline.check()  # it may have waited in the queue past its deadline
+            return fn(*args)
+        finally:
+            _current.deadline = None
+            deadline.finish()
 
     # --- blocking work, in the thread pool
 
@@ -312,8 +458,19 @@ class KCBackend(UserBackend):
                 time.sleep(RETRY_DELAY)
         raise BackendUnavailable("kopano server keeps ending the global session")
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The global session lock, waited for no longer than the call's deadline."""
+        deadline = getattr(_current, "deadline", None)
+        if not self._lock.acquire(timeout=deadline.check() if deadline is not None else -1):
+            raise BackendUnavailable("kopano server: no answer in time")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def _global_session(self) -> int:
-        with self._lock:
+        with self._locked():
             if self._sid is not None and self._now() - self._sid_used < self._reuse_for:
                 self._sid_used = self._now()
                 return self._sid
@@ -329,7 +486,7 @@ class KCBackend(UserBackend):
             return self._sid
 
     def _drop_global(self, sid: Optional[int]) -> None:
-        with self._lock:
+        with self._locked():
             if self._sid is not None and sid in (None, self._sid):
                 stale, self._sid = self._sid, None
                 self._logoff(stale)
@@ -350,9 +507,14 @@ class KCBackend(UserBackend):
             raise BackendUnavailable(f"kopano server {op} failed: 0x{er:x}")
 
     def _call(self, op: str, **params: Any) -> Any:
+        deadline = getattr(_current, "deadline", None)
+        if deadline is not None:
+            deadline.check()
         try:
             return getattr(self._service, op)(**params)
-        except requests.RequestException as err:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
+            if deadline is not None and deadline.remaining() <= 0:
+                raise BackendUnavailable("kopano server: no answer in time") from None
             detail = f"{type(err).__name__}: {err}"
         except zeep.exceptions.Fault as err:
             detail = f"SOAP fault {err.code}: {err.message}"

@@ -5,7 +5,8 @@ Logon:
   2. search `(&<LDAP_FILTER>(<login attribute>=<username>))` under `LDAP_BASEDN` with
      `LDAP_SCOPE` and a size limit of 2: no entry is a failed logon, two are an error
      (logged, and a failed logon);
-  3. the entry's login attribute must equal the username, case-insensitively;
+  3. the entry's login attribute must equal the username, case-insensitively, both in
+     Unicode NFC (the username is normalised to NFC first, as in the users file);
   4. on a second connection, bind as the entry's DN with the password: invalidCredentials
      (49) is a failed logon, and so are the refusals 48, 50 and 53 (logged).
 
@@ -48,6 +49,7 @@ import contextlib
 import logging
 import re
 import ssl
+import unicodedata
 import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +64,7 @@ from ldap3.operation.search import parse_filter
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
+from ..config import url_port_problem
 from ..identity import Identity
 from . import BackendConfigError
 from .base import BackendUnavailable, UserBackend
@@ -164,6 +167,8 @@ class LDAPBackend(UserBackend):
         problems = []
         if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
             problems.append(f"ldap_uri has value {uri!r}: must be ldap://host or ldaps://host")
+        elif (why := url_port_problem(parts.geturl())):
+            problems.append(f"ldap_uri has value {uri!r}: {why}")
         if not basedn:
             problems.append("ldap_basedn is required")
         if bool(bindpw) != bool(binddn):  # a DN without password: an unauthenticated bind
@@ -218,6 +223,9 @@ class LDAPBackend(UserBackend):
     async def authenticate(self, username: str, password: str) -> Optional[Identity]:
         if not username or not password:  # "" would be an unauthenticated bind (RFC 4513)
             return None
+        # NFC, as the users file: a decomposed `josé` is the same user (and the login
+        # attribute check below compares NFC forms; the server's RFC 4518 prep does too)
+        username = unicodedata.normalize("NFC", username)
         return await self._call(self._authenticate, username, password)
 
     async def lookup(self, raw_sub: str) -> Optional[Identity]:
@@ -249,7 +257,7 @@ class LDAPBackend(UserBackend):
                           "must be unique", len(entries), login, username)
             return None
         entry = entries[0]
-        if _text(entry, login).casefold() != username.casefold():
+        if unicodedata.normalize("NFC", _text(entry, login)).casefold() != username.casefold():
             log.warning("ldap logon refused: %s of %s does not equal %r", login, entry[0],
                         username)
             return None

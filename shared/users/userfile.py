@@ -28,6 +28,7 @@ import logging
 import os
 import sys
 import tempfile
+import unicodedata
 import uuid as uuidlib
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Optional
@@ -46,34 +47,75 @@ class UsersFileError(Exception):
     pass
 
 
+def username_key(name: str) -> str:
+    """The form usernames are compared in: NFC, lower case (then NFC again, as lowering can
+    leave a decomposed sequence). `josé` typed as NFC or NFD is one user, `Alice` is `alice`."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).lower())
+
+
+def raw_sub_of(entry: dict) -> str:
+    """The raw subject of an entry: its uuid, else its username (as written)."""
+    return str(entry.get("uuid") or entry["username"])
+
+
 def parse_users(doc: Any, source: str) -> dict[str, dict]:
-    """username -> entry; every problem listed in one UsersFileError."""
-    entries = (doc or {}).get("users") if isinstance(doc, dict) or doc is None else None
+    """username key (`username_key`) -> entry; every problem listed in one UsersFileError.
+
+    Refused: a top level that is not a mapping; a username that is missing, not a string,
+    or has leading or trailing white space; two usernames that are equal after NFC and
+    lower-casing; two entries with the same raw subject (uuid, else username): OIDC Core
+    §2 makes `sub` locally unique and never reassigned, and userinfo would return the
+    other person's claims.
+    """
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise UsersFileError(f"{source}: the top level must be a mapping with a 'users' list, "
+                             f"not a {type(doc).__name__}")
+    entries = doc.get("users")
     if entries is None:
         entries = []
     if not isinstance(entries, list):
         raise UsersFileError(f"{source}: 'users' must be a list")
     problems, users = [], {}
+    owners: dict[str, tuple[int, str]] = {}  # key -> (index, username as written)
+    subjects: dict[str, tuple[int, str]] = {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("username"), str) \
-                or not entry["username"]:
+                or not entry["username"].strip():
             problems.append(f"users[{i}]: username is required")
             continue
         name = entry["username"]
-        if name.lower() in users:
-            problems.append(f"users[{i}] ({name}): duplicate username")
+        if name != name.strip():
+            problems.append(f"users[{i}] ({name!r}): username has leading or trailing white space")
+            continue
+        key = username_key(name)
+        if key in owners:
+            first, other = owners[key]
+            what = "duplicate username" if other == name else \
+                f"duplicate username: {name!a} and {other!a} (users[{first}]) are the same " \
+                "name after Unicode NFC normalisation and lower-casing"
+            problems.append(f"users[{i}] ({name}): {what}")
         if not isinstance(entry.get("password", ""), str):
             problems.append(f"users[{i}] ({name}): password must be a hash string")
         if "id" in entry and (not isinstance(entry["id"], int) or isinstance(entry["id"], bool)):
             problems.append(f"users[{i}] ({name}): id must be a number")
-        users[name.lower()] = entry
+        raw_sub = raw_sub_of(entry)
+        if raw_sub in subjects:
+            first, other = subjects[raw_sub]
+            problems.append(f"users[{i}] ({name}) and users[{first}] ({other}) have the same "
+                            f"subject {raw_sub!r} (uuid, else username): every user needs a "
+                            "uuid of their own")
+        owners.setdefault(key, (i, name))
+        subjects.setdefault(raw_sub, (i, name))
+        users[key] = entry
     if problems:
         raise UsersFileError(f"{source}: " + "; ".join(problems))
     return users
 
 
 def _identity(entry: dict) -> Identity:
-    return Identity(raw_sub=str(entry.get("uuid") or entry["username"]), backend=PROVIDER,
+    return Identity(raw_sub=raw_sub_of(entry), backend=PROVIDER,
                     username=entry["username"], name=str(entry.get("name") or ""),
                     given_name=str(entry.get("given_name") or ""),
                     family_name=str(entry.get("family_name") or ""),
@@ -120,16 +162,15 @@ class UsersFileBackend(UserBackend):
         # built once per version of the file: lookups are a dict access, and each
         # Identity (frozen) keeps its computed public subject between requests
         self._identities = {name: _identity(entry) for name, entry in users.items()}
-        self._by_raw_sub = {}
-        for name, identity in self._identities.items():
-            self._by_raw_sub.setdefault(identity.raw_sub, name)
+        # parse_users refused any file where two users share a raw subject
+        self._by_raw_sub = {identity.raw_sub: name for name, identity in self._identities.items()}
         if not initial:
             log.info("users file reloaded: %d user(s)", len(users))
 
 
     async def authenticate(self, username: str, password: str) -> Optional[Identity]:
         self._refresh()
-        entry = self._users.get((username or "").lower())
+        entry = self._users.get(username_key(username or ""))
         usable = entry is not None and not entry.get("disabled") and entry.get("password")
         encoded = entry["password"] if usable else DUMMY_HASH
         loop = asyncio.get_running_loop()
@@ -171,14 +212,10 @@ def main(argv: Optional[list] = None) -> int:
         parser.add_argument(f"--{field}")
     parser.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     args = parser.parse_args(argv)
-    doc: dict = {"users": []}
-    if os.path.exists(args.file):
-        with open(args.file, "rb") as stream:
-            doc = yaml.safe_load(stream) or {"users": []}
     try:
-        users = parse_users(doc, args.file)
+        doc, users = _load_for_cli(args.file)
     except UsersFileError as err:
-        print(err, file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
     if args.command == "list":
         for entry in users.values():
@@ -187,12 +224,16 @@ def main(argv: Optional[list] = None) -> int:
     if not args.username:
         print("a username is required", file=sys.stderr)
         return 2
-    entry = users.get(args.username.lower())
+    if args.username != args.username.strip():
+        print(f"username {args.username!r} has leading or trailing white space", file=sys.stderr)
+        return 2
+    username = unicodedata.normalize("NFC", args.username)
+    entry = users.get(username_key(username))
     if args.command == "add" and entry is not None:
-        print(f"user {args.username} exists (use passwd)", file=sys.stderr)
+        print(f"user {username} exists (use passwd)", file=sys.stderr)
         return 2
     if args.command == "passwd" and entry is None:
-        print(f"no user {args.username}", file=sys.stderr)
+        print(f"no user {username}", file=sys.stderr)
         return 2
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass()
     if not password:
@@ -200,16 +241,40 @@ def main(argv: Optional[list] = None) -> int:
         return 2
     if entry is None:
         next_id = max([u.get("id", 1000) for u in users.values()] + [1000]) + 1
-        entry = {"username": args.username, "id": next_id, "uuid": str(uuidlib.uuid4())}
-        doc.setdefault("users", []).append(entry)
+        entry = {"username": username, "id": next_id, "uuid": str(uuidlib.uuid4())}
+        if doc.get("users") is None:
+            doc["users"] = []
+        doc["users"].append(entry)
     for field in ("name", "given_name", "family_name", "email"):
         value = getattr(args, field)
         if value:
             entry[field] = value
     entry["password"] = hash_password(password)
+    try:
+        parse_users(doc, args.file)  # never write a file the backend would refuse
+    except UsersFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     _write(args.file, doc)
-    print(f"{args.command}: {args.username}")
+    print(f"{args.command}: {username}")
     return 0
+
+
+def _load_for_cli(path: str) -> tuple[dict, dict[str, dict]]:
+    """The document and its users, or one UsersFileError (a one-line message, no traceback)."""
+    if not os.path.exists(path):
+        return {"users": []}, {}
+    try:
+        with open(path, "rb") as stream:
+            doc = yaml.safe_load(stream)
+    except OSError as err:
+        raise UsersFileError(f"{path}: cannot read users file ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        raise UsersFileError(f"{path}: not valid YAML{at}") from None
+    doc = {"users": []} if doc is None else doc
+    return doc, parse_users(doc, path)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 import tornado.httpserver
+import tornado.iostream
 import tornado.netutil
 import tornado.testing
 import tornado.web
@@ -93,6 +94,8 @@ class KopanoStandIn:
         self.lock = threading.Lock()
         self.delay = 0.0          # seconds before each answer (concurrency tests)
         self.fault = False        # answer every call with a SOAP fault
+        self.trickle = 0.0        # > 0: answer with headers, then one body byte every N s
+        self.trickling = 0        # connections being trickled to right now
         self._ids = itertools.count(0x1234567890)
         self._unix = unix_socket
         self._dir: Optional[str] = None
@@ -293,7 +296,27 @@ class _SOAPHandler(tornado.web.RequestHandler):
         self.standin.state.transports.add("unix" if family == socket.AF_UNIX else "tcp")
         if self.standin.delay:
             await asyncio.sleep(self.standin.delay)
+        if self.standin.trickle:
+            await self._trickle()
+            return
         status, body = self.standin.answer(self.request.body)
         self.set_status(status)
         self.set_header("Content-Type", "text/xml; charset=utf-8")
         self.finish(body)
+
+    async def _trickle(self) -> None:
+        """A server that is alive but never finishes: every read gets a byte in time."""
+        self.set_header("Content-Type", "text/xml; charset=utf-8")
+        self.set_header("Content-Length", "1000000")
+        self.standin.trickling += 1
+        try:
+            await self.flush()
+            while self.standin.trickle and not self.standin._stop.is_set():
+                self.write(b" ")
+                await self.flush()
+                await asyncio.sleep(self.standin.trickle)
+        except tornado.iostream.StreamClosedError:
+            pass
+        finally:
+            self.standin.trickling -= 1
+        self.request.connection.close()
