@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import re
 from dataclasses import dataclass, field, replace
@@ -93,6 +94,71 @@ def is_dynamic_id(client_id: Any) -> bool:
 def origin_of(uri: str) -> str:
     parts = urlsplit(uri)
     return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_IPV4_PART = re.compile(r"0[xX][0-9a-fA-F]*|[0-9]+")
+_NOT_IN_HOST = re.compile(r"[\x00-\x20/\\@?#%\[\]<>^|]")
+
+
+def _ipv4_part(part: str) -> int:
+    if part[:2].lower() == "0x":
+        return int(part[2:] or "0", 16)
+    return int(part, 8) if len(part) > 1 and part[0] == "0" else int(part)  # "09": ValueError
+
+
+def normal_origin(uri: str) -> Optional[str]:
+    """`uri`'s origin as a browser reaches it (RFC 6454 §4; WHATWG URL host parsing), or
+    None when it cannot be worked out: scheme lowercased; host percent-decoded (RFC 3986
+    §3.2.2), lowercased, IDNA-encoded, without userinfo or a trailing dot; IPv4 also from
+    the short, hex and octal forms browsers accept; every loopback or unspecified address
+    and `*.localhost` (RFC 6761 §6.3) as `localhost` (RFC 8252 §8.3: all of them reach this
+    machine); the port an integer, the scheme's default filled in (RFC 3986 §6.2.3)."""
+    try:
+        parts = urlsplit(uri)
+        scheme, port, host = parts.scheme.lower(), parts.port, parts.hostname or ""
+        if not parts.netloc:  # no authority (a private-use scheme): an origin of its own
+            return f"{scheme}:"
+        for _ in range(4):
+            decoded = unquote(host, errors="strict")
+            if decoded == host:
+                break
+            host = decoded
+        else:
+            return None
+        host = host.lower().rstrip(".")
+        if not host or _NOT_IN_HOST.search(host):
+            return None
+        labels = host.split(".")
+        if ":" in host:  # an IPv6 literal (urlsplit took off the brackets)
+            address = ipaddress.IPv6Address(host)
+        elif _IPV4_PART.fullmatch(labels[-1]):  # WHATWG: a host ending in a number is IPv4
+            if len(labels) > 4 or not all(_IPV4_PART.fullmatch(n) for n in labels):
+                return None
+            numbers = [_ipv4_part(n) for n in labels]
+            if any(n > 255 for n in numbers[:-1]) or numbers[-1] >= 256 ** (5 - len(numbers)):
+                return None
+            address = ipaddress.IPv4Address(
+                numbers[-1] + sum(n << (8 * (3 - i)) for i, n in enumerate(numbers[:-1])))
+        else:
+            address, host = None, host.encode("idna").decode("ascii")
+    except (ValueError, UnicodeError):
+        return None
+    if address is not None:
+        mapped = getattr(address, "ipv4_mapped", None) or address
+        host = "localhost" if mapped.is_loopback or mapped.is_unspecified else \
+            (f"[{address.compressed}]" if address.version == 6 else str(address))
+    elif host.endswith(".localhost"):
+        host = "localhost"
+    port = port if port is not None else _DEFAULT_PORTS.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def may_reach_origin(uri: str, origin: str) -> bool:
+    """Whether `uri` may lead to `origin` (both as `normal_origin`). Fails closed: a URI
+    whose origin cannot be worked out counts as reaching it (for refusals only)."""
+    mine, theirs = normal_origin(uri), normal_origin(origin)
+    return mine is None or mine == theirs
 
 
 @dataclass(frozen=True)

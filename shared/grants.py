@@ -37,9 +37,14 @@ class Grant:
     created: int = 0                        # when the family began (first grant)
 
     def to_record(self) -> dict:
-        """The JSON-ready record (shallow: it is serialized at once, never mutated)."""
+        """The JSON-ready record (shallow: it is serialized at once, never mutated).
+
+        It also holds the identity's public `sub` (not a field: derived), so that the
+        store's grant scripts can read the subject's sign-out (`revoked:sub:<sub>`) in the
+        same round trip as the code or refresh token."""
         record = {name: getattr(self, name) for name in _FIELDS}
         record["identity"] = self.identity.to_record()
+        record["sub"] = self.identity.sub
         return {k: v for k, v in record.items() if v not in (None, "")}
 
     @classmethod

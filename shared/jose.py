@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 from typing import Any, Callable, Mapping, Optional, Protocol
 
@@ -130,6 +129,36 @@ def _json(value: Mapping[str, Any]) -> bytes:
     return orjson.dumps(value)
 
 
+#: deepest nesting of arrays and objects accepted from outside. orjson refuses more than
+#: 1024 levels when parsing but serializes only 254, and the stdlib `json` raises
+#: RecursionError (not a ValueError) near 1000: what we parse may be stored or re-encoded
+#: (claims requests, registration metadata), so the limit sits well below both.
+MAX_JSON_DEPTH = 64
+
+
+def parse_json(data: bytes | str) -> Any:
+    """JSON from outside (RFC 8259): any malformed input is a ValueError, never another
+    exception (security.md CR-05). UTF-8 only (§8.1), no NaN/Infinity (§6), nesting at
+    most MAX_JSON_DEPTH. Every parser of untrusted JSON (bodies, JOSE segments, the
+    `claims` parameter) goes through here."""
+    doc = orjson.loads(data)  # orjson.JSONDecodeError is a ValueError (also for depth > 1024)
+    opening = ("[", "{") if isinstance(data, str) else (b"[", b"{")
+    if data.count(opening[0]) + data.count(opening[1]) > MAX_JSON_DEPTH:  # else it cannot be deeper
+        _check_depth(doc)
+    return doc
+
+
+def _check_depth(doc: Any) -> None:
+    todo = [(doc, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError("JSON nested too deeply")
+            members = value.values() if isinstance(value, dict) else value
+            todo.extend((v, depth + 1) for v in members)
+
+
 def sign(claims: Mapping[str, Any], key: Signer, *, alg: Optional[str] = None,
          typ: str = "JWT", headers: Optional[Mapping[str, Any]] = None) -> str:
     """Compact JWS of `claims` with the key's pinned alg (or `alg`, if the key allows it).
@@ -171,8 +200,8 @@ def unverified_header(token: str, *, max_size: int = MAX_TOKEN_SIZE) -> dict:
     if len(parts) != 3:
         raise JoseError("not a compact JWS")
     try:
-        header = json.loads(_b64decode(parts[0]))
-    except (ValueError, UnicodeDecodeError):
+        header = parse_json(_b64decode(parts[0]))
+    except ValueError:
         raise JoseError("malformed token header") from None
     if not isinstance(header, dict):
         raise JoseError("malformed token header")
@@ -183,8 +212,8 @@ def unverified_claims(token: str, *, max_size: int = MAX_TOKEN_SIZE) -> dict:
     """The claims of a compact JWS, NOT verified: for routing decisions only, never for trust."""
     unverified_header(token, max_size=max_size)
     try:
-        claims = json.loads(_b64decode(token.split(".")[1]))
-    except (ValueError, UnicodeDecodeError):
+        claims = parse_json(_b64decode(token.split(".")[1]))
+    except ValueError:
         raise JoseError("malformed token claims") from None
     if not isinstance(claims, dict):
         raise JoseError("token claims are not a JSON object")
@@ -236,8 +265,8 @@ def verify(token: str, lookup: Callable[[str], Optional[Verifier]], *,
     if not valid:
         raise JoseError("signature verification failed")
     try:
-        claims = orjson.loads(_b64decode(payload))
-    except ValueError:  # orjson.JSONDecodeError, also for invalid UTF-8
+        claims = parse_json(_b64decode(payload))
+    except ValueError:
         raise JoseError("malformed token claims") from None
     if not isinstance(claims, dict):
         raise JoseError("token claims are not a JSON object")

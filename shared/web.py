@@ -22,6 +22,7 @@ import tornado.web
 
 from .errors import (INVALID_REQUEST, METHOD_NOT_ALLOWED, NOT_FOUND, REQUEST_TOO_LARGE,
                      SERVER_ERROR, TEMPORARILY_UNAVAILABLE, OAuth2Error, Unavailable)
+from .jose import parse_json
 
 log = logging.getLogger("konnect.web")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._@-]{8,64}$")
@@ -166,8 +167,8 @@ class BaseHandler(tornado.web.RequestHandler):
         if ctype != "application/json":
             raise OAuth2Error(INVALID_REQUEST, "expected application/json")
         try:
-            body = json.loads(self.request.body or b"")
-        except (ValueError, UnicodeDecodeError):
+            body = parse_json(self.request.body or b"")  # any malformed body, nesting too
+        except ValueError:
             raise OAuth2Error(INVALID_REQUEST, "body is not valid JSON") from None
         if not isinstance(body, dict):
             raise OAuth2Error(INVALID_REQUEST, "body must be a JSON object")

@@ -402,7 +402,7 @@ async def test_logoff_makes_userinfo_refuse_access_tokens_issued_before(op_user)
     assert await op.userinfo_status(before["access_token"]) == 401
     # a later sign-in works again; the offline_access grant survives a browser sign-out
     op.clock.offset = 2
-    after = await op.tokens(identity)
+    after = await op.tokens(identity, auth_time=int(op.token_core.now()))  # signed in again
     assert await op.userinfo_status(after["access_token"]) == 200
     status, refreshed = await op.refresh(before["refresh_token"])
     assert status == 200, refreshed

@@ -15,11 +15,10 @@ def make_app(settings, deps: Core):
 
 
 def make_deps(settings) -> Core:
-    """The user backend only for the cookie manager: it decides at the authorization
-    endpoint (the others sign in through the identifier)."""
-    if settings.identity_manager == "cookie":
-        return Core.with_users(settings)
-    return Core.from_settings(settings)
+    """With the user backend: the cookie manager decides at the authorization endpoint,
+    and for the others a logon is a session only while the backend still returns its user
+    (handlers.current_logon: disabled or removed users get no tokens)."""
+    return Core.with_users(settings)
 
 
 def main(argv=None) -> None:

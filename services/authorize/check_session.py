@@ -35,3 +35,5 @@ class CheckSessionHandler(BaseHandler):
             f'<script type="application/x-kkbs-name" id="kkbs-name">'
             f"{xhtml_escape(BROWSER_STATE_COOKIE)}</script>"
             f'<script nonce="{nonce}">{_SCRIPT}</script></body></html>')
+
+    head = get  # GET's headers, no body (RFC 9110 §9.3.2)

@@ -7,9 +7,10 @@ logon -> `login_required`; consent needed -> the consent page, or `consent_requi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
-from typing import Any
+from typing import Any, Optional
 from urllib.parse import urlencode, urlsplit
 
 from tornado.escape import xhtml_escape
@@ -86,8 +87,8 @@ class AuthorizeHandler(PageHandler):
             if self._cookie_manager:
                 return self._to_web_app_sign_in(req)
             if "select_account" in req.prompt and "login" not in req.prompt \
-                    and await Logon.open_live(deps.sealer, deps.store,
-                                              self.get_cookie(LOGON_COOKIE)) is not None:
+                    and await current_logon(deps.users, await Logon.open_live(
+                        deps.sealer, deps.store, self.get_cookie(LOGON_COOKIE))) is not None:
                 return self._hand_off(CHOOSE_PATH, req)
             return self._hand_off(SIGNIN_PATH, req)
         scopes = await self._consented_scopes(req, logon)
@@ -153,6 +154,9 @@ class AuthorizeHandler(PageHandler):
         if req.max_age is not None and int(deps.now()) - logon.auth_time > req.max_age:
             return None
         if req.prompt & {"login", "select_account"}:
+            return None
+        logon = await current_logon(deps.users, logon)
+        if logon is None:  # disabled or removed since the sign-in: no session
             return None
         return self._check_hint(req, logon)
 
@@ -270,6 +274,22 @@ class AuthorizeHandler(PageHandler):
                     f"</head><body><form method=post action=\"{xhtml_escape(target)}\">{inputs}"
                     f"<noscript><button type=submit>Continue</button></noscript></form>"
                     f"<script nonce=\"{nonce}\">document.forms[0].submit()</script></body></html>")
+
+
+async def current_logon(users: Any, logon: Optional[Logon]) -> Optional[Logon]:
+    """The logon with its user as the backend knows them now, or None when the backend no
+    longer returns them (disabled or removed after signing in). A logon is an
+    authentication of a user who may still use the OP: the OP issues tokens only for an
+    End-User it can authenticate now (OIDC Core §3.1.2.3 "determine whether the End-User
+    is currently authenticated"), as the token endpoint and userinfo already do at
+    refresh and userinfo (`UserBackend.current`). The tokens carry these fresh claims.
+    Backend unreachable: `Unavailable` (503), never a session."""
+    if logon is None or users is None:
+        return logon
+    identity = await users.current(logon.identity.raw_sub, logon.identity.kc_identity())
+    if identity is None:
+        return None
+    return dataclasses.replace(logon, identity=identity)
 
 
 def _wants_auth_time(req: AuthRequest) -> bool:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from shared import jose
 from shared import scopes as scopelib
 from shared.clients import Client
 from shared.errors import (INVALID_REQUEST, INVALID_SCOPE, REQUEST_URI_NOT_SUPPORTED,
@@ -141,9 +142,8 @@ def _claims(raw: Optional[str], fail: Any) -> Optional[dict]:
     """OIDC Core §5.5: a JSON object with optional `userinfo` and `id_token` objects."""
     if not raw:
         return None
-    import json
     try:
-        doc = json.loads(raw)
+        doc = jose.parse_json(raw)
     except ValueError:
         raise fail(INVALID_REQUEST, "claims is not valid JSON") from None
     if not isinstance(doc, dict) or any(not isinstance(doc.get(k, {}), dict)

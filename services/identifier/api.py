@@ -15,6 +15,7 @@ has no CR/LF; non-ASCII is not portable) of at most 256 characters.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import re
 from typing import Any, Optional
@@ -86,6 +87,18 @@ class APIHandler(BaseHandler):
         deps = self.deps
         return await Logon.open_live(deps.sealer, deps.store, self.get_cookie(LOGON_COOKIE))
 
+    async def current_logon(self) -> Optional[Logon]:
+        """The logon with its user as the backend knows them now, or None when the backend
+        no longer returns them (disabled or removed since signing in), as at authorize
+        (services/authorize/handlers.py `current_logon`; the same rule, kept per service
+        as the services share only `shared/`)."""
+        logon = await self.logon()
+        if logon is None or self.deps.users is None:
+            return logon
+        identity = await self.deps.users.current(logon.identity.raw_sub,
+                                                 logon.identity.kc_identity())
+        return None if identity is None else dataclasses.replace(logon, identity=identity)
+
     async def hello(self, logon: Logon, request: dict) -> dict:
         """The HelloResponse for a signed-in user; `request` has passed `hello_request`."""
         flow = request.get("flow", "")
@@ -115,7 +128,7 @@ class APIHandler(BaseHandler):
 class HelloHandler(APIHandler):
     async def post(self) -> None:
         request = hello_request(self.body)
-        logon = await self.logon()
+        logon = await self.current_logon()
         if logon is None or "login" in request.get("prompt", "").split():
             return self.no()
         self.write_json(await self.hello(logon, request))

@@ -22,6 +22,11 @@ class StaticHandler(tornado.web.StaticFileHandler):
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
 
+    def write_error(self, status_code: int, **kwargs) -> None:
+        if status_code == 405:  # RFC 9110 §15.5.6: a 405 MUST carry Allow
+            self.set_header("Allow", "GET, HEAD")
+        super().write_error(status_code, **kwargs)
+
 
 class BrandingHandler(StaticHandler):
     """The deployment's branding files, with the same security headers as static files."""

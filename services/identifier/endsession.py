@@ -19,6 +19,8 @@ from __future__ import annotations
 from typing import Optional
 from urllib.parse import urlsplit
 
+import tornado.web
+
 from shared.errors import INVALID_REQUEST, OAuth2Error, add_params
 from shared.sealed import SealError
 from shared.session import LOGON_COOKIE, Logon
@@ -43,6 +45,10 @@ class EndSessionHandler(SigninPage):
 
     async def get(self) -> None:
         await self.end_session()
+
+    # Not HEAD: a GET here may sign the user out, and HEAD must be safe (RFC 9110 §9.2.1,
+    # §9.3.2); tornado's stub answers 405 (with Allow: GET, POST).
+    head = tornado.web.RequestHandler.head
 
     async def post(self) -> None:
         token = self.param("confirm")

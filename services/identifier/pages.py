@@ -101,6 +101,10 @@ class SigninPage(PageHandler):
             client_name = client.display_name if client else self.get_query_argument("client_id", "")
         self.show(client_name=client_name)
 
+    # HEAD: GET's status and headers without the body (RFC 9110 §9.3.2; a GET-only resource
+    # should answer it, §9.1). Tornado sends Content-Length and drops the body for HEAD.
+    head = get
+
     def show(self, *, client_name: str = "", confirm: str = "", stay: str = "",
              form_origin: str = "") -> None:
         """Render the view. The one script is allowed by a per-response nonce;

@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import math
 import re
 from typing import Any, Optional
 
@@ -108,10 +110,11 @@ class Issuer:
             token = random_token(32)
             remaining = grant.created + self.tokens.refresh_ttl - int(self.tokens.now())
             if remaining > 0:
+                record = grant.to_record()
                 if pending is not None:
-                    pending.append((token, grant.to_record(), remaining))
+                    pending.append((token, record, remaining))
                 else:
-                    await self.store.put_refresh(token, grant.to_record(), remaining)
+                    await self.store.put_refresh(token, record, remaining)
                 body["refresh_token"] = token
         return body, issued
 
@@ -143,7 +146,7 @@ async def authorization_code(handler: Any, client: Client, issuer: Issuer) -> di
     now, jti, refresh = int(tokens.now()), new_jti(), random_token(32)
     # One round trip: the code is taken and, if it matches this request, what its
     # redemption issues is recorded at once (the marker, the refresh token's record).
-    record, outcome = await store.redeem_code(
+    record, outcome, not_before = await store.redeem_code(
         code, client_id=client.id, redirect_uri=redirect_uri or "", challenge=challenge,
         jti=jti, refresh_token=refresh, now=now, access_ttl=tokens.access_ttl,
         refresh_ttl=tokens.refresh_ttl)
@@ -158,6 +161,11 @@ async def authorization_code(handler: Any, client: Client, issuer: Issuer) -> di
         raise _grant_error("code is invalid or expired")
     try:
         grant = _checked_grant(record, client, redirect_uri, verifier, challenge)
+        if not_before is not None and grant.auth_time <= not_before:
+            # Signed out since: a sign-out revokes what was issued so far (signout.py), and
+            # a code is a grant (RFC 6749 §5.2 invalid_grant: "revoked").
+            raise _grant_error("the authorization was ended by a sign-out",
+                               "code issued before its subject's sign-out")
         if outcome == REDEEM_UNCHECKED:
             # nothing written (a record without `created`, from an older version)
             return await _redeem_in_two_steps(issuer, code, client, grant)
@@ -211,6 +219,20 @@ async def _redeem_in_two_steps(issuer: Issuer, code: str, client: Client, grant:
     return body
 
 
+async def _after_not_before(tokens: Tokens, not_before: int) -> None:
+    """Wait, if need be, until this second is past the subject's not-before (a sign-out,
+    whole seconds, `Store.revoke_subject`). An offline_access grant outlives a browser
+    sign-out, but an access token with an `iat` at or before the not-before is revoked
+    (userinfo refuses it): refreshed in the sign-out's second, it would be dead on
+    arrival. As `LogonHandler.auth_time`: at most about two seconds, and a not-before
+    further ahead (another host's clock) is not waited for."""
+    for _ in range(3):
+        now = tokens.now()
+        if int(now) > not_before or not_before - int(now) > 1:
+            return
+        await asyncio.sleep(min(1.0, max(0.02, math.floor(now) + 1 - now)))
+
+
 async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
     token = handler.param("refresh_token")
     if not token:
@@ -221,7 +243,7 @@ async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
     new_token = random_token(32)
     # one round trip: the token is taken, its family's revocation read and, for this
     # client, the grant stored again behind the new token
-    record, family_revoked, stored = await store.rotate_refresh(
+    record, family_revoked, stored, not_before = await store.rotate_refresh(
         token, new_token, client_id=client.id, now=now, refresh_ttl=issuer.tokens.refresh_ttl)
     if record is None:
         family = await store.spent_refresh_family(token)
@@ -252,6 +274,8 @@ async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
     if requested and not set(requested) <= set(grant.scopes):
         await put_back()
         raise OAuth2Error(INVALID_SCOPE, "scope exceeds the original grant")
+    if not_before is not None:
+        await _after_not_before(issuer.tokens, not_before)
     try:
         body, _ = await issuer.respond(client, grant, requested or grant.scopes, id_token=True,
                                        refresh=not stored)

@@ -60,7 +60,7 @@ class FormHandler(BaseHandler):
         if self.request.method == "OPTIONS":
             return
         if self.request.method != "POST":
-            self.set_header("Allow", "POST")
+            self.set_header("Allow", "POST, OPTIONS")  # RFC 9110 §15.5.6: what it answers
             raise OAuth2Error(METHOD_NOT_ALLOWED, "use POST", status=405)
         ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != "application/x-www-form-urlencoded":
