@@ -27,6 +27,7 @@ from .web import HealthCheckHandler, MetricsHandler, NotFoundHandler
 
 log = logging.getLogger("konnect.service")
 SHUTDOWN_GRACE = 10.0  # seconds for in-flight requests after a stop signal
+DRAIN_LINGER = 0.5  # seconds of answering with Connection: close before closing the rest
 
 
 MAX_HEADER_SIZE = 64 * 1024
@@ -87,6 +88,12 @@ async def serve(service: str, app: tornado.web.Application, settings: Any, deps:
     server.stop()
     if extra is not None:
         extra.stop()
+    app.draining = True
+    await drain(app, SHUTDOWN_GRACE, service)
+    # The proxy's pooled keep-alive connections: for a moment more, requests arriving on
+    # them are answered with `Connection: close`, so that each is retired after an answer
+    # rather than cut while the proxy may be writing a request onto it (a lost POST).
+    await asyncio.sleep(DRAIN_LINGER)
     await drain(app, SHUTDOWN_GRACE, service)
     try:
         await asyncio.wait_for(server.close_all_connections(), 1.0)
@@ -142,6 +149,11 @@ class _Guard(tornado.httputil.HTTPMessageDelegate):
             self.conn.finish()
             return None
         self.routed = True  # the inner delegate routes (and counts) the request now
+        if self.app.draining and hasattr(self.conn, "_disconnect_on_finish"):
+            # Stopping: answer, then close this keep-alive connection (Tornado adds
+            # `Connection: close`), so that the proxy retires it instead of sending its
+            # next request on a connection that is about to go (RFC 9112 §9.6).
+            self.conn._disconnect_on_finish = True
         return self.inner.headers_received(start_line, headers)
 
     def data_received(self, chunk):  # noqa: ANN001
@@ -166,6 +178,7 @@ class Application(tornado.web.Application):
 
     body_limit = 65536
     inflight = 0  # requests routed to a handler and not yet answered (for the drain)
+    draining = False  # set on a stop signal: every answer then closes its connection
 
     def find_handler(self, request, **kwargs):  # noqa: ANN001
         self.inflight += 1

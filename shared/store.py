@@ -19,6 +19,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from .errors import Unavailable
@@ -62,53 +63,69 @@ local function has_offline(r)
 end
 """
 
+# Lua shared by the grant scripts: the not-before of a grant record's subject (written by
+# a sign-out, Store.revoke_subject), or false. The record carries the public `sub` (the
+# authorize service adds it; records without one are not checked: older codes and refresh
+# families, documented in docs/architecture.md).
+_LUA_NOT_BEFORE = """
+local function not_before(r, prefix)
+  if type(r['sub']) ~= 'string' or r['sub'] == '' then return false end
+  return redis.call('GET', prefix .. r['sub'])
+end
+"""
+
 # A whole code redemption in one round trip (Store.redeem_code). KEYS: the code, its
 # redemption marker, the new refresh token. ARGV: client_id, redirect_uri, the S256
 # challenge of the request's verifier ("" for none), the access token's jti, now, the
-# access and refresh token lifetimes. The code goes (GETDEL) in any case; only when the
-# record is this client's, for this redirect_uri and this verifier, are the redemption
-# marker and (with offline_access) the refresh token's record written: the refresh record
-# is the code's own record, so a refresh grant finds the same grant. Returns
-# {record, outcome}: 0 nothing written, 1 marker, 2 marker and refresh record, -1 the
-# refresh token exists (nothing written).
-_REDEEM_CODE = _LUA_GRANT + """
+# access and refresh token lifetimes, the `revoked:sub:` key prefix. The code goes
+# (GETDEL) in any case; only when the record is this client's, for this redirect_uri and
+# this verifier, are the redemption marker and (with offline_access) the refresh token's
+# record written: the refresh record is the code's own record, so a refresh grant finds
+# the same grant. Returns {record, outcome, not-before}: outcome 0 nothing written, 1
+# marker, 2 marker and refresh record, -1 the refresh token exists (nothing written); the
+# not-before of the record's `sub` (its sign-out, Store.revoke_subject) or false.
+_REDEEM_CODE = _LUA_GRANT + _LUA_NOT_BEFORE + """
 local value = redis.call('GETDEL', KEYS[1])
 if not value then return false end
 local ok, r = pcall(cjson.decode, value)
-if not ok or type(r) ~= 'table' or r['client_id'] ~= ARGV[1] or type(r['family']) ~= 'string'
+if not ok or type(r) ~= 'table' then return {value, 0, false} end
+local nbf = not_before(r, ARGV[8])
+if r['client_id'] ~= ARGV[1] or type(r['family']) ~= 'string'
    or type(r['created']) ~= 'number' or r['created'] <= 0 then
-  return {value, 0}
+  return {value, 0, nbf}
 end
 local uri, challenge = r['redirect_uri'], r['code_challenge']
-if uri ~= nil and uri ~= '' and uri ~= ARGV[2] then return {value, 0} end
+if uri ~= nil and uri ~= '' and uri ~= ARGV[2] then return {value, 0, nbf} end
 if challenge == nil then challenge = '' end
-if challenge ~= ARGV[3] then return {value, 0} end
+if challenge ~= ARGV[3] then return {value, 0, nbf} end
 local now, access_ttl, refresh_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local lifetime, outcome = access_ttl, 1
 local remaining = r['created'] + refresh_ttl - now
 if has_offline(r) and remaining > 0 then
-  if not redis.call('SET', KEYS[3], value, 'EX', remaining, 'NX') then return {value, -1} end
+  if not redis.call('SET', KEYS[3], value, 'EX', remaining, 'NX') then return {value, -1, nbf} end
   lifetime, outcome = refresh_ttl, 2
 end
 redis.call('SET', KEYS[2], cjson.encode({family = r['family'], jti = ARGV[4], exp = now + lifetime}),
            'EX', lifetime)
-return {value, outcome}
+return {value, outcome, nbf}
 """
 
 # A refresh-token rotation in one round trip (Store.rotate_refresh). KEYS: the presented
 # token, its spent marker, the new token. ARGV: the `revoked:family:` key prefix,
-# client_id, now, the refresh token lifetime. As take_refresh, the token goes (GETDEL)
-# and its spent marker takes its place; the family's revocation is read; and when the
-# record is this client's, the family not revoked and the grant has offline_access and
-# time left, the record is stored again behind the new token (SET NX). Returns
-# {record, revoked, written}: written 1 stored, 0 not, -1 the new token exists.
-_ROTATE_REFRESH = _LUA_GRANT + """
+# client_id, now, the refresh token lifetime, the `revoked:sub:` key prefix. As
+# take_refresh, the token goes (GETDEL) and its spent marker takes its place; the family's
+# revocation and the subject's not-before are read; and when the record is this client's,
+# the family not revoked and the grant has offline_access and time left, the record is
+# stored again behind the new token (SET NX). Returns {record, revoked, written,
+# not-before}: written 1 stored, 0 not, -1 the new token exists; not-before or false.
+_ROTATE_REFRESH = _LUA_GRANT + _LUA_NOT_BEFORE + """
 local pttl = redis.call('PTTL', KEYS[1])
 local value = redis.call('GETDEL', KEYS[1])
 if not value then return false end
 local ok, r = pcall(cjson.decode, value)
-local revoked, written = 0, 0
+local revoked, written, nbf = 0, 0, false
 if ok and type(r) == 'table' and type(r['family']) == 'string' then
+  nbf = not_before(r, ARGV[5])
   if pttl > 0 then
     redis.call('SET', KEYS[2], cjson.encode(r['family']), 'PX', pttl)
   end
@@ -121,11 +138,14 @@ if ok and type(r) == 'table' and type(r['family']) == 'string' then
     end
   end
 end
-return {value, revoked, written}
+return {value, revoked, written, nbf}
 """
 
 # A subject's not-before time only moves forward and its entry only lives longer, so a
 # later, weaker call can never un-revoke tokens that an earlier call revoked.
+# A connection that broke (not a timeout: a paused Redis must not be waited for twice).
+_CONNECTION_LOST = (RedisConnectionError, ConnectionResetError, BrokenPipeError)
+
 # DECR only an existing, positive counter: DECR on a key that expired since the hit would
 # create it at -1 with no TTL (a credit that never ends).
 _GIVE_BACK = """
@@ -205,6 +225,14 @@ def _loads(raw: bytes | str | None) -> Any:
     return None if raw is None else orjson.loads(raw)
 
 
+def _not_before(raw: bytes | None) -> int | None:
+    """A subject's not-before as the grant scripts return it (`revoke_subject` writes it)."""
+    try:
+        return None if raw is None else int(raw)
+    except ValueError:
+        return None
+
+
 def _check_ttl(ttl: float) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) \
             or ttl < 1:
@@ -273,10 +301,11 @@ class Store:
         """A Store for a ``redis://``, ``rediss://`` or ``unix://`` URL; connects lazily.
 
         redis-py 8 defaults to 5 s timeouts and 10 retries with back-off, so a dead Redis
-        would hold a request for many seconds: here the timeouts are explicit and there are
-        no retries (a stale pooled connection is still replaced transparently by the pool's
-        own check before use). `health_check_interval` PINGs a connection that was idle
-        that long before reusing it, so half-open connections are noticed.
+        would hold a request for many seconds: here the timeouts are explicit and redis-py
+        retries nothing (`_call` decides: after a broken connection it drops the idle ones
+        and runs the command once more). `health_check_interval` PINGs a
+        connection that was idle that long before reusing it, so half-open connections are
+        noticed.
         """
         if socket_timeout <= 0 or connect_timeout <= 0:
             raise ValueError("timeouts must be positive")
@@ -299,7 +328,18 @@ class Store:
     async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             async with asyncio.timeout(self._timeout):
-                result = await fn()
+                try:
+                    result = await fn()
+                except _CONNECTION_LOST:
+                    # A restarted Redis leaves every pooled connection dead: drop the idle
+                    # ones and run the command once more on a new connection, within the
+                    # same timeout, so that a restart costs no request. On a connection
+                    # that broke, the command almost always never reached a Redis; if one
+                    # ran it just before dying (microseconds), a single-use step now
+                    # looks spent and is refused as a replay (its grant revoked): safe,
+                    # never a second use. Timeouts are not retried (a paused Redis).
+                    await self._redis.connection_pool.disconnect(inuse_connections=False)
+                    result = await fn()
         except (RedisError, OSError) as err:  # builtin TimeoutError is an OSError
             if not self._down:
                 log.warning("redis unavailable during %s: %s", op, type(err).__name__)
@@ -377,7 +417,7 @@ class Store:
 
     async def redeem_code(self, code: str, *, client_id: str, redirect_uri: str,
                           challenge: str, jti: str, refresh_token: str, now: int,
-                          access_ttl: int, refresh_ttl: int) -> tuple[dict | None, int]:
+                          access_ttl: int, refresh_ttl: int) -> tuple[dict | None, int, int | None]:
         """A code redemption in ONE round trip: `take_code` and, in the same step, the
         writes of `finish_code_redemption`, when the record matches the request.
 
@@ -389,25 +429,27 @@ class Store:
         offline_access and time left, the code's record is stored behind
         `refresh_token` (SET NX; a clash raises `StoreConflict`, nothing written).
 
-        Returns ``(record, outcome)``: ``(None, 0)`` for an unknown or spent code; outcome
-        `REDEEM_UNCHECKED` (nothing written: the caller checks the record and finishes
-        the old way, or refuses), `REDEEM_MARKED` or `REDEEM_WITH_REFRESH`. A caller that
-        refuses after a write undoes it with `undo_code_redemption`.
+        Returns ``(record, outcome, not_before)``: ``(None, 0, None)`` for an unknown or
+        spent code; outcome `REDEEM_UNCHECKED` (nothing written: the caller checks the
+        record and finishes the old way, or refuses), `REDEEM_MARKED` or
+        `REDEEM_WITH_REFRESH`; `not_before` the subject's not-before (`revoke_subject`,
+        read in the same script from the record's `sub`) or None. A caller that refuses
+        after a write undoes it with `undo_code_redemption`.
         """
         h = digest(_check_ident("code", code))
         keys = [self.key("code", h), self.key("code-used", h),
                 self.key("rt", digest(_check_ident("refresh token", refresh_token)))]
         args = [_check_ident("client_id", client_id), redirect_uri or "", challenge or "",
                 _check_ident("jti", jti), int(now), _check_ttl(access_ttl),
-                _check_ttl(refresh_ttl)]
+                _check_ttl(refresh_ttl), self.key("revoked", "sub", "")]
         result = await self._call("redeem_code", lambda: self._redeem_code_script(
             keys=keys, args=args))
         if not result:
-            return None, REDEEM_UNCHECKED
-        value, outcome = result
+            return None, REDEEM_UNCHECKED, None
+        value, outcome, nbf = result
         if outcome < 0:
             raise StoreConflict("refresh token already stored")
-        return _loads(value), int(outcome)
+        return _loads(value), int(outcome), _not_before(nbf)
 
     async def undo_code_redemption(self, code: str, refresh_token: str) -> None:
         """Delete what `redeem_code` wrote (marker and refresh record) when the redemption
@@ -455,25 +497,26 @@ class Store:
         family is on the revocation list (what `is_revoked(family=...)` answers) and, when
         the record is `client_id`'s, its family not revoked, the grant holds offline_access
         and time is left (created + `refresh_ttl` > `now`), the same record stored behind
-        `new_token` for that remaining time (SET NX; a clash raises `StoreConflict`).
+        `new_token` for that remaining time (SET NX; a clash raises `StoreConflict`). The
+        subject's not-before (`revoke_subject`, from the record's `sub`) is read too.
 
-        Returns ``(record, revoked, stored)``; ``(None, False, False)`` for an unknown or
-        spent token. The presented token is taken either way. A caller that refuses after
+        Returns ``(record, revoked, stored, not_before)``; ``(None, False, False, None)``
+        for an unknown or spent token; `not_before` is None when there is none. The presented token is taken either way. A caller that refuses after
         `stored` removes the new token (`take_refresh`) and may put the old one back.
         """
         h = digest(_check_ident("refresh token", token))
         keys = [self.key("rt", h), self.key("rt-spent", h),
                 self.key("rt", digest(_check_ident("refresh token", new_token)))]
         args = [self.key("revoked", "family", ""), _check_ident("client_id", client_id),
-                int(now), _check_ttl(refresh_ttl)]
+                int(now), _check_ttl(refresh_ttl), self.key("revoked", "sub", "")]
         result = await self._call("rotate_refresh", lambda: self._rotate_refresh_script(
             keys=keys, args=args))
         if not result:
-            return None, False, False
-        value, revoked, stored = result
+            return None, False, False, None
+        value, revoked, stored, nbf = result
         if stored < 0:
             raise StoreConflict("refresh token already stored")
-        return _loads(value), bool(revoked), bool(stored)
+        return _loads(value), bool(revoked), bool(stored), _not_before(nbf)
 
     async def peek_refresh(self, token: str) -> dict | None:
         """A refresh-token record without redeeming it (introspection, revocation checks)."""

@@ -633,3 +633,34 @@ def test_healthcheck_gives_up_on_a_silent_listener():
 def test_healthcheck_refuses_bad_arguments():
     result = healthcheck("--listen", "no-port")
     assert result.returncode == 2 and "expected host:port" in result.stderr
+
+
+@pytest.mark.parametrize("issuer, expected", [
+    ("https://localhost:8443", "off 0"),
+    ("https://LOCALHOST:8443", "off 0"),  # browsers fold the case
+    ("https://app.localhost", "off 0"),
+    ("https://127.0.0.1:9443", "off 0"),
+    ("https://[::1]", "off 0"),
+    ("https://[::1]:8443", "off 0"),
+    ("https://id.example.com", "on 31536000"),
+    ("https://ID.Example.com:8443/konnect", "on 31536000"),
+])
+def test_hsts_is_on_for_real_hosts_only(tmp_path, issuer, expected):
+    """HSTS pins a host on every port (RFC 6797 §8.1): never by default for localhost."""
+    fake = tmp_path / "caddy"
+    fake.write_text('#!/bin/sh\necho "$KONNECT_HSTS $KONNECT_HSTS_MAX_AGE"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KONNECT_", "OIDC_"))}
+    env.update(PATH=f"{tmp_path}:{env['PATH']}", OIDC_ISSUER_IDENTIFIER=issuer,
+               KONNECT_STATE_DIR=str(tmp_path / "state"))
+    out = subprocess.run([str(PROGRAM), "caddy"], env=env, capture_output=True, text=True,
+                         timeout=10)
+    assert out.stdout.strip() == expected, out.stderr
+    env["KONNECT_HSTS_MAX_AGE"] = "600"
+    out = subprocess.run([str(PROGRAM), "caddy"], env=env, capture_output=True, text=True,
+                         timeout=10)
+    assert out.stdout.strip() == "on 600"
+    env["KONNECT_HSTS_MAX_AGE"] = "a year"
+    out = subprocess.run([str(PROGRAM), "caddy"], env=env, capture_output=True, text=True,
+                         timeout=10)
+    assert out.returncode == 2 and "KONNECT_HSTS_MAX_AGE" in out.stderr

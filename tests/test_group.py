@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -49,7 +51,7 @@ def code_flow(g: Group, agent: Agent, **extra: str) -> dict:
               "code_challenge": challenge, "code_challenge_method": "S256", **extra}
     start = f"{g.issuer}/signin/v1/identifier/_/authorize?{urlencode(params)}"
     outcome = agent.run(start, demo["username"], demo["password"], stop_outside=True)
-    assert outcome.url.startswith(redirect_uri), outcome
+    assert outcome.url.startswith(redirect_uri), (outcome.status, outcome.body[:300], outcome.url)
     result = outcome.params
     assert result["state"] == params["state"] and result["iss"] == g.issuer
     resp = agent.session.post(g.issuer + "/konnect/v1/token", timeout=10, data={
@@ -223,6 +225,35 @@ def test_redis_restart_gives_503_then_recovers_without_restarting_services(group
         time.sleep(0.2)
     assert up.status_code == 200
     assert {p: group.pids(p) for p in ("userinfo", "token")} == pids
+
+
+def test_a_redis_crash_brings_back_no_spent_token_and_no_revoked_one(group):
+    """security.md FT-04: single-use material stays used and revocations stay across a
+    kill -9 of Redis (the append-only file; a 60 s snapshot would bring them back)."""
+    agent = Agent(group.issuer, group.ca)
+    auth = {"Authorization": basic(group.demo["client_id"], group.demo["client_secret"])}
+    tokens = code_flow(group, agent)
+    s = agent.session
+    rotated = s.post(group.issuer + "/konnect/v1/token", headers=auth, timeout=10, data={
+        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
+    assert rotated.status_code == 200
+    revoked = s.post(group.issuer + "/konnect/v1/revoke", headers=auth, timeout=10,
+                     data={"token": rotated.json()["access_token"]})
+    assert revoked.status_code == 200
+    (pid,) = group.wait_running("redis").values()
+    os.kill(pid, signal.SIGKILL)
+    group.wait_running("redis", exclude=(pid,))
+    deadline = time.monotonic() + 15
+    while True:  # until Redis answers again (it reloads its file first)
+        info = s.get(group.issuer + "/konnect/v1/userinfo", timeout=10, headers={
+            "Authorization": "Bearer " + rotated.json()["access_token"]})
+        if info.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert info.status_code == 401  # still revoked
+    replay = s.post(group.issuer + "/konnect/v1/token", headers=auth, timeout=10, data={
+        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
 
 
 def test_service_started_without_redis_waits_instead_of_crashing(group):

@@ -92,8 +92,8 @@ REDEEM = dict(client_id="rp", redirect_uri="https://rp/cb", challenge="chal", jt
 async def test_redeem_code_writes_marker_and_refresh_record_in_one_step(store, raw):
     record = _code_record()
     await store.put_code("c-9", record, 60)
-    got, outcome = await store.redeem_code("c-9", **REDEEM)
-    assert (got, outcome) == (record, 2)
+    got, outcome, not_before = await store.redeem_code("c-9", **REDEEM)
+    assert (got, outcome, not_before) == (record, 2, None)
     assert await store.take_code("c-9") is None
     # the refresh record IS the code's record; it lives until created + refresh_ttl
     assert await store.peek_refresh("rt-9") == record
@@ -107,7 +107,7 @@ async def test_redeem_code_writes_marker_and_refresh_record_in_one_step(store, r
 @pytest.mark.asyncio
 async def test_redeem_code_without_offline_access_writes_only_the_marker(store, raw):
     await store.put_code("c-10", _code_record(scopes=["openid"]), 60)
-    _, outcome = await store.redeem_code("c-10", **REDEEM)
+    _, outcome, _ = await store.redeem_code("c-10", **REDEEM)
     assert outcome == 1
     assert await store.peek_refresh("rt-9") is None
     assert (await store.code_redemption("c-10"))["exp"] == NOW + 10 + 600
@@ -121,7 +121,7 @@ async def test_redeem_code_without_offline_access_writes_only_the_marker(store, 
 async def test_redeem_code_that_does_not_match_the_request_writes_nothing(store, raw, mismatch):
     record = _code_record()
     await store.put_code("c-11", record, 60)
-    got, outcome = await store.redeem_code("c-11", **{**REDEEM, **mismatch})
+    got, outcome, _ = await store.redeem_code("c-11", **{**REDEEM, **mismatch})
     assert (got, outcome) == (record, 0)  # taken all the same: a code is tried once
     assert await store.take_code("c-11") is None
     assert await store.peek_refresh("rt-9") is None
@@ -136,14 +136,14 @@ async def test_redeem_code_leaves_records_it_cannot_vouch_for_to_the_caller(stor
     nothing is written, the caller checks (and refuses, or finishes in a second step)."""
     record = _code_record(**over)
     await store.put_code("c-12", record, 60)
-    assert await store.redeem_code("c-12", **REDEEM) == (record, 0)
+    assert await store.redeem_code("c-12", **REDEEM) == (record, 0, None)
     assert await store.code_redemption("c-12") is None
 
 
 @pytest.mark.asyncio
 async def test_redeem_code_with_an_expired_family_issues_no_refresh_token(store):
     await store.put_code("c-13", _code_record(created=NOW - 7200), 60)
-    _, outcome = await store.redeem_code("c-13", **REDEEM)
+    _, outcome, _ = await store.redeem_code("c-13", **REDEEM)
     assert outcome == 1
     assert await store.peek_refresh("rt-9") is None
 
@@ -173,8 +173,8 @@ async def test_concurrent_redemptions_write_once(store):
     results = await asyncio.gather(*(store.redeem_code("c-16", **{**REDEEM, "jti": f"j{i}",
                                                                   "refresh_token": f"r{i}"})
                                      for i in range(10)))
-    assert sorted(outcome for _, outcome in results) == [0] * 9 + [2]
-    winners = [i for i, (record, _) in enumerate(results) if record is not None]
+    assert sorted(outcome for _, outcome, _ in results) == [0] * 9 + [2]
+    winners = [i for i, (record, _, _) in enumerate(results) if record is not None]
     assert len(winners) == 1
     assert (await store.code_redemption("c-16"))["jti"] == f"j{winners[0]}"
 
@@ -186,12 +186,12 @@ ROTATE = dict(client_id="rp", now=NOW + 10, refresh_ttl=7200)
 async def test_rotate_refresh_takes_the_token_and_stores_the_grant_behind_the_new_one(store, raw):
     record = _code_record()
     await store.put_refresh("old-1", record, 60)
-    assert await store.rotate_refresh("old-1", "new-1", **ROTATE) == (record, False, True)
+    assert await store.rotate_refresh("old-1", "new-1", **ROTATE) == (record, False, True, None)
     assert await store.peek_refresh("old-1") is None
     assert await store.spent_refresh_family("old-1") == "fam-9"
     assert await store.peek_refresh("new-1") == record
     assert 7180 <= raw.ttl(store.key("rt", digest("new-1"))) <= 7190
-    assert await store.rotate_refresh("old-1", "new-2", **ROTATE) == (None, False, False)
+    assert await store.rotate_refresh("old-1", "new-2", **ROTATE) == (None, False, False, None)
 
 
 @pytest.mark.parametrize("case", ["other client", "revoked family", "no offline_access",
@@ -206,7 +206,7 @@ async def test_rotate_refresh_stores_nothing_new_when_the_grant_may_not_go_on(st
         await store.revoke_family("fam-9", 60)
     got = await store.rotate_refresh("old-2", "new-3", **{
         **ROTATE, **({"client_id": "other"} if case == "other client" else {})})
-    assert got == (record, case == "revoked family", False)
+    assert got == (record, case == "revoked family", False, None)
     assert await store.peek_refresh("new-3") is None
     assert await store.spent_refresh_family("old-2") == "fam-9"  # taken all the same
 
@@ -225,8 +225,24 @@ async def test_concurrent_rotations_of_one_token_store_one_successor(store):
     await store.put_refresh("old-4", _code_record(), 60)
     results = await asyncio.gather(*(store.rotate_refresh("old-4", f"succ-{i}", **ROTATE)
                                      for i in range(10)))
-    assert sum(1 for _, _, stored in results if stored) == 1
-    assert sum(1 for r, _, _ in results if r is not None) == 1
+    assert sum(1 for _, _, stored, _ in results if stored) == 1
+    assert sum(1 for r, _, _, _ in results if r is not None) == 1
+
+
+@pytest.mark.asyncio
+async def test_grant_scripts_return_the_subjects_not_before_in_the_same_round_trip(store):
+    """A record with `sub` (as authorize writes it): `redeem_code` and `rotate_refresh`
+    read `revoked:sub:<sub>` in their script, so the token endpoint checks a sign-out
+    without a second round trip (hardening 2, item 4)."""
+    await store.revoke_subject("sub-9", NOW, 60)
+    await store.put_code("c-17", _code_record(sub="sub-9"), 60)
+    assert (await store.redeem_code("c-17", **REDEEM))[2] == NOW
+    await store.put_code("c-18", _code_record(sub="sub-9", client_id="other"), 60)
+    assert await store.redeem_code("c-18", **REDEEM) == (_code_record(sub="sub-9", client_id="other"), 0, NOW)
+    await store.put_code("c-19", _code_record(sub="someone-else"), 60)
+    assert (await store.redeem_code("c-19", **{**REDEEM, "refresh_token": "rt-19"}))[2] is None
+    assert (await store.rotate_refresh("rt-9", "new-9", **ROTATE))[3] == NOW
+    assert (await store.rotate_refresh("rt-19", "new-19", **ROTATE))[3] is None
 
 
 @pytest.mark.asyncio
@@ -577,6 +593,23 @@ async def test_stopped_redis_is_store_unavailable_and_the_same_store_recovers(
     private_redis.start()
     await asyncio.wait_for(run(private_store), BOUND)
     assert await private_store.ping()
+
+
+@pytest.mark.asyncio
+async def test_a_redis_restart_costs_no_request(private_redis, private_store):
+    """A restart leaves every pooled connection dead (security.md FT-04: back to 100 % at
+    once): the command that meets one runs again on a new connection, and the other idle
+    ones are dropped, so no later request meets a dead connection."""
+    for first in (lambda: private_store.is_revoked(jti="x"),
+                  lambda: private_store.put_json("k", "first", 1, 60)):
+        await asyncio.gather(*(private_store.is_revoked(jti=f"j{i}") for i in range(6)))
+        assert len(private_store._redis.connection_pool._available_connections) > 1
+        private_redis.stop()
+        private_redis.start()
+        await asyncio.wait_for(first(), BOUND)
+        for i in range(6):
+            await asyncio.wait_for(private_store.put_json("k", str(i), i, 60), BOUND)
+    assert await private_store.get_json("k", "first") == 1
 
 
 @pytest.mark.asyncio

@@ -402,3 +402,46 @@ async def test_every_405_carries_allow(http_client, app):
         assert resp.code == 400 and "Allow" not in resp.headers
     finally:
         server.stop()
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_after_a_stop_signal_answers_close_their_connection(app):
+    """A stopping service answers requests that still arrive on kept-alive connections
+    with `Connection: close` (the proxy retires the connection instead of writing its next
+    request onto one that is being closed: a lost POST), then stops."""
+    import asyncio
+    import tornado.testing
+    from shared.service import serve
+    sock, port = tornado.testing.bind_unused_port()
+    sock.close()
+    settings = SimpleNamespace(listen=f"127.0.0.1:{port}", max_body_size=2048,
+                               iss="https://op.example", with_metrics=False)
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(serve("test", app, settings, SimpleNamespace(), stop))
+    for _ in range(100):
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            break
+        except OSError:
+            await asyncio.sleep(0.02)
+    request = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
+              b"Content-Length: 2\r\n\r\n{}"
+
+    async def answer() -> bytes:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        await asyncio.wait_for(reader.readexactly(length), 5)
+        return head
+
+    writer.write(request)
+    first = await answer()
+    assert first.startswith(b"HTTP/1.1 200") and b"Connection: close" not in first
+    stop.set()
+    await asyncio.sleep(0.1)  # the listener is closed now; this connection is not
+    writer.write(request)
+    second = await answer()
+    assert second.startswith(b"HTTP/1.1 200") and b"Connection: close" in second
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # and it is closed after it
+    writer.close()
+    await asyncio.wait_for(task, 10)
+    assert app.inflight == 0
