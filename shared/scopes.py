@@ -8,7 +8,7 @@ behaviour; RFC 6749 §3.3 lets the server grant fewer scopes and say so in `scop
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import yaml
 
@@ -109,6 +109,48 @@ def supported(manager: str, allow_scope: Sequence[str] = (),
         if definitions and manager in ("users", "ldap", "kc"):
             scopes += [s for s in definitions.definitions if s not in scopes]
     return [OPENID] + [s for s in scopes if s != OPENID]
+
+
+RAW_SUB = "konnect/raw_sub"
+
+
+def subject(identity: Any, scopes: Iterable[str]) -> str:
+    """The `sub` of the ID token and of userinfo for a grant of `scopes`: the raw backend
+    subject with `konnect/raw_sub`, else the public (hashed) one (konnect.md §6.1, §6.8).
+
+    One rule for the authorization endpoint's ID tokens (implicit, hybrid), the token
+    endpoint's and userinfo: OIDC Core §3.3.3.6 (hybrid: both ID tokens' `sub` MUST be
+    identical) and §5.3.2 (userinfo `sub` MUST equal the ID token's). The access token's
+    `sub` stays the public one (konnect.md §6.6)."""
+    return identity.raw_sub if RAW_SUB in scopes else identity.sub
+
+
+def narrow_claims(claims: Optional[dict], scopes: Iterable[str], *,
+                  within: Optional[Iterable[str]] = None) -> Optional[dict]:
+    """The claims request (OIDC Core §5.5) without the standard claims of scopes not
+    granted: `email` only with `email`, `name` only with `profile` (§5.4; Konnect filters
+    the claims request to the approved scopes, konnect.md §6.9). Other members (`sub`,
+    `auth_time`, names no scope releases) stay: they are a record of the request, and
+    userinfo never echoes a requested `value` (services/userinfo/handlers.py).
+
+    `within`: narrow only the claims of these scopes. A refresh with a narrower `scope`
+    (RFC 6749 §6) drops the claims of the scopes it leaves out (`within` = the grant's
+    scopes), while claims a trusted client was given as asked, without their scope
+    (konnect.md §6.9), stay with the grant as they were issued."""
+    if not claims:
+        return claims
+    granted = set(scopes)
+    narrowed = set(within) if within is not None else None
+
+    def keep(name: str) -> bool:
+        scope = SCOPE_OF_CLAIM.get(name)
+        if scope is None or scope in granted:
+            return True
+        return narrowed is not None and scope not in narrowed
+
+    return {member: ({name: spec for name, spec in wanted.items() if keep(name)}
+                     if isinstance(wanted, dict) else wanted)
+            for member, wanted in claims.items()}
 
 
 def claims_for(scopes: Iterable[str], identity_claims: Mapping[str, object]) -> dict:

@@ -119,14 +119,20 @@ class Tokens:
         """The claims of an `id_token_hint` we issued: signature and issuer checked, `exp`
         not (OIDC Core §3.1.2.1; RP-Initiated Logout §2). TokenError otherwise.
 
-        Our access tokens are signed by the same keys: one marked `kc.isAccessToken` is
-        not an ID token and is refused (RFC 8725 §3.11 explicit typing, §2.8 cross-JWT
-        confusion)."""
+        Our access tokens and signed userinfo responses are signed by the same keys: one
+        marked `kc.isAccessToken` is not an ID token, nor is one without the `exp` and
+        `iat` every ID token has (OIDC Core §2; a signed userinfo JWT has neither); both
+        are refused (RFC 8725 §2.8 cross-JWT confusion, §3.12 mutually exclusive
+        validation rules)."""
         claims = self.verify(token)
         if claims.get("iss") != self.issuer:
             raise TokenError("id_token_hint is from another issuer")
         if "kc.isAccessToken" in claims:
             raise TokenError("id_token_hint is an access token")
+        for name in ("exp", "iat"):
+            value = claims.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TokenError(f"id_token_hint has no {name}: not an ID token")
         return claims
 
     def check_times(self, claims: Mapping[str, Any], *, require_exp: bool = True) -> None:

@@ -77,6 +77,19 @@ def test_sign_in_consent_tokens_session_check_and_sign_out(group, browser):
     expect(page.locator("#id-token-claims")).to_contain_text('"aud": "konnect-demo"')
     expect(page.locator("#session-status")).to_have_text("unchanged", timeout=10_000)
     shot(page, "04-signed-in")
+    # Session Management 1.0 §3.2: the RP iframe beside the OP's (same parent) is answered
+    page.evaluate("""() => { const f = document.createElement("iframe");
+        f.name = "rp-sibling"; document.body.appendChild(f); }""")
+    sibling = page.frame(name="rp-sibling")
+    answer = sibling.evaluate("""([op, msg]) => new Promise(done => {
+        window.addEventListener("message", e => done(e.origin + " " + e.data));
+        const opFrame = [...parent.document.querySelectorAll("iframe")]
+            .find(f => f.src.startsWith(op));
+        opFrame.contentWindow.postMessage(msg, op);
+        setTimeout(() => done("no answer"), 3000); })""",
+        [group.issuer, demo["client_id"] + " " +
+         page.locator("#session-status").get_attribute("data-state")])
+    assert answer == group.issuer + " unchanged"
 
     # Signing out at the OP in another tab: the RP's iframe check sees the change.
     other = context.new_page()

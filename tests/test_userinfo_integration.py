@@ -466,14 +466,21 @@ async def test_refresh_token_revoked_late_in_its_life_still_covers_its_access_to
 # -- 3. the claims request parameter, through the token service (users file) -------------
 
 @pytest.mark.asyncio
-async def test_claims_request_userinfo_part_releases_claims_without_their_scope(users_op):
+async def test_claims_request_userinfo_part_releases_claims_with_their_scope(users_op):
+    """A standard claim asked for in `claims.userinfo` needs its scope among the token's
+    for a client that is not trusted (konnect.md §6.9; RFC 6749 §6: a refresh may narrow
+    them); a trusted client's claims request is authorized as asked (test_userinfo.py,
+    test_hardening_3.py). Before review r3 this untrusted client got them without."""
     op = users_op
     identity = await op.identity("alice", "wonderland")
     claims = {"userinfo": {"email": None, "given_name": {"essential": True}},
               "id_token": {"family_name": None}}
     tokens = await op.tokens(identity, ("openid",), claims=claims)
     _, body = await op.userinfo(tokens["access_token"])
-    assert body == {"sub": identity.sub, "email": "alice@example.test", "given_name": "Alice"}
+    assert body == {"sub": identity.sub}
+    tokens = await op.tokens(identity, ("openid", "email", "profile"), claims=claims)
+    _, body = await op.userinfo(tokens["access_token"])
+    assert body["email"] == "alice@example.test" and body["given_name"] == "Alice"
 
 
 @pytest.mark.asyncio
@@ -487,8 +494,9 @@ async def test_claims_request_id_token_part_does_not_reach_userinfo(users_op):
 
 @pytest.mark.asyncio
 async def test_claims_request_value_never_fills_a_known_claim(users_op):
-    """Only unknown claims are echoed (konnect.md §6.8/§6.9); a client's `value` must never
-    become the user's email, name or ids when the backend has none."""
+    """A client's `value` never becomes the user's email, name or ids when the backend has
+    none, and unknown claims are not echoed either (OIDC Core §5.5.1; Konnect echoed them,
+    konnect.md §6.8: fixed, see tests/test_hardening_3.py)."""
     op = users_op
     identity = await op.identity("bob", "builder")  # no email, no given name
     claims = {"userinfo": {"email": {"value": "ceo@example.test"},
@@ -498,5 +506,4 @@ async def test_claims_request_value_never_fills_a_known_claim(users_op):
                            "custom": {"value": "echoed"}}}
     tokens = await op.tokens(identity, ("openid", "profile"), claims=claims)
     _, body = await op.userinfo(tokens["access_token"])
-    assert body == {"sub": identity.sub, "name": "Bob", "preferred_username": "bob",
-                    "custom": "echoed"}
+    assert body == {"sub": identity.sub, "name": "Bob", "preferred_username": "bob"}

@@ -25,7 +25,7 @@ from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSIO
 from shared.tokens import TokenError, random_token
 from shared.web import PageHandler
 
-from .request import AuthRequest, narrow_claims, parse, requested_subs, verified_client
+from .request import AuthRequest, parse, requested_subs, verified_client
 from .request_object import RequestObjectError, invalid, merged_params, open_request_object
 
 SIGNIN_PATH = "/signin/v1/identifier"
@@ -221,7 +221,7 @@ class AuthorizeHandler(PageHandler):
         # After consent the claims request is narrowed to the approved scopes; a trusted
         # client gets the claims it asks for without consent (Konnect, konnect.md §6.9).
         trusted = req.client.trusted and "consent" not in req.prompt
-        claims = req.claims if trusted else narrow_claims(req.claims, scopes)
+        claims = req.claims if trusted else scopelib.narrow_claims(req.claims, scopes)
         grant = Grant(client_id=req.client.id, identity=identity, scopes=scopes,
                       redirect_uri=req.redirect_uri, response_type=req.response_type,
                       claims=claims, nonce=req.nonce, code_challenge=req.code_challenge,
@@ -244,13 +244,14 @@ class AuthorizeHandler(PageHandler):
                 "family_name": identity.family_name, "preferred_username": identity.username,
                 "email": identity.email, "email_verified": identity.email_verified})
             auth_time = logon.auth_time if req.max_age is not None or _wants_auth_time(req) else None
+            # the token endpoint's and userinfo's `sub` too (OIDC Core §3.3.3.6, §5.3.2)
             params.append(("id_token", deps.tokens.id_token(
-                client_id=req.client.id, identity=identity, nonce=req.nonce, sid=logon.sid,
-                auth_time=auth_time, access_token=access.token if access else None, code=code,
-                extra=extra)))
+                client_id=req.client.id, identity=identity, sub=scopelib.subject(identity, scopes),
+                nonce=req.nonce, sid=logon.sid, auth_time=auth_time,
+                access_token=access.token if access else None, code=code, extra=extra)))
         state = browser_state(logon, deps.settings.iss)
         set_cookie(self, BROWSER_STATE_COOKIE, state, path=SESSION_PATH, http_only=False)
-        origin = "{0.scheme}://{0.netloc}".format(urlsplit(req.redirect_uri))
+        origin = serialized_origin(req.redirect_uri)
         if req.state:
             params.append(("state", req.state))
         params += [("scope", " ".join(scopes)),
@@ -290,6 +291,36 @@ async def current_logon(users: Any, logon: Optional[Logon]) -> Optional[Logon]:
     if identity is None:
         return None
     return dataclasses.replace(logon, identity=identity)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def serialized_origin(uri: str) -> str:
+    """The origin of `uri` as a browser serialises it (RFC 6454 §6.1, §4; WHATWG URL): the
+    check-session iframe hashes the RP's `event.origin` (OIDC Session Management 1.0 §3,
+    §4.2), so `session_state` must hash the same string. Scheme and host lowercased, a
+    non-ASCII host IDNA-encoded, IPv6 in brackets, the scheme's default port dropped.
+    Loopback names are NOT folded (`localhost` and `127.0.0.1` are different origins to
+    the browser), nor is a trailing dot removed."""
+    parts = urlsplit(uri)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if not parts.netloc:
+        return f"{scheme}:"
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass  # registration would not take such a host; hash it as written
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 def _wants_auth_time(req: AuthRequest) -> bool:

@@ -169,15 +169,3 @@ def requested_subs(claims: Optional[dict]) -> Optional[set]:
             wanted = names if wanted is None else wanted & names
     return wanted
 
-
-def narrow_claims(claims: Optional[dict], scopes: list) -> Optional[dict]:
-    """The claims request without the standard claims of scopes not granted: `email` only
-    with `email`, `name` only with `profile` (OIDC Core §5.4, §5.5; Konnect filters the
-    claims request to the approved scopes, konnect.md §6.9). Other members (`sub`,
-    `auth_time`, claims no scope releases) stay."""
-    if not claims:
-        return claims
-    granted = set(scopes)
-    return {member: {name: spec for name, spec in wanted.items()
-                     if scopelib.SCOPE_OF_CLAIM.get(name, scopelib.OPENID) in granted}
-            for member, wanted in claims.items()}

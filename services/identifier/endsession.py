@@ -8,7 +8,10 @@
   fallback when a client registered no post-logout URIs). Never redirect to anything else.
 - A trusted client with a hint for the signed-in user and a verified URI: signed out at
   once, then redirected with `state`. Otherwise the user confirms on a page; after the
-  confirmation the browser goes back to the verified URI (Konnect never returned: fixed).
+  confirmation the browser goes back to the verified URI (Konnect never returned: fixed);
+  the confirmation acts only for the logon it was shown to.
+- Nobody signed in: redirected at once, except for a dynamically registered client without
+  an `id_token_hint` of its own: the signed-out page (no open redirector, RFC 9700 §4.11.2).
 - Signing out clears the logon and browser-state cookies and writes the subject's
   not-before into the revocation list, so the logon (a copy of the cookie included) and the
   access tokens issued before stop working (signout.py).
@@ -72,8 +75,19 @@ class EndSessionHandler(SigninPage):
             raise OAuth2Error(INVALID_REQUEST,
                               "post_logout_redirect_uri is not registered for this client")
         logon = await Logon.open_live(deps.sealer, deps.store, self.get_cookie(LOGON_COOKIE))
-        if logon is not None and hint_claims and hint_claims.get("sub") != logon.identity.sub:
+        # an ID token with `konnect/raw_sub` names the raw subject (scopes.subject)
+        if logon is not None and hint_claims \
+                and hint_claims.get("sub") not in (logon.identity.sub, logon.identity.raw_sub):
             raise OAuth2Error(INVALID_REQUEST, "the id_token_hint is for another user")
+        if logon is None and uri and client is not None and client.dynamic \
+                and not (hint_claims and aud == client.id):
+            # Anyone can register a dynamic client with any post-logout URI: with nobody
+            # signed in and no ID token of that client, redirecting would make the OP an
+            # open redirector (RFC 9700 §4.11.2; RP-Initiated Logout 1.0 §3, §6: an
+            # id_token_hint is the proof of the RP). The signed-out page instead, as the
+            # authorization endpoint shows an error page to such a client before sign-in.
+            await sign_out(self, logon)
+            return self._done(None, None)
         if logon is None or (client is not None and client.trusted and hint_claims and uri):
             await sign_out(self, logon)
             return self._done(uri, state)
@@ -95,9 +109,15 @@ class EndSessionHandler(SigninPage):
             doc = deps.sealer.unseal("endsession", token)
         except SealError:
             raise OAuth2Error(INVALID_REQUEST, "the sign-out confirmation expired; try again") from None
-        # Whoever is signed in now is signed out: that is what the user just confirmed.
-        await sign_out(self, await Logon.open_live(deps.sealer, deps.store,
-                                                   self.get_cookie(LOGON_COOKIE)))
+        logon = await Logon.open_live(deps.sealer, deps.store, self.get_cookie(LOGON_COOKIE))
+        # The confirmation was shown to one signed-in user: it acts only for that user's
+        # logon (or when nobody is signed in any more), never for whoever signed in since,
+        # so a confirmation token taken from one session cannot sign out another user and
+        # send them to its URI (RP-Initiated Logout 1.0 §3: the logout the End-User asked for).
+        if logon is not None and doc.get("sub") != logon.identity.sub:
+            raise OAuth2Error(INVALID_REQUEST, "the sign-out confirmation is for another "
+                              "sign-in; try again", detail="endsession confirmation sub mismatch")
+        await sign_out(self, logon)
         self._done(doc.get("uri"), doc.get("state"))
 
     def _hint(self) -> Optional[dict]:

@@ -93,18 +93,20 @@ class Issuer:
         """
         identity = await self._current_identity(grant)
         alg = client.id_token_signed_response_alg or None
+        # RFC 6749 §6: tokens of a narrower refresh are limited to its scopes, their claims
+        # request too (konnect.md §6.9); the grant itself keeps what was authorized.
+        claims = scopelib.narrow_claims(grant.claims, scopes, within=grant.scopes)
         access = self.tokens.access_token(client_id=client.id, identity=identity, scopes=scopes,
-                                          family=grant.family, claims=grant.claims, alg=alg,
-                                          jti=jti)
+                                          family=grant.family, claims=claims, alg=alg, jti=jti)
         body: dict[str, Any] = {"access_token": access.token, "token_type": "Bearer",
                                 "expires_in": self.tokens.access_ttl, "scope": " ".join(scopes)}
         issued = {"family": grant.family, "jti": access.jti, "exp": access.exp}
         if id_token and scopelib.OPENID in scopes:
-            sub = identity.raw_sub if "konnect/raw_sub" in scopes else None
             body["id_token"] = self.tokens.id_token(
-                client_id=client.id, identity=identity, sub=sub, nonce=grant.nonce or None,
-                sid=grant.sid or None, auth_time=grant.auth_time or None,
-                access_token=access.token, extra=_id_token_claims(grant, identity), alg=alg)
+                client_id=client.id, identity=identity, sub=scopelib.subject(identity, scopes),
+                nonce=grant.nonce or None, sid=grant.sid or None,
+                auth_time=grant.auth_time or None, access_token=access.token,
+                extra=_id_token_claims(claims, scopes, identity), alg=alg)
         if refresh and scopelib.OFFLINE in grant.scopes \
                 and grant_type_allowed(client, "refresh_token"):
             token = random_token(32)
@@ -119,9 +121,10 @@ class Issuer:
         return body, issued
 
 
-def _id_token_claims(grant: Grant, identity: Any) -> dict:
-    """Claims asked for in `claims.id_token` (OIDC Core §5.5) that the grant allows."""
-    wanted = (grant.claims or {}).get("id_token") or {}
+def _id_token_claims(claims: Optional[dict], scopes: list, identity: Any) -> dict:
+    """Claims asked for in `claims.id_token` (OIDC Core §5.5) that the token's `scopes`
+    (narrowed at a refresh, RFC 6749 §6) allow."""
+    wanted = (claims or {}).get("id_token") or {}
     if not isinstance(wanted, dict):
         return {}
     values = {"name": identity.name, "given_name": identity.given_name,
@@ -129,7 +132,7 @@ def _id_token_claims(grant: Grant, identity: Any) -> dict:
               "email": identity.email, "email_verified": identity.email_verified}
     out = {}
     for claim in wanted:
-        if claim in values and scopelib.SCOPE_OF_CLAIM.get(claim, "profile") in grant.scopes \
+        if claim in values and scopelib.SCOPE_OF_CLAIM.get(claim, "profile") in scopes \
                 and values[claim] not in ("", None):
             out[claim] = values[claim]
     return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared import scopes as scopelib
+from shared.clients import is_dynamic_id
 from shared.errors import INSUFFICIENT_SCOPE, INVALID_REQUEST, INVALID_TOKEN, OAuth2Error
 from shared.identity import Identity
 from shared.tokens import TokenError, is_revoked
@@ -36,19 +37,21 @@ class _NoToken(OAuth2Error):
         return [("WWW-Authenticate", 'Bearer realm="konnect"')]
 
 
-# Claims with a meaning of their own (OIDC Core §5.1, JWT, Konnect's): a claims request's
-# `value` never fills them, only unknown claims are echoed (konnect.md §6.8, §6.9).
-KNOWN_CLAIMS = frozenset((
-    "sub", "name", "given_name", "family_name", "middle_name", "nickname", "preferred_username",
-    "profile", "picture", "website", "email", "email_verified", "gender", "birthdate",
-    "zoneinfo", "locale", "phone_number", "phone_number_verified", "address", "updated_at",
-    "iss", "aud", "exp", "iat", "nbf", "jti", "id", "username", "kc.uuid", "kopano/gc/id"))
+def userinfo_claims(identity: Identity, claims: dict, *, as_asked: bool = False) -> dict:
+    """OIDC Core §5.4 claims per scope, Konnect's extensions (konnect.md §6.8).
 
+    Only claims about the user that the OP itself knows (the backend's, now) and that
+    the grant allows are released (OIDC Core §5.3.2). A claims request (§5.5) can ask
+    for a standard claim by name; its `value`/`values` only say which value the client
+    would like (§5.5.1), they are never data to echo: Konnect echoed unknown names with a
+    `value`, so a client could put `kc.isAccessToken`, `kc.identity`, `nonce`... into a
+    userinfo JWT signed by the OP (konnect-compatibility.md: fixed).
 
-def userinfo_claims(identity: Identity, claims: dict) -> dict:
-    """OIDC Core §5.4 claims per scope, Konnect's extensions (konnect.md §6.8)."""
+    A standard claim asked for in `claims.userinfo` is released when its scope is among
+    the token's (a refresh may have narrowed them, RFC 6749 §6), or when the claims request
+    was authorized as asked (`as_asked`: a trusted client, konnect.md §6.9)."""
     scopes = claims.get("kc.authorizedScopes") or []
-    out: dict[str, Any] = {"sub": identity.raw_sub if "konnect/raw_sub" in scopes else identity.sub}
+    out: dict[str, Any] = {"sub": scopelib.subject(identity, scopes)}
     values = {"name": identity.name, "given_name": identity.given_name,
               "family_name": identity.family_name, "preferred_username": identity.username,
               "email": identity.email, "email_verified": identity.email_verified}
@@ -63,13 +66,22 @@ def userinfo_claims(identity: Identity, claims: dict) -> dict:
         out["kopano/gc/id"] = identity.raw_sub
     requested = ((claims.get("kc.authorizedClaims") or {}).get("userinfo") or {})
     if isinstance(requested, dict):
-        for name, spec in requested.items():
+        if not as_asked:
+            requested = scopelib.narrow_claims({"userinfo": requested}, scopes)["userinfo"]
+        for name in requested:
             if name in values and values[name] not in ("", None):
                 out.setdefault(name, values[name])
-            elif name not in out and name not in KNOWN_CLAIMS and isinstance(spec, dict) \
-                    and "value" in spec:
-                out[name] = spec["value"]
     return out
+
+
+def claims_authorized_as_asked(client: Any, client_id: Any) -> bool:
+    """Whether a token's claims request was authorized without narrowing to its scopes:
+    a trusted client's without consent (authorize `_respond`, konnect.md §6.9). An id the
+    registry does not know and that is not a dynamic one can only be an implicitly trusted
+    client's (konnect.md §5.4; its lookup needs the redirect URI), or one removed since."""
+    if client is not None:
+        return bool(client.trusted)
+    return isinstance(client_id, str) and not is_dynamic_id(client_id)
 
 
 class UserInfoHandler(BaseHandler):
@@ -119,13 +131,21 @@ class UserInfoHandler(BaseHandler):
         identity = await deps.users.current(raw_sub, claims["kc.identity"]) if raw_sub else None
         if identity is None or identity.sub != claims["sub"]:
             raise _invalid_token("user no longer available")
-        body = userinfo_claims(identity, claims)
         client = await deps.lookup_client(claims.get("aud"))
+        body = userinfo_claims(identity, claims,
+                               as_asked=claims_authorized_as_asked(client, claims.get("aud")))
         alg = client.userinfo_signed_response_alg if client else ""
         if alg and alg in deps.keyring.can_sign:
+            # OIDC Core §5.3.2: signed, with `iss` and `aud`. Nothing in it is the client's
+            # choice, and it has neither `kc.isAccessToken` nor `exp`, so neither our access
+            # token validation nor `open_id_token_hint` takes it (RFC 8725 §3.12: mutually
+            # exclusive validation rules). `typ` stays "JWT": our access and ID tokens carry
+            # that generic type too (Konnect's, konnect.md §6.5-6.6), so another value here
+            # would not set it apart from them, and RPs whose JWT processors accept only
+            # "JWT" (RFC 7519 §5.1) would refuse it.
             body.update(iss=deps.settings.iss, aud=claims["aud"])
             self.set_header("Content-Type", "application/jwt")
-            self.finish(deps.tokens.sign(body, alg=alg))
+            self.finish(deps.tokens.sign(body, alg=alg, typ="JWT"))
             return
         self.write_json(body)
 

@@ -40,8 +40,16 @@
     }, function () { return "error"; });
   }
 
+  // Session Management 1.0 §3.2, §3.3: the RP posts from its own page or from the RP
+  // iframe beside this one (a sibling: same parent); nobody else gets an answer.
+  function fromOurPage(source) {
+    if (!source || source === window) { return false; }
+    if (source === window.parent) { return true; }
+    try { return source.parent === window.parent; } catch (e) { return false; }
+  }
+
   window.addEventListener("message", function (event) {
-    if (event.source !== window.parent) { return; }
+    if (!fromOurPage(event.source)) { return; }
     check(event.data, event.origin).then(function (answer) {
       event.source.postMessage(answer, event.origin);
     });
