@@ -25,12 +25,18 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from .config import is_loopback_host
+from .keys import KeyLoadError, client_key
 from .topology import EXACT_ROUTES, PREFIX_ROUTES
 
 log = logging.getLogger("konnect.clients")
 
 MAX_CLIENT_ID = 255
 MAX_URI = 2048
+# A static client's secret shorter than this is warned about at load (security.md IN-07;
+# RFC 6819 §5.1.4.2.2: secrets with enough entropy); not refused, Konnect files keep working.
+MIN_SECRET = 16
+# Top-level keys of the registry file: `clients`, and Konnect's `authorities` (read past).
+_TOP_LEVEL = frozenset({"clients", "authorities"})
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
@@ -255,6 +261,49 @@ def redirect_uri_problem(client_type: str, insecure: bool, uri: Any, *,
     return None
 
 
+_PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+
+
+def _origin_problems(origin: str) -> list[str]:
+    """An origin is `scheme://host[:port]` (RFC 6454 §6.1): a valid port, no userinfo, path,
+    query or fragment, never a script scheme. A malformed one stops the start-up instead of
+    loading as a value no browser ever sends."""
+    problem = uri_problem(origin)
+    if problem:
+        return [problem]
+    parts = urlsplit(origin)
+    if not parts.netloc or parts.path or "?" in origin:
+        return ["must be scheme://host[:port]"]
+    return []
+
+
+def _jwks_problems(keys: list) -> list[str]:
+    """Every registered key must be a usable public signing key (RFC 7517 §4, §5): one that
+    `client_key` refuses was skipped silently when a request object or private_key_jwt
+    assertion came, and a key with private members (RFC 7518 §6.2.2, §6.3.2, §6.4) puts a
+    secret in the registry. A set without keys verifies nothing. Two keys with one `kid`
+    (or two without) are refused: `client_key_lookup` keeps the last, so the other never
+    verified anything, and a `kid` must pick one key (RFC 7517 §4.5, RFC 7515 §4.1.4)."""
+    if not keys:
+        return ["jwks has no keys"]
+    problems: list[str] = []
+    kids: set = set()
+    for i, jwk in enumerate(keys):
+        if isinstance(jwk, Mapping) and any(m in jwk for m in _PRIVATE_JWK_MEMBERS):
+            problems.append(f"jwks.keys[{i}] must be a public key (it has private members)")
+            continue
+        try:
+            kid = client_key(jwk).kid
+        except (KeyLoadError, ValueError, TypeError) as err:
+            problems.append(f"jwks.keys[{i}] cannot be used: {err}")
+            continue
+        if kid in kids:
+            problems.append(f"jwks.keys[{i}] repeats the kid {kid[:80]!r}" if kid else
+                            f"jwks.keys[{i}]: only one key may be without a kid")
+        kids.add(kid)
+    return problems
+
+
 def _validate(entry: Any) -> tuple[Optional[Client], list[str]]:
     if not isinstance(entry, Mapping):
         return None, ["must be a mapping"]
@@ -304,12 +353,12 @@ def _validate(entry: Any) -> tuple[Optional[Client], list[str]]:
         if problem:
             problems.append(f"post_logout_redirect_uris[{i}] {problem}")
     for i, origin in enumerate(values["origins"]):
-        parts = urlsplit(origin)
-        if not parts.scheme or not parts.netloc or parts.path or parts.query:
-            problems.append(f"origins[{i}] must be scheme://host[:port]")
+        problems += [f"origins[{i}] {p}" for p in _origin_problems(origin)]
     jwks = entry.get("jwks")
     if jwks is not None and (not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list)):
         problems.append("jwks must be a mapping with a 'keys' list")
+    elif jwks is not None:
+        problems += _jwks_problems(jwks["keys"])
     if values["token_endpoint_auth_method"] == "private_key_jwt" and not jwks:
         problems.append("private_key_jwt needs jwks")
     if problems:
@@ -409,6 +458,10 @@ class ClientRegistry:
             doc = {}
         if not isinstance(doc, Mapping):
             raise RegistryError([f"{source}: expected a mapping with a 'clients' list"])
+        unknown = sorted(set(map(str, doc)) - _TOP_LEVEL)
+        if unknown:  # `client:` for `clients:` loaded an empty registry without a word
+            raise RegistryError([f"{source}: unknown top-level key(s) " + ", ".join(unknown)
+                                 + " (expected 'clients')"])
         entries = doc.get("clients") or []
         if not isinstance(entries, list):
             raise RegistryError([f"{source}: 'clients' must be a list"])
@@ -427,6 +480,10 @@ class ClientRegistry:
             seen.add(entry_id)
             if client is not None:
                 clients[client.id] = client
+                if client.secret and len(client.secret) < MIN_SECRET:
+                    log.warning("%s: client %r has a secret of %d characters; use at least %d "
+                                "random ones (RFC 6819 §5.1.4.2.2)", source, client.id[:80],
+                                len(client.secret), MIN_SECRET)
         if problems:
             raise RegistryError(problems)
         return cls(clients, issuer=issuer)

@@ -7,6 +7,7 @@ behaviour; RFC 6749 §3.3 lets the server grant fewer scopes and say so in `scop
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
@@ -42,6 +43,16 @@ BASIC = ("openid", "email", "profile", "konnect/id", "konnect/uuid", "konnect/ra
 
 class ScopesError(Exception):
     pass
+
+
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def _is_scope_token(name: Any) -> bool:
+    """RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ). A scopes.yaml key that
+    is not one (YAML `~:` or `yes:` are null and true, "my scope" has a space) would become
+    a supported scope named "None", "True" or one no request can ever name."""
+    return isinstance(name, str) and bool(_SCOPE_TOKEN.fullmatch(name))
 
 
 def parse(value: Optional[str]) -> list[str]:
@@ -81,8 +92,17 @@ class ScopeDefinitions:
         if not isinstance(mapping, dict) or not isinstance(definitions, dict):
             raise ScopesError(f"{path}: 'mapping' and 'scopes' must be mappings")
         for name, spec in definitions.items():
+            if not _is_scope_token(name):
+                raise ScopesError(f"{path}: scopes key {name!r} is not a scope name")
             if spec is not None and not isinstance(spec, dict):
                 raise ScopesError(f"{path}: scopes.{name} must be a mapping")
+            description = (spec or {}).get("description")
+            if description is not None and not isinstance(description, str):
+                raise ScopesError(f"{path}: scopes.{name}.description must be a string")
+        for name, alias in mapping.items():
+            if not _is_scope_token(name) or not _is_scope_token(alias):
+                raise ScopesError(f"{path}: mapping {name!r}: {alias!r} must map a scope name "
+                                  "to an alias name")
         return cls({str(k): str(v) for k, v in mapping.items()},
                    {str(k): dict(v or {}) for k, v in definitions.items()})
 

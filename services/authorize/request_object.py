@@ -32,11 +32,16 @@ class RequestObjectError(Exception):
     pass
 
 
-def _unsigned_claims(token: str) -> dict:
+def _unsigned_claims(token: str, header: dict) -> dict:
+    """The members of an Unsecured JWT (RFC 7519 §6). Its header is held to the same rules
+    as a signed object's (`jose.check_header`): `crit` names extensions this OP does not
+    understand, so the object MUST be rejected (RFC 7515 §4.1.11; security.md CR-06), and
+    `jku`/`jwk`/`x5u`/`x5c` are never honoured."""
     parts = token.split(".")
     if len(parts) != 3 or parts[2] != "":
         raise RequestObjectError("an unsigned request object must have an empty signature")
     try:
+        jose.check_header(header)
         return jose.unverified_claims(token, max_size=MAX_SIZE)
     except jose.JoseError as err:
         raise RequestObjectError(str(err)) from None
@@ -54,7 +59,7 @@ def open_request_object(token: str, client: Client, issuer: str, now: float) -> 
     if alg == "none":
         if registered and registered != "none":
             raise RequestObjectError(f"request objects of this client must use {registered}")
-        claims = _unsigned_claims(token)
+        claims = _unsigned_claims(token, header)
     else:
         if registered and alg != registered:
             raise RequestObjectError(f"request objects of this client must use {registered}")
