@@ -20,19 +20,25 @@ secretbox.
 
 from __future__ import annotations
 
-import json
+import re
 from http.cookies import SimpleCookie
 from typing import Any, Mapping, Optional
 
-import tornado.httpclient
+import tornado.simple_httpclient
 
 from ..identity import Identity
+from ..jose import parse_json
 from ..sealed import SealError
 from .base import BackendUnavailable, UserBackend
 
 PROVIDER = "cookie"
 TIMEOUT = 30.0
 MAX_ANSWER = 64 * 1024
+#: longest subject, name or e-mail taken from the backend's answer
+MAX_FIELD = 1024
+#: RFC 6265 §4.1.1 cookie-value: cookie-octets, optionally inside one pair of DQUOTEs
+_OCTETS = r"[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]*"
+_COOKIE_VALUE = re.compile(f'(?:{_OCTETS}|"{_OCTETS}")\\Z')
 
 
 class CookieBackend(UserBackend):
@@ -42,7 +48,11 @@ class CookieBackend(UserBackend):
     def __init__(self, url: str, names: list[str], *, timeout: float = TIMEOUT) -> None:
         self.url, self.names, self.timeout = url, [n for n in names if n], timeout
         self.sealer: Any = None
-        self.http = tornado.httpclient.AsyncHTTPClient()
+        # a client of its own whose reads stop at the cap (security.md: bounded reads from
+        # outside): an endless or huge answer is cut off there, not buffered whole (up to
+        # Tornado's 100 MB default) until the timeout
+        self.http = tornado.simple_httpclient.SimpleAsyncHTTPClient(
+            force_instance=True, max_body_size=MAX_ANSWER)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "CookieBackend":
@@ -61,6 +71,9 @@ class CookieBackend(UserBackend):
     async def lookup(self, raw_sub: str) -> Optional[Identity]:
         return None  # a user can only be asked about with their cookies (see `current`)
 
+    async def close(self) -> None:
+        self.http.close()
+
     async def current(self, raw_sub: str, kc_identity: Mapping[str, Any]) -> Optional[Identity]:
         """Replay the backend call with the cookies sealed into the token (konnect.md §4.4)."""
         sealed = kc_identity.get("cookie.v")
@@ -77,13 +90,20 @@ class CookieBackend(UserBackend):
     # -- the authorization endpoint's question --------------------------------------------
 
     def forwarded(self, cookie_header: str) -> str:
-        """The request's cookies with an allowed name, as one Cookie header ("" if none)."""
+        """The request's cookies with an allowed name, as one Cookie header ("" if none).
+
+        Only values in RFC 6265 §4.1.1's cookie-value grammar are forwarded: SimpleCookie
+        accepts a quoted value holding `;`, `,` or spaces (`webapp="x; admin=1"`), which the
+        backend's cookie parser (RFC 6265 §5.4 splits on `;`) reads as a second cookie whose
+        name is not in the configured list (konnect.md §4.4: only the configured names).
+        """
         jar = SimpleCookie()
         try:
             jar.load(cookie_header or "")
         except Exception:  # noqa: BLE001 - a malformed header forwards nothing
             return ""
-        return "; ".join(f"{name}={jar[name].coded_value}" for name in self.names if name in jar)
+        return "; ".join(f"{name}={jar[name].coded_value}" for name in self.names
+                         if name in jar and _COOKIE_VALUE.match(jar[name].coded_value))
 
     async def identify(self, cookie_header: str, accept_language: str = "",
                        user_agent: str = "") -> Optional[Identity]:
@@ -101,24 +121,43 @@ class CookieBackend(UserBackend):
                                          connect_timeout=min(5.0, self.timeout),
                                          request_timeout=self.timeout, raise_error=False,
                                          follow_redirects=False)
-        except Exception as err:  # noqa: BLE001 - network errors, timeouts
+        except Exception as err:  # noqa: BLE001 - network errors, timeouts, too large
             raise BackendUnavailable(f"cookie backend: {type(err).__name__}") from None
         if resp.code in (401, 403):
             return None
         if resp.code not in (200, 202) or len(resp.body or b"") > MAX_ANSWER:
             raise BackendUnavailable(f"cookie backend answered {resp.code}")
-        try:
-            doc = json.loads(resp.body or b"")
-        except ValueError:
-            raise BackendUnavailable("cookie backend answer is not JSON") from None
-        sub = doc.get("sub") if isinstance(doc, dict) else None
-        if not isinstance(sub, str) or not sub:
-            raise BackendUnavailable("cookie backend answer has no sub")
+        doc = self._answer(resp.body or b"")
+        sub = doc["sub"]
         numeric = doc.get("id")
         extra = {"cookie.al": accept_language[:256], "cookie.ua": user_agent[:512]}
         if self.sealer is not None:
             extra["cookie.v"] = self.sealer.seal("cookie", cookie, 400 * 24 * 3600)
         return Identity(raw_sub=sub, backend=PROVIDER, username=sub,
-                        name=str(doc.get("name") or ""), email=str(doc.get("email") or ""),
+                        name=doc.get("name") or "", email=doc.get("email") or "",
                         numeric_id=numeric if isinstance(numeric, int)
                         and not isinstance(numeric, bool) else None, extra=extra)
+
+    @staticmethod
+    def _answer(data: bytes) -> dict:
+        """The backend's JSON answer, typed (konnect.md §4.4: `sub`, `name`, `email` are
+        strings, `id` a number). Garbage is BackendUnavailable (503), never a 500
+        (security.md CR-05): deep nesting goes through the one bounded parser (whose
+        numbers beyond 64 bits are floats, so no `id` orjson cannot encode again), and a
+        `name` that is an object is refused rather than shown as its Python repr."""
+        try:
+            doc = parse_json(data)
+        except (ValueError, RecursionError):
+            raise BackendUnavailable("cookie backend answer is not JSON") from None
+        if not isinstance(doc, dict):
+            raise BackendUnavailable("cookie backend answer is not a JSON object")
+        sub = doc.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > MAX_FIELD \
+                or not sub.isprintable():
+            raise BackendUnavailable("cookie backend answer has no usable sub")
+        for key in ("name", "email"):
+            value = doc.get(key)
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_FIELD
+                                      or not value.isprintable()):
+                raise BackendUnavailable(f"cookie backend answer has a bad {key}")
+        return doc

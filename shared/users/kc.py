@@ -507,11 +507,24 @@ class KCBackend(UserBackend):
             raise BackendUnavailable(f"kopano server {op} failed: 0x{er:x}")
 
     def _call(self, op: str, **params: Any) -> Any:
+        """One SOAP request; whatever goes wrong is BackendUnavailable (security.md CR-05:
+        never a 500). A 200 answer that is not SOAP (zeep's AttributeError on a missing
+        root, IndexError on an empty Body) and an answer without an integer `er` (zeep,
+        non-strict, reads `<er>garbage</er>` or a missing `er` as None, which read as
+        "success" and then as "user gone") are the server failing, not an answer
+        (konnect.md §4.2: every Kopano operation answers `er`)."""
         deadline = getattr(_current, "deadline", None)
         if deadline is not None:
             deadline.check()
         try:
-            return getattr(self._service, op)(**params)
+            result = getattr(self._service, op)(**params)
+            er = getattr(result, "er", None)
+            if not isinstance(er, int) or isinstance(er, bool):
+                detail = "answer without an error code (er)"
+            else:
+                return result
+        except BackendUnavailable:
+            raise
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
             if deadline is not None and deadline.remaining() <= 0:
                 raise BackendUnavailable("kopano server: no answer in time") from None
@@ -520,4 +533,6 @@ class KCBackend(UserBackend):
             detail = f"SOAP fault {err.code}: {err.message}"
         except (zeep.exceptions.Error, etree.LxmlError) as err:
             detail = f"{type(err).__name__}: {err}"
+        except Exception as err:  # noqa: BLE001 - zeep on a malformed answer
+            detail = f"malformed answer ({type(err).__name__})"
         raise BackendUnavailable(f"kopano server {self.uri} {op}: {detail}")

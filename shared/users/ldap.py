@@ -54,7 +54,7 @@ import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import unquote_plus, unquote_to_bytes, urlencode, urlsplit
 
 import ldap3
 from ldap3.core.exceptions import (LDAPException, LDAPInvalidDNSyntaxResult, LDAPInvalidDnError,
@@ -147,6 +147,20 @@ def _uuid(value: Optional[bytes], kind: str) -> str:
             return ""
         return str(parsed)
     return value.decode("utf-8", "replace")
+
+
+#: Go's int64, as Konnect parses LDAP_UIDNUMBER_ATTRIBUTE; also what orjson can encode
+INT64 = range(-2 ** 63, 2 ** 63)
+
+
+def _filter_value(value: bytes) -> str:
+    """An assertion value for a filter (RFC 4515 §3): UTF-8 text with its metacharacters
+    escaped, or, when the value is not UTF-8 (objectGUID-like octet strings), every octet
+    as `\\xx`, which RFC 4515 allows for any octet."""
+    try:
+        return escape_filter_chars(value.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "".join(f"\\{octet:02x}" for octet in value)
 
 
 def _dn_key(dn: str) -> list[tuple[str, str]]:
@@ -288,20 +302,34 @@ class LDAPBackend(UserBackend):
         return identity if identity is not None and identity.raw_sub == raw_sub else None
 
     def _sub_filter(self, raw_sub: str) -> Optional[str]:
-        try:
-            pairs = parse_qsl(raw_sub, keep_blank_values=True, strict_parsing=True)
-        except ValueError:
-            return None
+        """The filter for a sub-attributes subject; values are read back as the octets
+        `_raw_sub` percent-encoded (not as UTF-8 text)."""
+        pairs = []
+        for part in raw_sub.split("&"):
+            name, eq, value = part.partition("=")
+            if not eq or not name:
+                return None
+            try:
+                pairs.append((unquote_plus(name, errors="strict"),
+                              unquote_to_bytes(value.replace("+", " "))))
+            except (UnicodeError, ValueError):
+                return None
         if not pairs or any(name.lower() not in self._sub_names for name, _ in pairs):
             return None  # attribute names come from the configuration only
-        terms = "".join(f"({self._sub_names[name.lower()]}={escape_filter_chars(value)})"
+        terms = "".join(f"({self._sub_names[name.lower()]}={_filter_value(value)})"
                         for name, value in pairs)
         return f"(&{self.filter}{terms})"
 
     def _raw_sub(self, entry: Entry) -> str:
+        """The entry DN, or the sub attributes as Go's `url.Values.Encode` writes them
+        (konnect.md §4.3 "URL-encoded query of LDAP_SUB_ATTRIBUTES"): Go strings are
+        octets, so every octet of a value is percent-encoded as it is. Decoding a binary
+        value (objectGUID) as UTF-8 with replacement first turned every invalid octet into
+        U+FFFD: different users could share one subject, and the subject could never be
+        looked up again. UTF-8 values encode exactly as before."""
         if not self._sub_names:
             return entry[0]
-        pairs = [(name, value.decode("utf-8", "replace"))
+        pairs = [(name, bytes(value))
                  for name in sorted(self._sub_names.values())
                  for value in entry[1].get(name.lower(), [])]
         return urlencode(pairs)
@@ -314,9 +342,13 @@ class LDAPBackend(UserBackend):
             return None
         numeric_id = None
         if attrs.uidnumber:
+            # konnect.md §4.3: a value that does not parse as an integer (Go's int64)
+            # makes the record invalid; a longer one raised ValueError past 4300 digits
+            # (a 500) or made the `id` claim one orjson cannot encode (a 500 later)
             number = _text(entry, attrs.uidnumber)
-            if not re.fullmatch(r"-?[0-9]+", number):
-                log.warning("ldap entry %s: %s is missing or not a number", dn, attrs.uidnumber)
+            if not re.fullmatch(r"-?[0-9]{1,19}", number) or int(number) not in INT64:
+                log.warning("ldap entry %s: %s is missing or not a 64-bit number", dn,
+                            attrs.uidnumber)
                 return None
             numeric_id = int(number)
         return Identity(raw_sub=raw_sub, backend=PROVIDER, username=_text(entry, attrs.login),
