@@ -41,8 +41,8 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedire
 def listen_url(listen: str) -> str:
     """`host:port` -> the health-check URL; wildcard hosts become loopback."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"{listen!r}: expected host:port")
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f"{listen!r}: expected host:port (port 1-65535)")
     host = host.strip("[]")
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
@@ -65,6 +65,18 @@ def service_urls(services: Sequence[str], environ: Mapping[str, str]) -> list[st
             listen = addresses[name]
         urls.append(listen_url(listen))
     return urls
+
+
+def _timeout(text: str) -> float:
+    """`--timeout`: a positive, finite number of seconds. Others are bad arguments (exit 2,
+    as the module's doc promises); they used to reach the socket and fail every URL (exit 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a number") from None
+    if not 0 < value <= 3600:  # also false for nan
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds, 0 < t <= 3600")
+    return value
 
 
 def check(url: str, timeout: float = TIMEOUT) -> Optional[str]:
@@ -97,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None,
                         help="check this service's KONNECT_<SERVICE>_LISTEN; repeatable")
     parser.add_argument("--listen", action="append", default=[], metavar="HOST:PORT",
                         help=f"check http://HOST:PORT{PATH}; repeatable")
-    parser.add_argument("--timeout", type=float, default=TIMEOUT,
+    parser.add_argument("--timeout", type=_timeout, default=TIMEOUT,
                         help=f"seconds per URL (default {TIMEOUT:g})")
     args = parser.parse_intermixed_args(argv)
     environ = os.environ if environ is None else environ

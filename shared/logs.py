@@ -102,6 +102,8 @@ def log_request(handler) -> None:  # noqa: ANN001 (tornado's log_function signat
 
 
 def _flush(out: logging.StreamHandler) -> None:
+    if not _pending:  # written already (flush_access_log at shutdown ran before this turn's
+        return        # end): nothing to write, not an empty line
     lines = "\n".join(_pending) + "\n"
     _pending.clear()
     with out.lock:

@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 _state: dict[str, Any] = {}
+#: The `method` label's values; any other method a client sends counts as "other". Tornado
+#: parses any token as a method (RFC 9110 §9.1: methods are extensible) and answers 405, so
+#: labelling the raw method let a client create one time series per made-up name, without
+#: bound, in every scrape and in each process's multiprocess file (Prometheus, "Metric and
+#: label naming": no labels with "unbounded sets of values").
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -71,7 +77,10 @@ def observe(handler: Any) -> None:
     lock and builds keys on every call, which showed in the token endpoint's profile.
     """
     state = _ready()
-    name, method, status = type(handler).__name__, handler.request.method, handler.get_status()
+    name, status = type(handler).__name__, handler.get_status()
+    method = handler.request.method
+    if method not in METHODS:  # the client's word: a bounded label set (see METHODS)
+        method = "other"
     children = state.setdefault("children", {})
     key = (name, method, status)
     pair = children.get(key)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from urllib.parse import urlencode
 
 from shared import scopes as scopelib
+from shared.errors import INVALID_REQUEST, OAuth2Error
 from shared.web import PageHandler
 
 LANGUAGES = (("en", "English"), ("de", "Deutsch"))
@@ -56,17 +58,41 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
-def choose_language(explicit: str | None, accept: str) -> str:
+_QVALUE = re.compile(r"^(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)$")
+
+
+def _accepted(accept: str) -> list:
+    """Accept-Language's language ranges, most preferred first (RFC 9110 §12.4.2, §12.5.4):
+    `;` and `q=` may have whitespace around them and `q` any case; `q=0` means "not
+    acceptable"; equal weights keep the client's order (the sort is stable, by weight only);
+    a malformed weight drops that element. Only the first 64 elements are read."""
+    ranked = []
+    for part in accept.split(",", 64)[:64]:
+        tag, *params = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                value = value.strip()
+                q = float(value) if _QVALUE.match(value) else -1.0
+        if tag and q > 0:
+            ranked.append((q, tag.split("-")[0].lower()))
+    ranked.sort(key=lambda item: item[0], reverse=True)
+    return [tag for _, tag in ranked]
+
+
+def choose_language(explicit: str | None, accept: str, ui_locales: str = "") -> str:
+    """The page's language: the switch (`?lang=`), else the first supported of the
+    authorization request's `ui_locales` (OpenID Connect Core 1.0 §3.1.2.1: space-separated
+    BCP47 tags in order of preference; discovery lists `ui_locales_supported`), else
+    Accept-Language, else English."""
     if explicit in MESSAGES:
         return explicit
-    ranked = []
-    for part in accept.split(","):
-        tag, _, q = part.strip().partition(";q=")
-        try:
-            ranked.append((float(q) if q else 1.0, tag.split("-")[0].lower()))
-        except ValueError:
-            continue
-    for _, tag in sorted(ranked, reverse=True):
+    for tag in ui_locales.split()[:16]:
+        primary = tag.split("-")[0].lower()
+        if primary in MESSAGES:
+            return primary
+    for tag in _accepted(accept):
         if tag in MESSAGES:
             return tag
     return "en"
@@ -98,7 +124,14 @@ class SigninPage(PageHandler):
         if self.view == "consent":  # a dynamic client is in Redis: Core.lookup_client
             client = await self.deps.lookup_client(self.get_query_argument("client_id", ""),
                                                    self.get_query_argument("redirect_uri", ""))
-            client_name = client.display_name if client else self.get_query_argument("client_id", "")
+            # Only a client the OP knows is named. The raw `client_id` of a link anyone can
+            # write ("Your Bank would like to: ...") shown on the OP's own page as the asking
+            # application is client impersonation: the server SHOULD "provide the resource
+            # owner with information about the client" (RFC 6749 §10.2), not an attacker's
+            # words. authorize sends only verified clients here.
+            if client is None:
+                raise OAuth2Error(INVALID_REQUEST, "unknown client")
+            client_name = client.display_name
         self.show(client_name=client_name)
 
     # HEAD: GET's status and headers without the body (RFC 9110 §9.3.2; a GET-only resource
@@ -115,7 +148,8 @@ class SigninPage(PageHandler):
             csp = csp.replace("form-action 'self'", f"form-action 'self' {form_origin}")
         self.set_header("Content-Security-Policy", csp)
         lang = choose_language(self.get_query_argument("lang", None),
-                               self.request.headers.get("Accept-Language", ""))
+                               self.request.headers.get("Accept-Language", ""),
+                               self.get_query_argument("ui_locales", ""))
         t = MESSAGES[lang]
         words: list = []
         if self.view == "consent":
