@@ -84,21 +84,30 @@ end
 # the same grant. Returns {record, outcome, not-before}: outcome 0 nothing written, 1
 # marker, 2 marker and refresh record, -1 the refresh token exists (nothing written); the
 # not-before of the record's `sub` (its sign-out, Store.revoke_subject) or false.
+# ARGV[9] "1" (`provisional`): a matching record without `created` (an older code, redeemed
+# in two steps by the caller) gets its marker here too, outcome 0 all the same: written
+# later, a concurrent second redemption between the GETDEL and that write found neither
+# code nor marker and revoked nothing (RFC 6749 §4.1.2: SHOULD revoke what was issued).
 _REDEEM_CODE = _LUA_GRANT + _LUA_NOT_BEFORE + """
 local value = redis.call('GETDEL', KEYS[1])
 if not value then return false end
 local ok, r = pcall(cjson.decode, value)
 if not ok or type(r) ~= 'table' then return {value, 0, false} end
 local nbf = not_before(r, ARGV[8])
-if r['client_id'] ~= ARGV[1] or type(r['family']) ~= 'string'
-   or type(r['created']) ~= 'number' or r['created'] <= 0 then
-  return {value, 0, nbf}
-end
+if r['client_id'] ~= ARGV[1] or type(r['family']) ~= 'string' then return {value, 0, nbf} end
+local legacy = type(r['created']) ~= 'number' or r['created'] <= 0
+if legacy and ARGV[9] ~= '1' then return {value, 0, nbf} end
 local uri, challenge = r['redirect_uri'], r['code_challenge']
 if uri ~= nil and uri ~= '' and uri ~= ARGV[2] then return {value, 0, nbf} end
 if challenge == nil then challenge = '' end
 if challenge ~= ARGV[3] then return {value, 0, nbf} end
 local now, access_ttl, refresh_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+if legacy then
+  -- provisional marker (ARGV[9]): the caller issues in a second step with this jti
+  redis.call('SET', KEYS[2], cjson.encode({family = r['family'], jti = ARGV[4],
+             exp = now + refresh_ttl}), 'EX', refresh_ttl)
+  return {value, 0, nbf}
+end
 local lifetime, outcome = access_ttl, 1
 local remaining = r['created'] + refresh_ttl - now
 if has_offline(r) and remaining > 0 then
@@ -117,12 +126,31 @@ return {value, outcome, nbf}
 # revocation and the subject's not-before are read; and when the record is this client's,
 # the family not revoked and the grant has offline_access and time left, the record is
 # stored again behind the new token (SET NX). Returns {record, revoked, written,
-# not-before}: written 1 stored, 0 not, -1 the new token exists; not-before or false.
+# not-before}: written 1 stored, 0 not, -1 the new token exists, -2 refused and NOT taken
+# (ARGV[6] "1": another client's record, or ARGV[7..] scopes beyond the grant's); not-
+# before or false. Refusing without taking leaves no window in which the token is gone:
+# a put-back after the fact raced a concurrent rightful refresh (taken for reuse, RFC 6819
+# §5.2.2.3: family revoked) and an RFC 7009 §2.1 revocation (which found no token, answered
+# 200, and the put-back brought the token back alive).
 _ROTATE_REFRESH = _LUA_GRANT + _LUA_NOT_BEFORE + """
 local pttl = redis.call('PTTL', KEYS[1])
-local value = redis.call('GETDEL', KEYS[1])
+local value = redis.call('GET', KEYS[1])
 if not value then return false end
 local ok, r = pcall(cjson.decode, value)
+if ARGV[6] == '1' and ok and type(r) == 'table' then
+  local refused = r['client_id'] ~= ARGV[2]
+  if not refused and #ARGV > 6 then
+    local have = {}
+    if type(r['scopes']) == 'table' then
+      for _, scope in ipairs(r['scopes']) do have[scope] = true end
+    end
+    for i = 7, #ARGV do
+      if not have[ARGV[i]] then refused = true end
+    end
+  end
+  if refused then return {value, 0, -2, false} end
+end
+redis.call('DEL', KEYS[1])
 local revoked, written, nbf = 0, 0, false
 if ok and type(r) == 'table' and type(r['family']) == 'string' then
   nbf = not_before(r, ARGV[5])
@@ -417,7 +445,8 @@ class Store:
 
     async def redeem_code(self, code: str, *, client_id: str, redirect_uri: str,
                           challenge: str, jti: str, refresh_token: str, now: int,
-                          access_ttl: int, refresh_ttl: int) -> tuple[dict | None, int, int | None]:
+                          access_ttl: int, refresh_ttl: int,
+                          provisional: bool = False) -> tuple[dict | None, int, int | None]:
         """A code redemption in ONE round trip: `take_code` and, in the same step, the
         writes of `finish_code_redemption`, when the record matches the request.
 
@@ -435,6 +464,12 @@ class Store:
         `REDEEM_WITH_REFRESH`; `not_before` the subject's not-before (`revoke_subject`,
         read in the same script from the record's `sub`) or None. A caller that refuses
         after a write undoes it with `undo_code_redemption`.
+
+        With `provisional`, a record that matches but has no `created` time (an older
+        code) also gets its marker ``{family, jti, exp: now + refresh_ttl}`` in the same
+        step (outcome still `REDEEM_UNCHECKED`): the caller issues with that `jti` and
+        `finish_code_redemption` overwrites it. No window in which the code is gone but
+        unmarked (a concurrent replay must revoke what is issued, RFC 6749 §4.1.2).
         """
         h = digest(_check_ident("code", code))
         keys = [self.key("code", h), self.key("code-used", h),
@@ -442,6 +477,8 @@ class Store:
         args = [_check_ident("client_id", client_id), redirect_uri or "", challenge or "",
                 _check_ident("jti", jti), int(now), _check_ttl(access_ttl),
                 _check_ttl(refresh_ttl), self.key("revoked", "sub", "")]
+        if provisional:
+            args.append("1")
         result = await self._call("redeem_code", lambda: self._redeem_code_script(
             keys=keys, args=args))
         if not result:
@@ -492,7 +529,8 @@ class Store:
             "take_refresh", lambda: self._take_refresh_script(keys=keys)))
 
     async def rotate_refresh(self, token: str, new_token: str, *, client_id: str, now: int,
-                             refresh_ttl: int) -> tuple:
+                             refresh_ttl: int, keep_refused: bool = False,
+                             scopes: list | tuple = ()) -> tuple:
         """A refresh-token rotation in ONE round trip: `take_refresh`, whether the record's
         family is on the revocation list (what `is_revoked(family=...)` answers) and, when
         the record is `client_id`'s, its family not revoked, the grant holds offline_access
@@ -503,17 +541,27 @@ class Store:
         Returns ``(record, revoked, stored, not_before)``; ``(None, False, False, None)``
         for an unknown or spent token; `not_before` is None when there is none. The presented token is taken either way. A caller that refuses after
         `stored` removes the new token (`take_refresh`) and may put the old one back.
+
+        With `keep_refused`, a record of another client, or `scopes` (the request's, RFC
+        6749 §6) beyond the record's, is returned WITHOUT being taken (nothing written):
+        ``(record, False, None, None)``, `stored` None. The caller refuses; there is no
+        put-back, so no window for a concurrent refresh or revocation (RFC 7009 §2.1).
         """
         h = digest(_check_ident("refresh token", token))
         keys = [self.key("rt", h), self.key("rt-spent", h),
                 self.key("rt", digest(_check_ident("refresh token", new_token)))]
         args = [self.key("revoked", "family", ""), _check_ident("client_id", client_id),
                 int(now), _check_ttl(refresh_ttl), self.key("revoked", "sub", "")]
+        if keep_refused:
+            args.append("1")
+            args.extend(_check_ident("scope", scope) for scope in scopes)
         result = await self._call("rotate_refresh", lambda: self._rotate_refresh_script(
             keys=keys, args=args))
         if not result:
             return None, False, False, None
         value, revoked, stored, nbf = result
+        if stored == -2:
+            return _loads(value), False, None, None
         if stored < 0:
             raise StoreConflict("refresh token already stored")
         return _loads(value), bool(revoked), bool(stored), _not_before(nbf)

@@ -216,6 +216,8 @@ async def test_discovery_does_not_offer_none_for_introspection(http_client, base
         "client_secret_basic", "client_secret_post", "private_key_jwt"]
     assert "none" in doc["revocation_endpoint_auth_methods_supported"]
     assert "none" in doc["token_endpoint_auth_methods_supported"]
+    # unsigned request objects are accepted (OIDC Core §6.1): `none` listed there only
+    assert doc["request_object_signing_alg_values_supported"][0] == "none"
     # RFC 8414 §2: private_key_jwt is offered there, so its algorithms are listed, never none
     for endpoint in ("token", "revocation", "introspection"):
         algs = doc[f"{endpoint}_endpoint_auth_signing_alg_values_supported"]
@@ -505,3 +507,25 @@ async def test_every_405_names_the_allowed_methods(http_client, base_url, method
                                    allow_nonstandard_methods=True)
     assert resp.code == 405 and resp.headers["Allow"] == allow
     assert json.loads(resp.body)["error"] == "method_not_allowed"
+
+
+
+@pytest.mark.gen_test
+async def test_revoking_a_spent_refresh_token_ends_its_family(http_client, base_url, core):
+    """RFC 7009 §2.2: after the 200 nothing of the grant works, also when the token shown
+    was already rotated (or is held by a grant that may still put it back)."""
+    uri = "https://rp.example.test/cb"
+    auth = {"Authorization": basic("web-rp", SECRET)}
+    resp, issued = await redeem(http_client, base_url, core, "web-rp", SECRET, uri)
+    assert resp.code == 200
+    resp, rotated = await post(http_client, base_url, "/konnect/v1/token",
+                               {"grant_type": "refresh_token",
+                                "refresh_token": issued["refresh_token"]}, auth)
+    assert resp.code == 200
+    resp, _ = await post(http_client, base_url, "/konnect/v1/revoke",
+                         {"token": issued["refresh_token"]}, auth)
+    assert resp.code == 200
+    resp, err = await post(http_client, base_url, "/konnect/v1/token",
+                           {"grant_type": "refresh_token",
+                            "refresh_token": rotated["refresh_token"]}, auth)
+    assert resp.code == 400 and err["error"] == "invalid_grant", err

@@ -152,7 +152,7 @@ async def authorization_code(handler: Any, client: Client, issuer: Issuer) -> di
     record, outcome, not_before = await store.redeem_code(
         code, client_id=client.id, redirect_uri=redirect_uri or "", challenge=challenge,
         jti=jti, refresh_token=refresh, now=now, access_ttl=tokens.access_ttl,
-        refresh_ttl=tokens.refresh_ttl)
+        refresh_ttl=tokens.refresh_ttl, provisional=True)
     if record is None:
         used = await store.code_redemption(code)
         if used:
@@ -170,13 +170,16 @@ async def authorization_code(handler: Any, client: Client, issuer: Issuer) -> di
             raise _grant_error("the authorization was ended by a sign-out",
                                "code issued before its subject's sign-out")
         if outcome == REDEEM_UNCHECKED:
-            # nothing written (a record without `created`, from an older version)
-            return await _redeem_in_two_steps(issuer, code, client, grant)
+            # a record without `created` (an older version): only its marker is written
+            return await _redeem_in_two_steps(issuer, code, client, grant, jti)
         body, _ = await issuer.respond(client, grant, grant.scopes, id_token=True,
                                        refresh=False, jti=jti)
     except Exception:
-        if outcome != REDEEM_UNCHECKED:
-            # refused (or failed) after the writes: nobody holds these tokens, remove them
+        # refused (or failed) after the writes (REDEEM_UNCHECKED: perhaps the provisional
+        # marker; only this request, which took the code, can have written one): nobody
+        # holds these tokens, remove them
+        if outcome != REDEEM_UNCHECKED or (isinstance(record, dict)
+                                           and record.get("client_id") == client.id):
             try:
                 await store.undo_code_redemption(code, refresh)
             except Unavailable:
@@ -206,15 +209,19 @@ def _checked_grant(record: dict, client: Client, redirect_uri: Optional[str],
     return grant
 
 
-async def _redeem_in_two_steps(issuer: Issuer, code: str, client: Client, grant: Grant) -> dict:
+async def _redeem_in_two_steps(issuer: Issuer, code: str, client: Client, grant: Grant,
+                               jti: str) -> dict:
     """A checked grant whose code record `redeem_code` could not vouch for: the tokens
-    first, then the writes (refresh record, redemption marker) in a second round trip."""
+    first, then the writes (refresh record, redemption marker) in a second round trip.
+
+    The access token carries `jti`, the one `redeem_code(provisional=True)` already put
+    in the code's marker: a replay in between revokes it (RFC 6749 §4.1.2)."""
     tokens = issuer.tokens
     if not grant.created:
         grant.created = int(tokens.now())
     pending: list = []
     body, issued = await issuer.respond(client, grant, grant.scopes, id_token=True, refresh=True,
-                                        pending=pending)
+                                        pending=pending, jti=jti)
     lifetime = tokens.refresh_ttl if "refresh_token" in body else tokens.access_ttl
     issued["exp"] = max(issued["exp"], int(tokens.now()) + lifetime)
     await issuer.store.finish_code_redemption(code, issued, lifetime,
@@ -246,8 +253,11 @@ async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
     new_token = random_token(32)
     # one round trip: the token is taken, its family's revocation read and, for this
     # client, the grant stored again behind the new token
+    # (keep_refused: another client's token, or a wider scope, is refused in the script
+    # WITHOUT taking the token: no put-back window, see `put_back`)
     record, family_revoked, stored, not_before = await store.rotate_refresh(
-        token, new_token, client_id=client.id, now=now, refresh_ttl=issuer.tokens.refresh_ttl)
+        token, new_token, client_id=client.id, now=now, refresh_ttl=issuer.tokens.refresh_ttl,
+        keep_refused=True, scopes=requested)
     if record is None:
         family = await store.spent_refresh_family(token)
         if family:
@@ -256,11 +266,23 @@ async def refresh_token(handler: Any, client: Client, issuer: Issuer) -> dict:
                                "refresh token reuse: family revoked")
         raise _grant_error("refresh token is invalid or expired")
     grant = Grant.from_record(record)
+    if stored is None:
+        # refused by the script, the token left in place (RFC 6749 §6: bound to its client,
+        # scope never wider)
+        if record.get("client_id") != client.id:
+            raise _grant_error("refresh token was issued to another client")
+        raise OAuth2Error(INVALID_SCOPE, "scope exceeds the original grant")
 
     async def put_back() -> None:
         """A refused or failed request is not a use: the token goes back (and the new one
         nobody received goes), so that the rightful client's next request is not taken
-        for reuse (which revokes the family)."""
+        for reuse (which revokes the family).
+
+        Only for what the script cannot refuse by itself (the user directory down): while
+        the token is out, a concurrent refresh is taken for reuse, and a revocation (RFC
+        7009) finds it spent and revokes its family, so the token put back is of no use
+        (`RevokeHandler`). Another client's token and a wider scope are refused without
+        being taken (`rotate_refresh(keep_refused=True)`)."""
         if stored:
             await store.take_refresh(new_token)
         remaining = grant.created + issuer.tokens.refresh_ttl - now

@@ -133,6 +133,17 @@ class RevokeHandler(FormHandler):
                 tokens = deps.tokens
                 until = max(grant.created + tokens.refresh_ttl, deps.now() + tokens.access_ttl)
                 await deps.store.revoke_family(grant.family, until + tokens.skew)
+            elif record is None:
+                # Already spent: rotated, or taken by a grant that is still running and may
+                # put it back after a failure (grants.py `put_back`). Its family ends, so
+                # that nothing of it works after this 200 (RFC 7009 §2.2, RFC 6819
+                # §5.2.2.3). The spent marker names no client; whoever holds a 256-bit
+                # token of the family may end it.
+                family = await deps.store.spent_refresh_family(token)
+                if family:
+                    tokens = deps.tokens
+                    await deps.store.revoke_family(
+                        family, deps.now() + tokens.refresh_ttl + tokens.skew)
         self.set_status(200)  # §2.2: also for invalid or unknown tokens
         self.finish()
 
