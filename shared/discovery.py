@@ -57,7 +57,10 @@ def document(settings: Any, keyring: Any, definitions: Any = None) -> dict:
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algs,
         "userinfo_signing_alg_values_supported": algs,
-        "request_object_signing_alg_values_supported": REQUEST_OBJECT_ALGS,
+        # OIDC Discovery §3: unsigned request objects are accepted from a client that did
+        # not register a signing alg (request_object.py), so `none` is listed here, and
+        # only here (never for client authentication, RFC 8414 §2)
+        "request_object_signing_alg_values_supported": ["none", *REQUEST_OBJECT_ALGS],
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": REQUEST_OBJECT_ALGS,
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,

@@ -138,6 +138,9 @@ OPTIONS: tuple[Option, ...] = (
        choices=("text", "json"), extension=True),
     _o("with_metrics", "bool", False, "serve Prometheus metrics on --metrics-listen"),
     _o("metrics_listen", "str", "127.0.0.1:6777", "metrics listen address"),
+    _o("with_pprof", "bool", False, "Konnect's Go profiler (pprof) listener: accepted so "
+       "Konnect command lines keep working, no effect here (no pprof in Python)"),
+    _o("pprof_listen", "str", "127.0.0.1:6060", "pprof listen address (accepted, no effect)"),
     _o("metrics_dir", "str", None, "directory shared by the processes of a service for "
        "summed Prometheus metrics (extension)", env=("KONNECTD_METRICS_DIR",), extension=True),
     # --- extensions of this implementation
