@@ -113,6 +113,33 @@ def _ipv4_part(part: str) -> int:
     return int(part, 8) if len(part) > 1 and part[0] == "0" else int(part)  # "09": ValueError
 
 
+def serialized_origin(uri: str) -> str:
+    """The origin of `uri` as a browser serialises it (RFC 6454 §6.1, §4; WHATWG URL): the
+    check-session iframe hashes the RP's `event.origin` (OIDC Session Management 1.0 §3,
+    §4.2), so `session_state` must hash the same string. Scheme and host lowercased, a
+    non-ASCII host IDNA-encoded, IPv6 in brackets, the scheme's default port dropped.
+    Loopback names are NOT folded (`localhost` and `127.0.0.1` are different origins to
+    the browser), nor is a trailing dot removed."""
+    parts = urlsplit(uri)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if not parts.netloc:
+        return f"{scheme}:"
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass  # registration would not take such a host; hash it as written
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
 def normal_origin(uri: str) -> Optional[str]:
     """`uri`'s origin as a browser reaches it (RFC 6454 §4; WHATWG URL host parsing), or
     None when it cannot be worked out: scheme lowercased; host percent-decoded (RFC 3986

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from .identity import Identity
@@ -74,6 +74,19 @@ class Logon:
         if await store.is_revoked(sub=logon.identity.sub, iat=logon.auth_time):
             return None
         return logon
+
+
+async def current_logon(users: Any, logon: Optional[Logon]) -> Optional[Logon]:
+    """The logon with its user as the backend knows them now, or None when the backend no
+    longer returns them (disabled or removed after signing in). The OP issues tokens only
+    for an End-User it can authenticate now (OIDC Core §3.1.2.3), as the token endpoint
+    and userinfo already do (`UserBackend.current`); tokens then carry the fresh claims.
+    Backend unreachable: `Unavailable` (503), never a session. For authorize and the
+    identifier's `_/hello`."""
+    if logon is None or users is None:
+        return logon
+    identity = await users.current(logon.identity.raw_sub, logon.identity.kc_identity())
+    return None if identity is None else replace(logon, identity=identity)
 
 
 def new_sid() -> str:

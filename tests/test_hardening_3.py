@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 import pytest
 import yaml
 
-from services.authorize.handlers import serialized_origin
+from shared.clients import serialized_origin
 from services.userinfo.handlers import userinfo_claims
 from shared import scopes as scopelib
 from shared.identity import Identity

@@ -17,7 +17,7 @@ def make_app(settings, deps: Core):
 def make_deps(settings) -> Core:
     """With the user backend: the cookie manager decides at the authorization endpoint,
     and for the others a logon is a session only while the backend still returns its user
-    (handlers.current_logon: disabled or removed users get no tokens)."""
+    (shared.session.current_logon: disabled or removed users get no tokens)."""
     return Core.with_users(settings)
 
 

@@ -7,10 +7,9 @@ logon -> `login_required`; consent needed -> the consent page, or `consent_requi
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import secrets
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from tornado.escape import xhtml_escape
@@ -18,10 +17,11 @@ from tornado.escape import xhtml_escape
 from shared import discovery, scopes as scopelib
 from shared.errors import (ACCESS_DENIED, CONSENT_REQUIRED, INVALID_REQUEST, LOGIN_REQUIRED,
                            OAuth2Error, add_params, response_location)
+from shared.clients import serialized_origin
 from shared.grants import Grant
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
-                            browser_state, clear_cookie, consent_cookie_name, open_consent,
-                            session_state, set_cookie)
+                            browser_state, clear_cookie, consent_cookie_name, current_logon,
+                            open_consent, session_state, set_cookie)
 from shared.tokens import TokenError, random_token
 from shared.web import PageHandler
 
@@ -275,52 +275,6 @@ class AuthorizeHandler(PageHandler):
                     f"</head><body><form method=post action=\"{xhtml_escape(target)}\">{inputs}"
                     f"<noscript><button type=submit>Continue</button></noscript></form>"
                     f"<script nonce=\"{nonce}\">document.forms[0].submit()</script></body></html>")
-
-
-async def current_logon(users: Any, logon: Optional[Logon]) -> Optional[Logon]:
-    """The logon with its user as the backend knows them now, or None when the backend no
-    longer returns them (disabled or removed after signing in). A logon is an
-    authentication of a user who may still use the OP: the OP issues tokens only for an
-    End-User it can authenticate now (OIDC Core §3.1.2.3 "determine whether the End-User
-    is currently authenticated"), as the token endpoint and userinfo already do at
-    refresh and userinfo (`UserBackend.current`). The tokens carry these fresh claims.
-    Backend unreachable: `Unavailable` (503), never a session."""
-    if logon is None or users is None:
-        return logon
-    identity = await users.current(logon.identity.raw_sub, logon.identity.kc_identity())
-    if identity is None:
-        return None
-    return dataclasses.replace(logon, identity=identity)
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def serialized_origin(uri: str) -> str:
-    """The origin of `uri` as a browser serialises it (RFC 6454 §6.1, §4; WHATWG URL): the
-    check-session iframe hashes the RP's `event.origin` (OIDC Session Management 1.0 §3,
-    §4.2), so `session_state` must hash the same string. Scheme and host lowercased, a
-    non-ASCII host IDNA-encoded, IPv6 in brackets, the scheme's default port dropped.
-    Loopback names are NOT folded (`localhost` and `127.0.0.1` are different origins to
-    the browser), nor is a trailing dot removed."""
-    parts = urlsplit(uri)
-    scheme, host = parts.scheme.lower(), (parts.hostname or "")
-    if not parts.netloc:
-        return f"{scheme}:"
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            pass  # registration would not take such a host; hash it as written
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is None or port == _DEFAULT_PORTS.get(scheme):
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
 
 
 def _wants_auth_time(req: AuthRequest) -> bool:

@@ -15,7 +15,6 @@ has no CR/LF; non-ASCII is not portable) of at most 256 characters.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import re
 from typing import Any, Optional
@@ -24,8 +23,8 @@ from urllib.parse import urlencode, urlsplit
 from shared import discovery, scopes as scopelib
 from shared.errors import INVALID_REQUEST, TOO_MANY_REQUESTS, OAuth2Error
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
-                            clear_cookie, consent_cookie_name, new_sid, new_state_key,
-                            seal_consent, set_cookie)
+                            clear_cookie, consent_cookie_name, current_logon, new_sid,
+                            new_state_key, seal_consent, set_cookie)
 from shared.web import BaseHandler
 
 from .signout import sign_out
@@ -88,16 +87,8 @@ class APIHandler(BaseHandler):
         return await Logon.open_live(deps.sealer, deps.store, self.get_cookie(LOGON_COOKIE))
 
     async def current_logon(self) -> Optional[Logon]:
-        """The logon with its user as the backend knows them now, or None when the backend
-        no longer returns them (disabled or removed since signing in), as at authorize
-        (services/authorize/handlers.py `current_logon`; the same rule, kept per service
-        as the services share only `shared/`)."""
-        logon = await self.logon()
-        if logon is None or self.deps.users is None:
-            return logon
-        identity = await self.deps.users.current(logon.identity.raw_sub,
-                                                 logon.identity.kc_identity())
-        return None if identity is None else dataclasses.replace(logon, identity=identity)
+        """The live logon with its user as the backend knows them now (`current_logon`)."""
+        return await current_logon(self.deps.users, await self.logon())
 
     async def hello(self, logon: Logon, request: dict) -> dict:
         """The HelloResponse for a signed-in user; `request` has passed `hello_request`."""
