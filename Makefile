@@ -2,13 +2,17 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test run deps keys clean
+.PHONY: test run deps keys clean conformance
 
 deps:
 	@deploy/install-deps.sh test
 
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# docs/conformance.md from a run of the conformance battery (tests/support/conformance.py)
+conformance: deps
+	$(PY) -m tests.support.conformance
 
 run:
 	@deploy/install-deps.sh run

@@ -66,8 +66,10 @@ class Connection:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port, **kw)
 
     def close(self) -> None:
+        # abort: no TLS close_notify round trip that an ending event loop would not wait
+        # for (the socket would be left open and collected later)
         if self.writer is not None:
-            self.writer.close()
+            self.writer.transport.abort()
         self.reader = self.writer = None
 
     async def request(self, method: str, target: str, headers: Optional[dict] = None,

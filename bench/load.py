@@ -2,7 +2,7 @@
 
 - `run_wrk`: wrk -t1 -cN -dS --latency with bench/lua/request.lua (the measurement).
 - `run_python`: the same requests from an asyncio loop (bench/client.py): used by the
-  smoke test (tests/test_bench_smoke.py) so that the scenarios cannot rot on a machine
+  smoke test (tests/bench/test_smoke.py) so that the scenarios cannot rot on a machine
   without wrk, and as a fallback.
 
 A `Spec` is one request shape: method, URL, header and body templates, and optionally a

@@ -1,7 +1,7 @@
 """Which service owns which public path (design.md §1), and the address table.
 
 The proxy configs in deploy/ (Caddyfile, apache/konnect.conf) route exactly these paths,
-and the process configs use the names of deploy/addresses.env; tests/test_deploy.py checks
+and the process configs use the names of deploy/addresses.env; tests/deploy/test_deploy.py checks
 both against this module so the files cannot drift apart.
 """
 

@@ -1,7 +1,10 @@
-"""Shared fixtures: real redis-server and slapd processes (tests/support/servers.py).
+"""Shared fixtures: real redis-server and slapd processes (tests/support/servers.py), and
+the in-process OP of the service tests (tests/support/fixtures.py, the `op` marker).
 
 Session servers start lazily, the first time a test asks for them. Tests that stop or pause
 a server use `private_redis` / `private_slapd`, so the shared ones are never disturbed.
+Async tests run on pytest-tornado (`@pytest.mark.gen_test`); fixtures are synchronous and
+use the test's `io_loop` for asynchronous set-up and tear-down.
 """
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ from __future__ import annotations
 import re
 
 import pytest
-import pytest_asyncio
 
 from shared.store import Store
 from tests.support.servers import RedisServer, SlapdServer
+
+pytest_plugins = ["tests.support.fixtures"]
 
 
 @pytest.fixture(scope="session")
@@ -35,12 +39,12 @@ def redis_url(redis_server) -> str:
     return redis_server.url
 
 
-@pytest_asyncio.fixture
-async def store(redis_url):
+@pytest.fixture
+def store(redis_url, io_loop):
     """A `Store` on the flushed session Redis, closed after the test."""
     s = Store.from_url(redis_url)
     yield s
-    await s.close()
+    io_loop.run_sync(s.close)
 
 
 @pytest.fixture
@@ -75,45 +79,3 @@ def ldap_ou(slapd_server, request) -> str:
         slapd_server.start()
     with slapd_server.temporary_ou(_ou_name(request)) as dn:
         yield dn
-
-
-# --- docs/conformance.md from the run (tests/support/conformance.py) ------------------------
-
-_OUTCOMES: dict[str, str] = {}
-_MODULES_OF: dict[str, list[str]] = {}
-
-
-def pytest_collection_modifyitems(session, config, items):
-    for item in items:
-        marks = [m.args[0] for m in item.iter_markers("conformance")]
-        if marks or item.nodeid.startswith("tests/test_conformance.py"):
-            _MODULES_OF[item.nodeid] = marks
-        else:
-            _MODULES_OF.setdefault(item.nodeid, [])
-
-
-def pytest_runtest_logreport(report):
-    if report.when == "call" or report.outcome != "passed":
-        if _OUTCOMES.get(report.nodeid) in (None, "passed"):
-            _OUTCOMES[report.nodeid] = report.outcome
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """Write docs/conformance.md, but only from a run that executed every conformance test
-    and every test the table names elsewhere (a partial run would misreport)."""
-    from pathlib import Path
-
-    from tests.support import conformance
-    wanted = [n for n in _MODULES_OF if n.startswith("tests/test_conformance.py")]
-    elsewhere = {m: [n for n in _OUTCOMES if any(n == t or n.startswith(t + "[") for t in ids)]
-                 for m, ids in conformance.ELSEWHERE.items()}
-    if not wanted or any(n not in _OUTCOMES for n in wanted) or not all(elsewhere.values()):
-        return
-    results: dict[str, dict[str, str]] = {}
-    for nodeid in wanted:
-        for module in _MODULES_OF[nodeid]:
-            results.setdefault(module, {})[nodeid] = _OUTCOMES[nodeid]
-    for module, nodeids in elsewhere.items():
-        for nodeid in nodeids:
-            results.setdefault(module, {})[nodeid] = _OUTCOMES[nodeid]
-    conformance.write(Path(__file__).resolve().parents[1] / "docs" / "conformance.md", results)

@@ -1,0 +1,233 @@
+"""The browser session at the authorization endpoint: a logon is a session only while its user
+exists; session_state, the browser-state cookie and the check-session iframe (Session
+Management 1.0)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from shared.keys import public_jwk
+from shared.session import (
+    BROWSER_STATE_COOKIE,
+    LOGON_COOKIE,
+    Logon,
+    browser_state,
+    session_state,
+)
+from tests.support.browser import TRUSTED, Browser, authorize_url, query_of, sign_in, signed_in
+from tests.support.fixtures import DYNAMIC_REGISTRATION
+from tests.support.op import ALICE, ISSUER, REGISTRY
+from tests.support.users import ALICE_ENTRY, BOB_ENTRY, cheap_hash
+
+
+def write_users(path, entries) -> None:
+    """Replace the users file as an operator's tool would (new inode: the backend reloads)."""
+    tmp = str(path) + ".new"
+    with open(tmp, "w") as stream:
+        stream.write(yaml.safe_dump({"users": entries}))
+    os.replace(tmp, path)
+
+
+ODD_CB = "https://RP.Odd.Example.test:443/cb"
+
+
+REGISTRY_3 = REGISTRY + f"""
+  - id: odd-origin-rp
+    trusted: yes
+    secret: odd-secret
+    redirect_uris: ["{ODD_CB}"]
+"""
+
+
+USERS = [f"user{i}" for i in range(3)]
+
+
+SIGN_IN_USERS = (
+    {"username": "alice", "password": cheap_hash("wonderland"), "name": "Alice Example",
+     "email": "alice@example.test", "email_verified": True, "id": 1001, "uuid": "u-alice"},
+    *({"username": u, "password": cheap_hash("pw-" + u), "id": 2000 + i, "uuid": f"u-{u}"}
+      for i, u in enumerate(USERS)))
+
+
+async def _session(b: Browser) -> tuple[str, str]:
+    resp = await b.fetch(authorize_url(**TRUSTED))
+    result = query_of(resp.headers["Location"])
+    return b.cookies["__Secure-KKBS"], result["session_state"]
+
+
+def _konnect_state(sub: str, issuer: str) -> str:
+    data = f"{sub} {issuer} kopano-konnect-1".encode()
+    return base64.urlsafe_b64encode(hashlib.blake2b(data, digest_size=32).digest()).rstrip(b"=").decode()
+
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def _jwk(key, kid: str, alg: str) -> dict:
+    return {**public_jwk(key), "kid": kid, "alg": alg, "use": "sig"}
+
+
+EXTRA = f"""
+  - id: ro-rp
+    name: Request Object RP
+    trusted: yes
+    secret: ro
+    redirect_uris: [https://ro.example.test/cb, https://ro.example.test/other]
+    jwks: {json.dumps({"keys": [_jwk(RSA_KEY, "ro-1", "RS256")]})}
+  - id: ro-pinned
+    trusted: yes
+    secret: rp
+    request_object_signing_alg: ES256
+    redirect_uris: [https://pinned.example.test/cb]
+    jwks: {json.dumps({"keys": [_jwk(EC_KEY, "ec-1", "ES256")]})}
+"""
+
+
+NODE_HARNESS = r"""
+const fs = require("fs");
+const script = fs.readFileSync(process.argv[2], "utf8");
+const input = JSON.parse(fs.readFileSync(0, "utf8"));
+let handler = null;
+const parent = { postMessage: (answer, origin) => { out.push([answer, origin]); next(); } };
+const out = [];
+global.window = { parent, addEventListener: (type, fn) => { handler = fn; } };
+global.document = { cookie: input.cookie, getElementById: () => ({ textContent: "__Secure-KKBS" }) };
+new Function(script)();
+let i = 0;
+function next() {
+  if (i >= input.messages.length) { console.log(JSON.stringify(out)); return; }
+  const [data, fromParent] = input.messages[i++];
+  handler({ data, origin: input.origin, source: fromParent ? parent : {} });
+  if (!fromParent) { out.push(["ignored", null]); next(); }
+}
+next();
+"""
+
+
+pytestmark = pytest.mark.op(registry=REGISTRY + EXTRA)
+
+
+@pytest.mark.op(args=DYNAMIC_REGISTRATION)
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("change", ["disabled", "removed"])
+async def test_a_logon_of_a_disabled_or_removed_user_is_no_session(http_client, base_url,
+                                                                   users_path, change):
+    b = await signed_in(http_client, base_url)
+    silent = authorize_url(response_type="id_token token", prompt="none", **TRUSTED)
+    before = query_of((await b.fetch(silent)).headers["Location"])
+    assert before.get("access_token") and (await b.api("hello", {"state": "h"})).code == 200
+    write_users(users_path, [dict(ALICE_ENTRY, disabled=True)] if change == "disabled" else [])
+    assert LOGON_COOKIE in b.cookies  # the sealed cookie is still there and still valid
+    after = await b.fetch(silent)
+    assert after.code == 302 and query_of(after.headers["Location"]) == {
+        "error": "login_required", "error_description": "the user is not signed in",
+        "state": "xyz", "iss": ISSUER}
+    for response_type in ("code", "id_token token"):
+        page = await b.fetch(authorize_url(response_type=response_type, **TRUSTED))
+        assert page.code == 302 and page.headers["Location"].startswith("/signin/v1/identifier?")
+    select = await b.fetch(authorize_url(prompt="select_account", **TRUSTED))
+    assert select.headers["Location"].startswith("/signin/v1/identifier?")
+    hello = await b.api("hello", {"state": "h2", "flow": "oidc", "prompt": "none", **TRUSTED})
+    assert hello.code == 204 and hello.headers["Kopano-Konnect-State"] == "h2"
+    # enabled again: the same logon is a session again (nothing was written)
+    write_users(users_path, [ALICE_ENTRY])
+    assert (await b.api("hello", {"state": "h3"})).code == 200
+    assert query_of((await b.fetch(silent)).headers["Location"]).get("access_token")
+
+
+@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.gen_test(timeout=30)
+async def test_session_state_hashes_the_browsers_origin(http_client, base_url):
+    """OIDC Session Management 1.0 §3: the iframe recomputes the hash with the RP frame's
+    `event.origin`, which the browser serialises lowercased and without the default port."""
+    b = await signed_in(http_client, base_url)
+    resp = await b.fetch(authorize_url(response_type="code", prompt="none", scope="openid",
+                                       client_id="odd-origin-rp", redirect_uri=ODD_CB))
+    assert resp.code == 302 and resp.headers["Location"].startswith(ODD_CB)
+    digest, salt = query_of(resp.headers["Location"])["session_state"].split(".")
+    text = f"odd-origin-rp https://rp.odd.example.test {b.cookies[BROWSER_STATE_COOKIE]} {salt}"
+    assert hashlib.sha256(text.encode()).hexdigest() == digest
+
+
+@pytest.mark.op(users=SIGN_IN_USERS, clock="offset")
+@pytest.mark.gen_test(timeout=30)
+async def test_browser_state_is_keyed_per_logon_and_matches_session_state(http_client, base_url, core):
+    b = Browser(http_client, base_url)
+    await sign_in(b)
+    state1, session1 = await _session(b)
+    again, session2 = await _session(b)
+    assert again == state1  # the same logon: the iframe answers "unchanged"
+    # session_state = sha256(client_id origin browser_state salt).salt (§3) over the cookie
+    for session in (session1, session2):
+        digest, salt = session.split(".")
+        expected = f"trusted-rp https://trusted.example.test {state1} {salt}"
+        assert digest == hashlib.sha256(expected.encode()).hexdigest()
+    # a third party knowing the user cannot compute it (Konnect's formula had no secret)
+    sub = Logon.open(core.sealer, b.cookies[LOGON_COOKIE]).identity.sub
+    assert state1 != _konnect_state(sub, core.settings.iss)
+    # another sign-in of the same user in another browser: another state
+    other = Browser(http_client, base_url)
+    await sign_in(other)
+    assert (await _session(other))[0] != state1
+
+
+@pytest.mark.gen_test
+async def test_check_session_page_is_frameable_with_a_nonce_script(http_client, base_url):
+    resp = await Browser(http_client, base_url).fetch("/konnect/v1/session/check-session.html")
+    assert resp.code == 200 and resp.headers["Content-Type"].startswith("text/html")
+    csp = resp.headers["Content-Security-Policy"]
+    nonce = csp.split("'nonce-")[1].split("'")[0]
+    assert f'<script nonce="{nonce}">'.encode() in resp.body
+    assert "frame-ancestors" not in csp and "X-Frame-Options" not in resp.headers
+    assert b">__Secure-KKBS</script>" in resp.body
+
+
+@pytest.mark.gen_test
+async def test_authorize_sets_the_browser_state_cookie_the_iframe_reads(http_client, base_url):
+    b = Browser(http_client, base_url)
+    await sign_in(b)
+    resp = await b.fetch(authorize_url(client_id="trusted-rp",
+                                       redirect_uri="https://trusted.example.test/cb"))
+    header = [h for h in resp.headers.get_list("Set-Cookie") if h.startswith("__Secure-KKBS=")][0]
+    assert "Path=/konnect/v1/session/" in header and "HttpOnly" not in header
+
+
+def test_check_session_script_answers_as_session_management_says(tmp_path):
+    node = shutil.which("node")
+    assert node, "node is needed to run the iframe's script (Debian: nodejs)"
+    harness = tmp_path / "harness.js"
+    harness.write_text(NODE_HARNESS)
+    script = Path(__file__).resolve().parents[2] / "services/authorize/static/check-session.js"
+    origin = "https://rp.example.test"
+    state = browser_state(Logon(ALICE, 1700000000, "sid-1", "key-1"), ISSUER)
+    good = session_state("web-rp", origin, state)
+    messages = [[f"web-rp {good}", True],              # unchanged
+                [f"other-rp {good}", True],            # changed (client differs)
+                [f"other-rp {good}", True],            # the same change again: error (loop)
+                [f"web-rp {good}", True],              # unchanged again
+                ["garbage", True], [f"web-rp {good}", False]]  # malformed; not from parent
+    run = subprocess.run([node, str(harness), str(script)], capture_output=True, text=True,
+                         timeout=30, input=json.dumps({
+                             "cookie": f"x=1; __Secure-KKBS={state}", "origin": origin,
+                             "messages": messages}))
+    assert run.returncode == 0, run.stderr
+    answers = [a for a, _ in json.loads(run.stdout)]
+    assert answers == ["unchanged", "changed", "error", "unchanged", "error", "ignored"]
+    signed_out = subprocess.run([node, str(harness), str(script)], capture_output=True,
+                                text=True, timeout=30, input=json.dumps({
+                                    "cookie": "", "origin": origin,
+                                    "messages": [[f"web-rp {good}", True]]}))
+    assert [a for a, _ in json.loads(signed_out.stdout)] == ["changed"]

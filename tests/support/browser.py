@@ -1,0 +1,76 @@
+"""A browser for the in-process services: cookies carried by hand, redirects not followed,
+and the identifier JSON API as the sign-in page calls it (XSRF header, Origin)."""
+
+from __future__ import annotations
+
+import json
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+TRUSTED = {"client_id": "trusted-rp", "redirect_uri": "https://trusted.example.test/cb"}
+WEB_RP = {"client_id": "web-rp", "redirect_uri": "https://rp.example.test/cb"}
+
+
+class Browser:
+    def __init__(self, http_client, base_url):
+        self.http, self.base, self.cookies = http_client, base_url, {}
+
+    def _store(self, resp):
+        for header in resp.headers.get_list("Set-Cookie"):
+            jar = SimpleCookie()
+            jar.load(header)
+            for name, morsel in jar.items():
+                if not morsel.value or str(morsel["max-age"]) == "0":
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = morsel.value
+
+    async def fetch(self, url, **kw):
+        headers = kw.pop("headers", {})
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        target = url if url.startswith("http") else self.base + url
+        resp = await self.http.fetch(target, headers=headers, follow_redirects=False,
+                                     raise_error=False, **kw)
+        self._store(resp)
+        return resp
+
+    async def api(self, name, body, **headers):
+        hdrs = {"Content-Type": "application/json", "Kopano-Konnect-XSRF": "1",
+                "Origin": self.base, **headers}
+        return await self.fetch(f"/signin/v1/identifier/_/{name}", method="POST",
+                                body=json.dumps(body), headers=hdrs)
+
+
+def authorize_url(**params):
+    base = {"client_id": "web-rp", "redirect_uri": "https://rp.example.test/cb",
+            "response_type": "code", "scope": "openid profile email", "state": "xyz", "nonce": "n-1"}
+    base.update(params)
+    return "/signin/v1/identifier/_/authorize?" + urlencode({k: v for k, v in base.items() if v is not None})
+
+
+def query_of(location):
+    parts = urlsplit(location)
+    return {k: v[0] for k, v in parse_qs(parts.fragment or parts.query).items()}
+
+
+async def sign_in(browser, username="alice", password="wonderland"):
+    return await browser.api("logon", {"state": "s1", "params": [username, password, "1"]})
+
+
+async def signed_in(http_client, base_url, username="alice", password="wonderland") -> Browser:
+    """A new browser with `username` signed in."""
+    b = Browser(http_client, base_url)
+    assert (await sign_in(b, username, password)).code == 200
+    return b
+
+
+async def userinfo(b: Browser, access_token: str):
+    """The userinfo answer for a Bearer access token."""
+    return await b.http.fetch(b.base + "/konnect/v1/userinfo", raise_error=False,
+                              headers={"Authorization": "Bearer " + access_token})
+
+
+async def userinfo_status(b: Browser, access_token: str) -> int:
+    """The HTTP status userinfo answers for a Bearer access token."""
+    return (await userinfo(b, access_token)).code
