@@ -14,8 +14,10 @@ instead of JWE; cookies need not survive a switch from Konnect (Appendix B).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import math
 import secrets
 from dataclasses import dataclass, replace
 from typing import Any, Optional
@@ -87,6 +89,23 @@ async def current_logon(users: Any, logon: Optional[Logon]) -> Optional[Logon]:
         return logon
     identity = await users.current(logon.identity.raw_sub, logon.identity.kc_identity())
     return None if identity is None else replace(logon, identity=identity)
+
+
+async def wait_past(now: Any, not_before: Optional[int]) -> None:
+    """Wait, if need be, until the current second is past a subject's not-before.
+
+    A sign-out writes its second as the not-before (whole seconds, `Store.revoke_subject`)
+    and ends every logon and access token of that second, so what is issued in the same
+    second afterwards (a sign-in's auth_time, a refreshed access token's iat) would be dead
+    on arrival. At most about two seconds; a not-before further ahead (another host's
+    clock) is not waited for."""
+    if not_before is None:
+        return
+    for _ in range(3):
+        t = now()
+        if int(t) > not_before or not_before - int(t) > 1:
+            return
+        await asyncio.sleep(min(1.0, max(0.02, math.floor(t) + 1 - t)))
 
 
 def new_sid() -> str:

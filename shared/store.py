@@ -2,18 +2,27 @@
 
 The only module that imports redis. Every key carries one prefix and a TTL; every redis
 failure reaches callers as `StoreUnavailable` (rendered as 503 temporarily_unavailable).
-It does not decide protocol outcomes: the grants and handlers do (design.md §3).
+
+The two grant scripts are where the single-use rules live, because only an atomic step
+can enforce them: `redeem_code` decides whether a code may be redeemed by this request
+(client, redirect_uri, PKCE, a sign-out since) and `rotate_refresh` whether a refresh
+token may be rotated by it (client, scope, family revoked). They answer with an outcome
+(`CodeOutcome`, `RotationOutcome`) that the token endpoint only translates into its
+answer; it does not check these rules again. What the store cannot know (the user still
+exists, the client's grant types) stays with the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import logging
 import math
 import re
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
@@ -30,9 +39,10 @@ T = TypeVar("T")
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
-# Atomic refresh-token redemption: the record goes (GETDEL) and, in the same step, a
-# marker holding the family id takes its place for the record's remaining life, so a
-# second presentation of the rotated token is recognised as reuse (RFC 6819 §5.2.2.3).
+# A refresh token taken for good (revocation, the successor nobody received): the record
+# goes (GETDEL) and, in the same step, a marker holding the family id takes its place for
+# the record's remaining life, so a later presentation is recognised as reuse (RFC 6819
+# §5.2.2.3).
 _TAKE_REFRESH = """
 local pttl = redis.call('PTTL', KEYS[1])
 local value = redis.call('GETDEL', KEYS[1])
@@ -44,15 +54,7 @@ end
 return value
 """
 
-# The end of a code redemption in one round trip: the new refresh token's record (SET NX,
-# as put_refresh) and then the code's redemption marker (as mark_code_redeemed).
-_FINISH_CODE = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then return 0 end
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
-return 1
-"""
-
-# Lua shared by the grant scripts: does a decoded grant record hold offline_access?
+# Lua shared by the grant scripts.
 _LUA_GRANT = """
 local function has_offline(r)
   if type(r['scopes']) ~= 'table' then return false end
@@ -61,112 +63,130 @@ local function has_offline(r)
   end
   return false
 end
-"""
-
-# Lua shared by the grant scripts: the not-before of a grant record's subject (written by
-# a sign-out, Store.revoke_subject), or false. The record carries the public `sub` (the
-# authorize service adds it; records without one are not checked: older codes and refresh
-# families, documented in docs/architecture.md).
-_LUA_NOT_BEFORE = """
+-- The not-before of a grant record's subject (written by a sign-out, Store.revoke_subject),
+-- or false. Records carry the public `sub` (Grant.to_record).
 local function not_before(r, prefix)
   if type(r['sub']) ~= 'string' or r['sub'] == '' then return false end
   return redis.call('GET', prefix .. r['sub'])
 end
+local function grant_ok(r)
+  return type(r) == 'table' and type(r['family']) == 'string'
+    and type(r['created']) == 'number' and r['created'] > 0
+end
 """
 
-# A whole code redemption in one round trip (Store.redeem_code). KEYS: the code, its
-# redemption marker, the new refresh token. ARGV: client_id, redirect_uri, the S256
-# challenge of the request's verifier ("" for none), the access token's jti, now, the
-# access and refresh token lifetimes, the `revoked:sub:` key prefix. The code goes
-# (GETDEL) in any case; only when the record is this client's, for this redirect_uri and
-# this verifier, are the redemption marker and (with offline_access) the refresh token's
-# record written: the refresh record is the code's own record, so a refresh grant finds
-# the same grant. Returns {record, outcome, not-before}: outcome 0 nothing written, 1
-# marker, 2 marker and refresh record, -1 the refresh token exists (nothing written); the
-# not-before of the record's `sub` (its sign-out, Store.revoke_subject) or false.
-# ARGV[9] "1" (`provisional`): a matching record without `created` (an older code, redeemed
-# in two steps by the caller) gets its marker here too, outcome 0 all the same: written
-# later, a concurrent second redemption between the GETDEL and that write found neither
-# code nor marker and revoked nothing (RFC 6749 §4.1.2: SHOULD revoke what was issued).
-_REDEEM_CODE = _LUA_GRANT + _LUA_NOT_BEFORE + """
+# A code redemption in one round trip (Store.redeem_code). KEYS: the code, its redemption
+# marker, the new refresh token. ARGV: client_id, redirect_uri, the S256 challenge of the
+# request's verifier ("" for none or a malformed one), "1" if a code_verifier was sent,
+# "1" if the client is public, "1" if the client may get a refresh token, the access
+# token's jti, now, the access and refresh token lifetimes, the `revoked:sub:` prefix.
+#
+# The code goes (GETDEL) whatever follows: a code is tried once (RFC 6749 §4.1.2). The
+# rules, in order (RFC 6749 §4.1.3, RFC 7636 §4.6, OIDC Core §3.1.3.2):
+#   - the code was issued to this client, for this redirect_uri (when it named one);
+#   - PKCE: a challenge was sent and this verifier's S256 equals it; a verifier without a
+#     challenge is refused, and so is a public client without one (RFC 9700 §2.1.1). The
+#     challenge is compared as a SHA-256 output, which an attacker cannot steer, so plain
+#     string equality leaks nothing useful;
+#   - its subject has not signed out since it was issued (auth_time after the not-before).
+# Only then are the redemption marker ({family, jti, exp}: a replay revokes them) and, for
+# an offline_access grant with time left whose client may refresh, the refresh token's
+# record (the code's own record: a refresh finds the same grant) written.
+# Returns {outcome, value}: 'unknown' (no code; value: its marker when it was redeemed
+# before), 'invalid', 'wrong_client', 'wrong_redirect_uri', 'verifier_without_challenge',
+# 'pkce_required', 'pkce_mismatch', 'signed_out', 'clash' (the refresh token exists:
+# nothing written), 'issued', 'issued_with_refresh'.
+_REDEEM_CODE = _LUA_GRANT + """
 local value = redis.call('GETDEL', KEYS[1])
-if not value then return false end
+if not value then
+  local marker = redis.call('GET', KEYS[2])
+  if marker then return {'replayed', marker} end
+  return {'unknown', false}
+end
 local ok, r = pcall(cjson.decode, value)
-if not ok or type(r) ~= 'table' then return {value, 0, false} end
-local nbf = not_before(r, ARGV[8])
-if r['client_id'] ~= ARGV[1] or type(r['family']) ~= 'string' then return {value, 0, nbf} end
-local legacy = type(r['created']) ~= 'number' or r['created'] <= 0
-if legacy and ARGV[9] ~= '1' then return {value, 0, nbf} end
-local uri, challenge = r['redirect_uri'], r['code_challenge']
-if uri ~= nil and uri ~= '' and uri ~= ARGV[2] then return {value, 0, nbf} end
-if challenge == nil then challenge = '' end
-if challenge ~= ARGV[3] then return {value, 0, nbf} end
-local now, access_ttl, refresh_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-if legacy then
-  -- provisional marker (ARGV[9]): the caller issues in a second step with this jti
-  redis.call('SET', KEYS[2], cjson.encode({family = r['family'], jti = ARGV[4],
-             exp = now + refresh_ttl}), 'EX', refresh_ttl)
-  return {value, 0, nbf}
+if not ok or not grant_ok(r) then return {'invalid', value} end
+if r['client_id'] ~= ARGV[1] then return {'wrong_client', value} end
+local uri = r['redirect_uri']
+if type(uri) == 'string' and uri ~= '' and uri ~= ARGV[2] then
+  return {'wrong_redirect_uri', value}
 end
-local lifetime, outcome = access_ttl, 1
+local challenge = r['code_challenge']
+if type(challenge) ~= 'string' or challenge == '' then
+  if ARGV[4] == '1' then return {'verifier_without_challenge', value} end
+  if ARGV[5] == '1' then return {'pkce_required', value} end
+elseif challenge ~= ARGV[3] then
+  return {'pkce_mismatch', value}
+end
+local nbf = not_before(r, ARGV[11])
+if nbf and (tonumber(r['auth_time']) or 0) <= tonumber(nbf) then
+  return {'signed_out', value}
+end
+local now, access_ttl, refresh_ttl = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local lifetime, outcome = access_ttl, 'issued'
 local remaining = r['created'] + refresh_ttl - now
-if has_offline(r) and remaining > 0 then
-  if not redis.call('SET', KEYS[3], value, 'EX', remaining, 'NX') then return {value, -1, nbf} end
-  lifetime, outcome = refresh_ttl, 2
+if ARGV[6] == '1' and has_offline(r) and remaining > 0 then
+  if not redis.call('SET', KEYS[3], value, 'EX', remaining, 'NX') then
+    return {'clash', value}
+  end
+  lifetime, outcome = refresh_ttl, 'issued_with_refresh'
 end
-redis.call('SET', KEYS[2], cjson.encode({family = r['family'], jti = ARGV[4], exp = now + lifetime}),
-           'EX', lifetime)
-return {value, outcome, nbf}
+redis.call('SET', KEYS[2], cjson.encode({family = r['family'], jti = ARGV[7],
+           exp = now + lifetime}), 'EX', lifetime)
+return {outcome, value}
 """
 
 # A refresh-token rotation in one round trip (Store.rotate_refresh). KEYS: the presented
-# token, its spent marker, the new token. ARGV: the `revoked:family:` key prefix,
-# client_id, now, the refresh token lifetime, the `revoked:sub:` key prefix. As
-# take_refresh, the token goes (GETDEL) and its spent marker takes its place; the family's
-# revocation and the subject's not-before are read; and when the record is this client's,
-# the family not revoked and the grant has offline_access and time left, the record is
-# stored again behind the new token (SET NX). Returns {record, revoked, written,
-# not-before}: written 1 stored, 0 not, -1 the new token exists, -2 refused and NOT taken
-# (ARGV[6] "1": another client's record, or ARGV[7..] scopes beyond the grant's); not-
-# before or false. Refusing without taking leaves no window in which the token is gone:
-# a put-back after the fact raced a concurrent rightful refresh (taken for reuse, RFC 6819
-# §5.2.2.3: family revoked) and an RFC 7009 §2.1 revocation (which found no token, answered
-# 200, and the put-back brought the token back alive).
-_ROTATE_REFRESH = _LUA_GRANT + _LUA_NOT_BEFORE + """
+# token, its spent marker, the new token. ARGV: the `revoked:family:` prefix, client_id,
+# now, the refresh token lifetime, the `revoked:sub:` prefix, then the requested scopes.
+#
+# The rules (RFC 6749 §6, RFC 6819 §5.2.2.3, RFC 9700 §4.14.2):
+#   - a token that is gone but has a spent marker was rotated before: 'reused' (value: its
+#     family; the caller revokes it);
+#   - another client's token, or scopes beyond the grant's, are refused WITHOUT taking the
+#     token ('wrong_client', 'wider_scope'): a put-back after the fact would race the
+#     rightful client's concurrent refresh (taken for reuse) and an RFC 7009 revocation
+#     (which found no token, answered 200, and the put-back revived it);
+#   - otherwise the token is taken and its spent marker set; a revoked family is
+#     'revoked'; else the record is stored behind the new token for the family's remaining
+#     time ('rotated', with 1 when stored: not when the family's time is up).
+# Returns {outcome, value, stored, not-before}.
+_ROTATE_REFRESH = _LUA_GRANT + """
 local pttl = redis.call('PTTL', KEYS[1])
 local value = redis.call('GET', KEYS[1])
-if not value then return false end
+if not value then
+  local family = redis.call('GET', KEYS[2])
+  if family then return {'reused', family, 0, false} end
+  return {'unknown', false, 0, false}
+end
 local ok, r = pcall(cjson.decode, value)
-if ARGV[6] == '1' and ok and type(r) == 'table' then
-  local refused = r['client_id'] ~= ARGV[2]
-  if not refused and #ARGV > 6 then
-    local have = {}
-    if type(r['scopes']) == 'table' then
-      for _, scope in ipairs(r['scopes']) do have[scope] = true end
-    end
-    for i = 7, #ARGV do
-      if not have[ARGV[i]] then refused = true end
-    end
+if not ok or not grant_ok(r) then
+  redis.call('DEL', KEYS[1])
+  return {'invalid', value, 0, false}
+end
+if r['client_id'] ~= ARGV[2] then return {'wrong_client', value, 0, false} end
+if #ARGV > 5 then
+  local have = {}
+  if type(r['scopes']) == 'table' then
+    for _, scope in ipairs(r['scopes']) do have[scope] = true end
   end
-  if refused then return {value, 0, -2, false} end
+  for i = 6, #ARGV do
+    if not have[ARGV[i]] then return {'wider_scope', value, 0, false} end
+  end
 end
 redis.call('DEL', KEYS[1])
-local revoked, written, nbf = 0, 0, false
-if ok and type(r) == 'table' and type(r['family']) == 'string' then
-  nbf = not_before(r, ARGV[5])
-  if pttl > 0 then
-    redis.call('SET', KEYS[2], cjson.encode(r['family']), 'PX', pttl)
-  end
-  revoked = redis.call('EXISTS', ARGV[1] .. r['family'])
-  if revoked == 0 and r['client_id'] == ARGV[2] and type(r['created']) == 'number' then
-    local remaining = r['created'] + tonumber(ARGV[4]) - tonumber(ARGV[3])
-    if has_offline(r) and remaining > 0 then
-      if redis.call('SET', KEYS[3], value, 'EX', remaining, 'NX') then written = 1
-      else written = -1 end
-    end
-  end
+if pttl > 0 then redis.call('SET', KEYS[2], cjson.encode(r['family']), 'PX', pttl) end
+if redis.call('EXISTS', ARGV[1] .. r['family']) == 1 then
+  return {'revoked', value, 0, false}
 end
-return {value, revoked, written, nbf}
+local nbf = not_before(r, ARGV[5])
+local remaining = r['created'] + tonumber(ARGV[4]) - tonumber(ARGV[3])
+if has_offline(r) and remaining > 0 then
+  if not redis.call('SET', KEYS[3], value, 'EX', remaining, 'NX') then
+    return {'clash', value, 0, nbf}
+  end
+  return {'rotated', value, 1, nbf}
+end
+return {'rotated', value, 0, nbf}
 """
 
 # A subject's not-before time only moves forward and its entry only lives longer, so a
@@ -218,7 +238,56 @@ class _Script:
             return await run("EVALSHA", self._sha, len(keys), *keys, *args)
 
 
-REDEEM_UNCHECKED, REDEEM_MARKED, REDEEM_WITH_REFRESH = 0, 1, 2  # Store.redeem_code outcomes
+class CodeOutcome(enum.Enum):
+    """What `Store.redeem_code` found and did (the rules: `_REDEEM_CODE`)."""
+
+    UNKNOWN = "unknown"                      # no such code (never issued, or expired)
+    REPLAYED = "replayed"                    # redeemed before: `spent` says what it issued
+    INVALID = "invalid"                      # a record no grant can come from
+    WRONG_CLIENT = "wrong_client"
+    WRONG_REDIRECT_URI = "wrong_redirect_uri"
+    VERIFIER_WITHOUT_CHALLENGE = "verifier_without_challenge"
+    PKCE_REQUIRED = "pkce_required"          # a public client's code without a challenge
+    PKCE_MISMATCH = "pkce_mismatch"          # no, a malformed or a wrong code_verifier
+    SIGNED_OUT = "signed_out"                # its subject signed out after the sign-in
+    ISSUED = "issued"                        # marker written
+    ISSUED_WITH_REFRESH = "issued_with_refresh"  # marker and refresh record written
+
+
+@dataclass(frozen=True)
+class CodeRedemption:
+    """The answer of `Store.redeem_code`."""
+
+    outcome: CodeOutcome
+    record: Optional[dict] = None   # the code's grant record (all outcomes but UNKNOWN/REPLAYED)
+    spent: Optional[dict] = None    # REPLAYED: {family, jti, exp} of the first redemption
+
+    @property
+    def issued(self) -> bool:
+        return self.outcome in (CodeOutcome.ISSUED, CodeOutcome.ISSUED_WITH_REFRESH)
+
+
+class RotationOutcome(enum.Enum):
+    """What `Store.rotate_refresh` found and did (the rules: `_ROTATE_REFRESH`)."""
+
+    UNKNOWN = "unknown"            # no such token (never issued, expired, or revoked)
+    REUSED = "reused"              # rotated before: `family` is its family
+    INVALID = "invalid"            # a record no grant can come from (taken)
+    WRONG_CLIENT = "wrong_client"  # another client's token (NOT taken)
+    WIDER_SCOPE = "wider_scope"    # scopes beyond the grant's (NOT taken)
+    REVOKED = "revoked"            # its family is revoked (taken)
+    ROTATED = "rotated"            # taken; `stored`: the grant goes on behind the new token
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """The answer of `Store.rotate_refresh`."""
+
+    outcome: RotationOutcome
+    record: Optional[dict] = None
+    family: Optional[str] = None       # REUSED
+    stored: bool = False               # ROTATED: the new token's record was written
+    not_before: Optional[int] = None   # ROTATED: the subject's sign-out, if any
 
 
 class StoreUnavailable(Unavailable):
@@ -253,6 +322,14 @@ def _loads(raw: bytes | str | None) -> Any:
     return None if raw is None else orjson.loads(raw)
 
 
+def _text(raw: bytes | str) -> str:
+    return raw.decode("ascii") if isinstance(raw, bytes) else raw
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
 def _not_before(raw: bytes | None) -> int | None:
     """A subject's not-before as the grant scripts return it (`revoke_subject` writes it)."""
     try:
@@ -281,7 +358,8 @@ def _check_ident(what: str, value: str) -> str:
 
 
 class Store:
-    """All shared state of the provider, in one Redis database (design.md §3).
+    """All shared state of the provider, in one Redis database (docs/architecture.md, "State
+    in Redis").
 
     Keys (after the prefix):
 
@@ -292,7 +370,7 @@ class Store:
     - ``once:<kind>:<sha256>``   replay markers
     - ``ratelimit:<bucket>:<sha256>`` counters
     - ``client:<client_id>``     a dynamically registered client (its secret only as a hash)
-    - ``kv:<kind>:<sha256>``     generic JSON values
+    - ``kv:<kind>:<sha256>``     JSON values of the services and backends
 
     Every key is written with a TTL and values are compact JSON. Every method either
     returns, raises `ValueError` for a bad argument (before any round trip), or raises
@@ -318,7 +396,6 @@ class Store:
         self._take_refresh_script = _Script(client, _TAKE_REFRESH)
         self._revoke_subject_script = _Script(client, _REVOKE_SUBJECT)
         self._give_back_script = _Script(client, _GIVE_BACK)
-        self._finish_code_script = _Script(client, _FINISH_CODE)
         self._rotate_refresh_script = _Script(client, _ROTATE_REFRESH)
         self._redeem_code_script = _Script(client, _REDEEM_CODE)
 
@@ -400,93 +477,36 @@ class Store:
         if not await self._call("put_code", lambda: self._redis.set(k, value, ex=ex, nx=True)):
             raise StoreConflict("authorization code already stored")
 
-    async def take_code(self, code: str) -> dict | None:
-        """Redeem a code: return its grant and delete it in one GETDEL, or None.
-
-        RFC 6749 §4.1.2: a code is single use; concurrent redemptions of one code get the
-        record exactly once.
-        """
-        k = self.key("code", digest(_check_ident("code", code)))
-        return _loads(await self._call("take_code", lambda: self._redis.getdel(k)))
-
-    async def mark_code_redeemed(self, code: str, info: dict, ttl: int) -> None:
-        """Remember what was issued from a redeemed code (``code-used:<sha256>``).
-
-        RFC 6749 §4.1.2 / §10.5: if the code is presented again, the token endpoint SHOULD
-        revoke the tokens issued from it; `info` holds their ids (jti, family, ...), `ttl`
-        their lifetime.
-        """
-        k = self.key("code-used", digest(_check_ident("code", code)))
-        value, ex = _dumps(_check_record(info)), _check_ttl(ttl)
-        await self._call("mark_code_redeemed", lambda: self._redis.set(k, value, ex=ex))
-
-    async def finish_code_redemption(self, code: str, info: dict, ttl: int, *,
-                                     refresh: tuple | None = None) -> None:
-        """`mark_code_redeemed` and, when a refresh token was issued, `put_refresh`, in
-        ONE round trip (one script): the two writes that end a code redemption.
-
-        `refresh` is ``(token, record, ttl)``; its SET NX still raises `StoreConflict` if
-        the token exists. Either write failing raises `StoreUnavailable` as usual.
-        """
-        k = self.key("code-used", digest(_check_ident("code", code)))
-        value, ex = _dumps(_check_record(info)), _check_ttl(ttl)
-        if refresh is None:
-            await self._call("mark_code_redeemed", lambda: self._redis.set(k, value, ex=ex))
-            return
-        token, record, refresh_ttl = refresh
-        rk = self.key("rt", digest(_check_ident("refresh token", token)))
-        _check_record(record)
-        _check_ident('record["family"]', record.get("family"))
-        args = [_dumps(record), _check_ttl(refresh_ttl), value, ex]
-        stored = await self._call("finish_code_redemption", lambda: self._finish_code_script(
-            keys=[rk, k], args=args))
-        if not stored:
-            raise StoreConflict("refresh token already stored")
-
     async def redeem_code(self, code: str, *, client_id: str, redirect_uri: str,
-                          challenge: str, jti: str, refresh_token: str, now: int,
-                          access_ttl: int, refresh_ttl: int,
-                          provisional: bool = False) -> tuple[dict | None, int, int | None]:
-        """A code redemption in ONE round trip: `take_code` and, in the same step, the
-        writes of `finish_code_redemption`, when the record matches the request.
+                          challenge: str, verifier_sent: bool, public: bool,
+                          refresh_allowed: bool, jti: str, refresh_token: str, now: int,
+                          access_ttl: int, refresh_ttl: int) -> CodeRedemption:
+        """Redeem a code for this request in ONE round trip (the rules: `_REDEEM_CODE`).
 
-        The writes happen only if the record's client_id, redirect_uri (when it has one)
-        and code_challenge (`challenge` is the S256 of the request's verifier, "" for
-        none) equal the request's and the record carries its `created` time. Then the
-        marker ``{family, jti, exp}`` is written (its TTL: the refresh lifetime if a
-        refresh token was stored, else the access token's) and, when the grant has
-        offline_access and time left, the code's record is stored behind
-        `refresh_token` (SET NX; a clash raises `StoreConflict`, nothing written).
-
-        Returns ``(record, outcome, not_before)``: ``(None, 0, None)`` for an unknown or
-        spent code; outcome `REDEEM_UNCHECKED` (nothing written: the caller checks the
-        record and finishes the old way, or refuses), `REDEEM_MARKED` or
-        `REDEEM_WITH_REFRESH`; `not_before` the subject's not-before (`revoke_subject`,
-        read in the same script from the record's `sub`) or None. A caller that refuses
-        after a write undoes it with `undo_code_redemption`.
-
-        With `provisional`, a record that matches but has no `created` time (an older
-        code) also gets its marker ``{family, jti, exp: now + refresh_ttl}`` in the same
-        step (outcome still `REDEEM_UNCHECKED`): the caller issues with that `jti` and
-        `finish_code_redemption` overwrites it. No window in which the code is gone but
-        unmarked (a concurrent replay must revoke what is issued, RFC 6749 §4.1.2).
+        `challenge` is the S256 of the request's code_verifier ("" for none or a malformed
+        one), `verifier_sent` whether it sent one. When the code may be redeemed, its
+        redemption marker ``{family, jti, exp}`` is written (a replay revokes them) and, for
+        an offline_access grant with time left whose client may refresh
+        (`refresh_allowed`), its record is stored behind `refresh_token` (the outcome says
+        which). The code is spent whatever the outcome. A refresh-token clash raises
+        `StoreConflict` (nothing written). A caller that refuses after the writes (the user
+        is gone) removes them with `undo_code_redemption`.
         """
         h = digest(_check_ident("code", code))
         keys = [self.key("code", h), self.key("code-used", h),
                 self.key("rt", digest(_check_ident("refresh token", refresh_token)))]
         args = [_check_ident("client_id", client_id), redirect_uri or "", challenge or "",
+                _flag(verifier_sent), _flag(public), _flag(refresh_allowed),
                 _check_ident("jti", jti), int(now), _check_ttl(access_ttl),
                 _check_ttl(refresh_ttl), self.key("revoked", "sub", "")]
-        if provisional:
-            args.append("1")
-        result = await self._call("redeem_code", lambda: self._redeem_code_script(
+        outcome, value = await self._call("redeem_code", lambda: self._redeem_code_script(
             keys=keys, args=args))
-        if not result:
-            return None, REDEEM_UNCHECKED, None
-        value, outcome, nbf = result
-        if outcome < 0:
+        outcome = _text(outcome)
+        if outcome == "clash":
             raise StoreConflict("refresh token already stored")
-        return _loads(value), int(outcome), _not_before(nbf)
+        if outcome == "replayed":
+            return CodeRedemption(CodeOutcome.REPLAYED, spent=_loads(value))
+        return CodeRedemption(CodeOutcome(outcome), record=_loads(value) if value else None)
 
     async def undo_code_redemption(self, code: str, refresh_token: str) -> None:
         """Delete what `redeem_code` wrote (marker and refresh record) when the redemption
@@ -494,11 +514,6 @@ class Store:
         keys = [self.key("code-used", digest(_check_ident("code", code))),
                 self.key("rt", digest(_check_ident("refresh token", refresh_token)))]
         await self._call("undo_code_redemption", lambda: self._redis.delete(*keys))
-
-    async def code_redemption(self, code: str) -> dict | None:
-        """What `mark_code_redeemed` recorded for this code, or None."""
-        k = self.key("code-used", digest(_check_ident("code", code)))
-        return _loads(await self._call("code_redemption", lambda: self._redis.get(k)))
 
     # -- refresh tokens (RFC 6749 §6, §10.4; RFC 6819 §5.2.2.3 rotation) ----------------------
 
@@ -516,12 +531,11 @@ class Store:
             raise StoreConflict("refresh token already stored")
 
     async def take_refresh(self, token: str) -> dict | None:
-        """Redeem a refresh token for rotation: return its record and delete it, or None.
+        """Take a refresh token for good: return its record and delete it, or None.
 
-        In the same atomic step (a Lua script) ``rt-spent:<sha256>`` is set to the record's
-        family for the record's remaining lifetime, so `spent_refresh_family` can tell a
-        replayed, already rotated token (revoke the family, RFC 6819 §5.2.2.3) from an
-        unknown one.
+        In the same atomic step ``rt-spent:<sha256>`` is set to the record's family for the
+        record's remaining lifetime, so a later presentation is recognised as reuse
+        (`rotate_refresh` answers REUSED) rather than as an unknown token.
         """
         h = digest(_check_ident("refresh token", token))
         keys = [self.key("rt", h), self.key("rt-spent", h)]
@@ -529,45 +543,34 @@ class Store:
             "take_refresh", lambda: self._take_refresh_script(keys=keys)))
 
     async def rotate_refresh(self, token: str, new_token: str, *, client_id: str, now: int,
-                             refresh_ttl: int, keep_refused: bool = False,
-                             scopes: list | tuple = ()) -> tuple:
-        """A refresh-token rotation in ONE round trip: `take_refresh`, whether the record's
-        family is on the revocation list (what `is_revoked(family=...)` answers) and, when
-        the record is `client_id`'s, its family not revoked, the grant holds offline_access
-        and time is left (created + `refresh_ttl` > `now`), the same record stored behind
-        `new_token` for that remaining time (SET NX; a clash raises `StoreConflict`). The
-        subject's not-before (`revoke_subject`, from the record's `sub`) is read too.
+                             refresh_ttl: int, scopes: list | tuple = ()) -> Rotation:
+        """Rotate a refresh token for this request in ONE round trip (the rules:
+        `_ROTATE_REFRESH`): `scopes` are the request's (RFC 6749 §6; empty: the grant's).
 
-        Returns ``(record, revoked, stored, not_before)``; ``(None, False, False, None)``
-        for an unknown or spent token; `not_before` is None when there is none. The presented token is taken either way. A caller that refuses after
-        `stored` removes the new token (`take_refresh`) and may put the old one back.
-
-        With `keep_refused`, a record of another client, or `scopes` (the request's, RFC
-        6749 §6) beyond the record's, is returned WITHOUT being taken (nothing written):
-        ``(record, False, None, None)``, `stored` None. The caller refuses; there is no
-        put-back, so no window for a concurrent refresh or revocation (RFC 7009 §2.1).
+        On ROTATED the presented token is spent and, unless the family's time is up, the
+        grant is stored behind `new_token` (`stored`; a clash raises `StoreConflict`); the
+        subject's not-before is read in the same step. WRONG_CLIENT and WIDER_SCOPE leave
+        the token in place. A caller that cannot finish (the user directory is down) puts
+        the token back with `put_refresh` and removes the new one with `take_refresh`.
         """
         h = digest(_check_ident("refresh token", token))
         keys = [self.key("rt", h), self.key("rt-spent", h),
                 self.key("rt", digest(_check_ident("refresh token", new_token)))]
         args = [self.key("revoked", "family", ""), _check_ident("client_id", client_id),
-                int(now), _check_ttl(refresh_ttl), self.key("revoked", "sub", "")]
-        if keep_refused:
-            args.append("1")
-            args.extend(_check_ident("scope", scope) for scope in scopes)
-        result = await self._call("rotate_refresh", lambda: self._rotate_refresh_script(
-            keys=keys, args=args))
-        if not result:
-            return None, False, False, None
-        value, revoked, stored, nbf = result
-        if stored == -2:
-            return _loads(value), False, None, None
-        if stored < 0:
+                int(now), _check_ttl(refresh_ttl), self.key("revoked", "sub", ""),
+                *(_check_ident("scope", scope) for scope in scopes)]
+        outcome, value, stored, nbf = await self._call(
+            "rotate_refresh", lambda: self._rotate_refresh_script(keys=keys, args=args))
+        outcome = _text(outcome)
+        if outcome == "clash":
             raise StoreConflict("refresh token already stored")
-        return _loads(value), bool(revoked), bool(stored), _not_before(nbf)
+        if outcome == "reused":
+            return Rotation(RotationOutcome.REUSED, family=_loads(value))
+        return Rotation(RotationOutcome(outcome), record=_loads(value) if value else None,
+                        stored=bool(stored), not_before=_not_before(nbf or None))
 
     async def peek_refresh(self, token: str) -> dict | None:
-        """A refresh-token record without redeeming it (introspection, revocation checks)."""
+        """A refresh-token record without redeeming it (introspection, revocation)."""
         k = self.key("rt", digest(_check_ident("refresh token", token)))
         return _loads(await self._call("peek_refresh", lambda: self._redis.get(k)))
 
@@ -621,6 +624,11 @@ class Store:
         args = [math.ceil(not_before), _check_ttl(ttl)]
         await self._call("revoke_subject",
                          lambda: self._revoke_subject_script(keys=[k], args=args))
+
+    async def subject_not_before(self, sub: str) -> int | None:
+        """The subject's not-before (its last sign-out, `revoke_subject`), or None."""
+        k = self.key("revoked", "sub", _check_ident("sub", sub))
+        return _not_before(await self._call("subject_not_before", lambda: self._redis.get(k)))
 
     async def is_revoked(self, *, jti: str | None = None, family: str | None = None,
                          sub: str | None = None, iat: float | None = None) -> bool:

@@ -15,6 +15,7 @@ the revocation list in one round trip and fails closed (RFC 6750 §3.1 `invalid_
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -59,6 +60,27 @@ class Tokens:
         return cls(core.keyring, s.iss, access_ttl=s.access_token_expiration,
                    id_ttl=s.id_token_expiration, refresh_ttl=s.refresh_token_expiration,
                    skew=s.clock_skew, now=core.now)
+
+    # -- how long a revocation lasts: until what it revokes is no longer accepted anywhere --
+
+    def accepted_until(self, exp: float) -> int:
+        """The last second a token expiring at `exp` is still accepted: its `exp` plus the
+        tolerated clock skew (`validate_access_token`)."""
+        return math.ceil(exp) + self.skew
+
+    def family_until(self, last_refresh_exp: Optional[float] = None) -> int:
+        """Until when a revoked grant family must stay revoked: its refresh tokens live until
+        `last_refresh_exp` (unknown: a whole refresh lifetime from now) and every one of them
+        can still mint an access token that lives an access lifetime."""
+        now = self.now()
+        last = now + self.refresh_ttl if last_refresh_exp is None else last_refresh_exp
+        return self.accepted_until(max(last, now + self.access_ttl))
+
+    def sign_out_ttl(self, logon_ttl: int) -> int:
+        """How long a subject's not-before (a sign-out) is kept: as long as anything it ends
+        can still be presented, its access tokens and its logon cookies (sealed for
+        `logon_ttl`). Shorter, and a copy of an old logon cookie would be a session again."""
+        return max(self.access_ttl, logon_ttl) + self.skew
 
     def _alg(self, alg: Optional[str]) -> Optional[str]:
         return alg if alg in self.keyring.can_sign else None

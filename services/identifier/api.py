@@ -15,7 +15,6 @@ has no CR/LF; non-ASCII is not portable) of at most 256 characters.
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 from typing import Any, Optional
 from urllib.parse import urlencode, urlsplit
@@ -23,6 +22,7 @@ from urllib.parse import urlencode, urlsplit
 from shared import discovery, scopes as scopelib
 from shared.errors import INVALID_REQUEST, TOO_MANY_REQUESTS, OAuth2Error
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
+                            wait_past,
                             clear_cookie, consent_cookie_name, current_logon, new_sid,
                             new_state_key, seal_consent, set_cookie)
 from shared.web import BaseHandler
@@ -167,18 +167,10 @@ class LogonHandler(APIHandler):
                          "hello": await self.hello(logon, hello) if hello is not None else None})
 
     async def auth_time(self, sub: str) -> int:
-        """Now in whole seconds (the unit of auth_time, OIDC Core §2), but later than the
-        subject's not-before. A sign-out writes its second as the not-before and ends every
-        logon and token of that second (`Store.revoke_subject`), so a sign-in in the same
-        second as a sign-out waits for the next second: else the new logon and the tokens
-        issued from it in that second would be dead at once. Bounded: a not-before further
-        ahead (another host's clock) is not waited out."""
+        """Now in whole seconds (the unit of auth_time, OIDC Core §2), after the subject's
+        not-before: a sign-in in a sign-out's second waits for the next (`wait_past`)."""
         deps = self.deps
-        for _ in range(3):
-            now = deps.now()
-            if not await deps.store.is_revoked(sub=sub, iat=int(now)):
-                break
-            await asyncio.sleep(min(1.0, max(0.02, math.floor(now) + 1 - now)))
+        await wait_past(deps.now, await deps.store.subject_not_before(sub))
         return int(deps.now())
 
 

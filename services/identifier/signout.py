@@ -8,14 +8,6 @@ from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, LOGON_
                             Logon, clear_cookie)
 
 
-def not_before_ttl(deps: Any) -> int:
-    """How long a sign-out's not-before is kept: as long as anything it ends can still be
-    presented, the access tokens and the logon cookie (sealed for LOGON_TTL), plus the clock
-    skew. Shorter, and a copy of the old logon cookie would be a session again once the
-    Redis entry expired."""
-    return max(deps.tokens.access_ttl, LOGON_TTL) + deps.settings.clock_skew
-
-
 async def sign_out(handler: Any, logon: Optional[Logon]) -> None:
     """What every sign-out does: end this user's sessions and revoke what was issued to them
     so far, then forget the logon in this browser.
@@ -26,6 +18,6 @@ async def sign_out(handler: Any, logon: Optional[Logon]) -> None:
     for the next second (`LogonHandler`), so it is not caught by it."""
     deps = handler.deps
     if logon is not None:
-        await deps.store.revoke_subject(logon.identity.sub, int(deps.now()), not_before_ttl(deps))
+        await deps.store.revoke_subject(logon.identity.sub, int(deps.now()), deps.tokens.sign_out_ttl(LOGON_TTL))
     clear_cookie(handler, LOGON_COOKIE, path=API_PATH)
     clear_cookie(handler, BROWSER_STATE_COOKIE, path=SESSION_PATH)

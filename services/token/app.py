@@ -1,6 +1,11 @@
 """The token service: token, revoke, introspect, discovery, JWKS and, when enabled, dynamic
 client registration (N processes, SO_REUSEPORT)."""
 
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
 from shared import discovery, service
 from shared.deps import Core
 
@@ -10,11 +15,30 @@ from .handlers import (DiscoveryHandler, IntrospectHandler, JWKSHandler, RevokeH
 from .register import RegisterHandler
 
 
-def make_app(settings, deps: Core):
-    deps.issuer = Issuer(deps.tokens, deps.store, deps.users)
-    deps.assertion_audiences = (settings.iss, discovery.url(settings, "token_endpoint"))
-    deps.discovery_json = encode(discovery.document(settings, deps.keyring, deps.scope_definitions))
-    deps.jwks_json = encode(deps.keyring.jwks())
+@dataclass
+class TokenDeps(Core):
+    """What the token service's handlers use: the shared `Core` and what this service
+    builds from it once at start-up."""
+
+    issuer: Issuer | None = None
+    assertion_audiences: tuple = ()   # the `aud` values a private_key_jwt assertion may name
+    discovery_json: bytes = b""
+    jwks_json: bytes = b""
+
+    @classmethod
+    def from_core(cls, core: Core) -> "TokenDeps":
+        settings = core.settings
+        deps = cls(**{f.name: getattr(core, f.name) for f in dataclasses.fields(Core)})
+        deps.issuer = Issuer(deps.tokens, deps.store, deps.users)
+        deps.assertion_audiences = (settings.iss, discovery.url(settings, "token_endpoint"))
+        deps.discovery_json = encode(discovery.document(settings, deps.keyring,
+                                                        deps.scope_definitions))
+        deps.jwks_json = encode(deps.keyring.jwks())
+        return deps
+
+
+def make_app(settings, core: Core):
+    deps = TokenDeps.from_core(core)
     args = {"deps": deps}
     routes = [
         (discovery.DISCOVERY_PATH, DiscoveryHandler, args),

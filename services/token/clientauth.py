@@ -24,6 +24,8 @@ from shared.clients import Client
 from shared.errors import INVALID_CLIENT, INVALID_REQUEST, OAuth2Error
 from shared.keys import client_key_lookup
 
+from .request import FormRequest
+
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ASSERTION_LIFETIME = 600
 CLOCK_SKEW = 30  # seconds tolerated on a client assertion's exp, nbf and iat (RFC 7519 §4.1.4)
@@ -58,7 +60,7 @@ def parse_basic(header: Optional[str]) -> Optional[tuple[str, str]]:
     return unquote_plus(user), unquote_plus(password)
 
 
-async def authenticate(handler: Any, *, lookup: Callable[[str, Optional[str]], Any],
+async def authenticate(request: FormRequest, *, lookup: Callable[[str, Optional[str]], Any],
                        store: Any, audiences: tuple, now: Callable[[], float],
                        confidential: bool = False) -> Authenticated:
     """The authenticated client of this request, or an `invalid_client` (401) error.
@@ -67,26 +69,28 @@ async def authenticate(handler: Any, *, lookup: Callable[[str, Optional[str]], A
     registry is asked without a redirect URI (so no implicit client comes into being) and
     method `none` is refused.
     """
-    result = await _authenticate(handler, lookup, store, audiences, now, confidential)
+    result = await _authenticate(request, lookup, store, audiences, now, confidential)
     if confidential and (result.method == "none" or result.client.implicit):
         raise _invalid("client credentials are required at this endpoint", False)
     return result
 
 
-async def _authenticate(handler: Any, lookup: Callable[[str, Optional[str]], Any], store: Any,
+async def _authenticate(request: FormRequest, lookup: Callable[[str, Optional[str]], Any],
+                        store: Any,
                         audiences: tuple, now: Callable[[], float],
                         confidential: bool) -> Authenticated:
-    basic = parse_basic(handler.request.headers.get("Authorization"))
-    form_id = handler.param("client_id")
-    form_secret = handler.param("client_secret")
-    assertion = handler.param("client_assertion")
-    assertion_type = handler.param("client_assertion_type")
+    basic = parse_basic(request.authorization)
+    form_id = request.get("client_id")
+    form_secret = request.get("client_secret")
+    assertion = request.get("client_assertion")
+    assertion_type = request.get("client_assertion_type")
     methods = [m for m, used in (("client_secret_basic", basic), ("client_secret_post", form_secret),
                                  ("private_key_jwt", assertion)) if used]
     if len(methods) > 1:
         raise OAuth2Error(INVALID_REQUEST, "more than one client authentication method used")
-    # the redirect URI only names an implicitly trusted client (konnect.md §5.4, Q15)
-    redirect_uri = None if confidential else handler.param("redirect_uri")
+    # the redirect URI only names an implicitly trusted client (Konnect's implicit trust of
+    # redirect URIs on the issuer's origin, identifier/clients.go)
+    redirect_uri = None if confidential else request.get("redirect_uri")
     if assertion:
         if assertion_type != ASSERTION_TYPE:
             raise OAuth2Error(INVALID_REQUEST, "unsupported client_assertion_type")

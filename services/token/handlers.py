@@ -7,7 +7,6 @@ from typing import Any, Optional
 
 import tornado.web
 
-from shared import discovery
 from shared.errors import (INVALID_REQUEST, METHOD_NOT_ALLOWED, UNAUTHORIZED_CLIENT,
                            UNSUPPORTED_GRANT_TYPE, OAuth2Error)
 from shared.grants import Grant
@@ -16,6 +15,7 @@ from shared.web import BaseHandler
 
 from . import grants
 from .clientauth import authenticate
+from .request import FormRequest
 
 GRANTS = {"authorization_code": grants.authorization_code, "refresh_token": grants.refresh_token}
 # What client authentication reads (clientauth.authenticate) at every endpoint here; it
@@ -69,20 +69,24 @@ class FormHandler(BaseHandler):
             if name in self.request.query_arguments:
                 raise _not_in_body(name)
 
-    def param(self, name: str, default: Optional[str] = None) -> Optional[str]:
-        """One parameter of the form body (see the class docstring); never the query's."""
-        if name in self.request.query_arguments:
-            raise _not_in_body(name)
-        return super().param(name, default)
+    def form(self) -> FormRequest:
+        """The parameters this endpoint reads (`body_params`), each once and from the body
+        (see the class docstring), with the Authorization header."""
+        params = {}
+        for name in self.body_params:  # prepare() refused them in the query
+            value = self.param(name)
+            if value is not None:
+                params[name] = value
+        return FormRequest(params, self.request.headers.get("Authorization"))
 
     def get(self) -> None:  # prepare() answers; these exist so tornado routes the method
         pass
 
     put = delete = patch = get
 
-    async def client(self, *, confidential: bool = False):
+    async def client(self, request: FormRequest, *, confidential: bool = False):
         deps = self.deps
-        return await authenticate(self, lookup=deps.lookup_client, store=deps.store,
+        return await authenticate(request, lookup=deps.lookup_client, store=deps.store,
                                   audiences=deps.assertion_audiences, now=deps.now,
                                   confidential=confidential)
 
@@ -92,18 +96,19 @@ class TokenHandler(FormHandler):
                                    "refresh_token", "scope")
 
     async def post(self) -> None:
-        grant_type = self.param("grant_type")
+        request = self.form()
+        grant_type = request.get("grant_type")
         if not grant_type:
             raise OAuth2Error(INVALID_REQUEST, "grant_type is required")
         run = GRANTS.get(grant_type)
         if run is None:
             raise OAuth2Error(UNSUPPORTED_GRANT_TYPE, "grant_type not supported")
-        auth = await self.client()
+        auth = await self.client(request)
         if not grants.grant_type_allowed(auth.client, grant_type):
             # RFC 6749 §5.2: the authenticated client is not authorized for this grant type
             raise OAuth2Error(UNAUTHORIZED_CLIENT, "the client is not registered for this "
                               "grant type")
-        body = await run(self, auth.client, self.deps.issuer)
+        body = await run(request, auth.client, self.deps.issuer)
         self.write_json(body)
 
 
@@ -116,11 +121,11 @@ class RevokeHandler(FormHandler):
     body_params = CLIENT_PARAMS + ("redirect_uri", "token", "token_type_hint")
 
     async def post(self) -> None:
-        token = self.param("token")
+        request = self.form()  # token_type_hint: optional, only a hint (§2.1)
+        token = request.get("token")
         if not token:
             raise OAuth2Error(INVALID_REQUEST, "token is required")
-        self.param("token_type_hint")  # optional; duplicates refused, value only a hint (§2.1)
-        client = (await self.client()).client
+        client = (await self.client(request)).client
         deps = self.deps
         if "." in token:
             await self._revoke_access(token, client)
@@ -129,21 +134,17 @@ class RevokeHandler(FormHandler):
             if record and record.get("client_id") == client.id:
                 grant = Grant.from_record(record)
                 await deps.store.take_refresh(token)
-                # until the family's last access token is no longer accepted (exp + skew)
-                tokens = deps.tokens
-                until = max(grant.created + tokens.refresh_ttl, deps.now() + tokens.access_ttl)
-                await deps.store.revoke_family(grant.family, until + tokens.skew)
+                await deps.store.revoke_family(
+                    grant.family, deps.tokens.family_until(grant.created + deps.tokens.refresh_ttl))
             elif record is None:
-                # Already spent: rotated, or taken by a grant that is still running and may
-                # put it back after a failure (grants.py `put_back`). Its family ends, so
+                # Already spent: rotated, or taken by a refresh that is still running and may
+                # put it back after a failure (grants.refresh_token). Its family ends, so
                 # that nothing of it works after this 200 (RFC 7009 §2.2, RFC 6819
                 # §5.2.2.3). The spent marker names no client; whoever holds a 256-bit
                 # token of the family may end it.
                 family = await deps.store.spent_refresh_family(token)
                 if family:
-                    tokens = deps.tokens
-                    await deps.store.revoke_family(
-                        family, deps.now() + tokens.refresh_ttl + tokens.skew)
+                    await deps.store.revoke_family(family, deps.tokens.family_until())
         self.set_status(200)  # §2.2: also for invalid or unknown tokens
         self.finish()
 
@@ -154,8 +155,7 @@ class RevokeHandler(FormHandler):
             return
         if claims.get("kc.isAccessToken") is True and claims.get("aud") == client.id \
                 and isinstance(claims.get("jti"), str) and isinstance(claims.get("exp"), int):
-            # userinfo and introspection accept a token until exp + skew: so long the entry
-            until = claims["exp"] + self.deps.tokens.skew
+            until = self.deps.tokens.accepted_until(claims["exp"])
             if until > self.deps.now():
                 await self.deps.store.revoke_jti(claims["jti"], until)
 
@@ -173,11 +173,11 @@ class IntrospectHandler(FormHandler):
     body_params = CLIENT_PARAMS + ("token", "token_type_hint")
 
     async def post(self) -> None:
-        token = self.param("token")
+        request = self.form()
+        token = request.get("token")
         if not token:
             raise OAuth2Error(INVALID_REQUEST, "token is required")
-        self.param("token_type_hint")
-        client = (await self.client(confidential=True)).client
+        client = (await self.client(request, confidential=True)).client
         sees_all = client.trusted and not client.implicit and not client.dynamic
         info = await (self._access(token) if "." in token else self._refresh(token))
         if info is None or (info.get("client_id") != client.id and not sees_all):

@@ -11,7 +11,9 @@ import socket
 import pytest
 
 from shared.errors import Unavailable
-from shared.store import Store, StoreConflict, StoreUnavailable, digest
+from shared.store import (CodeOutcome, CodeRedemption, Rotation, RotationOutcome, Store,
+                          StoreConflict, StoreUnavailable, digest)
+from tests.support.store import redemption_marker
 
 NOW = 1_700_000_000
 
@@ -47,16 +49,18 @@ def _code_record(**over) -> dict:
     return {k: v for k, v in record.items() if v is not None}
 
 
-REDEEM = dict(client_id="rp", redirect_uri="https://rp/cb", challenge="chal", jti="jti-9",
-              refresh_token="rt-9", now=NOW + 10, access_ttl=600, refresh_ttl=7200)
+REDEEM = dict(client_id="rp", redirect_uri="https://rp/cb", challenge="chal", verifier_sent=True,
+              public=False, refresh_allowed=True, jti="jti-9", refresh_token="rt-9",
+              now=NOW + 10, access_ttl=600, refresh_ttl=7200)
 
 
 ROTATE = dict(client_id="rp", now=NOW + 10, refresh_ttl=7200)
 
 
 async def exercise_every_writer(store: Store) -> None:
-    await store.put_code("code", {"c": 1}, 60)
-    await store.mark_code_redeemed("code", {"jti": "j"}, 120)
+    await store.put_code("code", _code_record(), 60)
+    await store.redeem_code("code", **REDEEM)
+    await store.put_code("code-kept", _code_record(), 60)
     await store.put_refresh("rt-kept", {"family": "fam"}, 600)
     await store.put_refresh("rt-taken", {"family": "fam"}, 600)
     await store.take_refresh("rt-taken")
@@ -71,7 +75,8 @@ async def exercise_every_writer(store: Store) -> None:
 def writers_with_ttl(ttl):
     return {
         "put_code": lambda s: s.put_code("c", {}, ttl),
-        "mark_code_redeemed": lambda s: s.mark_code_redeemed("c", {}, ttl),
+        "redeem_code (access)": lambda s: s.redeem_code("c", **{**REDEEM, "access_ttl": ttl}),
+        "redeem_code (refresh)": lambda s: s.redeem_code("c", **{**REDEEM, "refresh_ttl": ttl}),
         "put_refresh": lambda s: s.put_refresh("r", {"family": "f"}, ttl),
         "revoke_subject": lambda s: s.revoke_subject("alice", not_before=NOW, ttl=ttl),
         "first_use": lambda s: s.first_use("k", "i", ttl),
@@ -86,11 +91,13 @@ SECRET_CODE, SECRET_RT = "code-that-must-not-be-logged", "rt-that-must-not-be-lo
 OPERATIONS = {
     "ping": lambda s: s.ping(),
     "put_code": lambda s: s.put_code(SECRET_CODE, {"a": 1}, 60),
-    "take_code": lambda s: s.take_code(SECRET_CODE),
-    "mark_code_redeemed": lambda s: s.mark_code_redeemed(SECRET_CODE, {"jti": "j"}, 60),
-    "code_redemption": lambda s: s.code_redemption(SECRET_CODE),
+    "redeem_code": lambda s: s.redeem_code(SECRET_CODE, **{**REDEEM, "refresh_token": SECRET_RT}),
+    "undo_code_redemption": lambda s: s.undo_code_redemption(SECRET_CODE, SECRET_RT),
     "put_refresh": lambda s: s.put_refresh(SECRET_RT, {"family": "f"}, 60),
     "take_refresh": lambda s: s.take_refresh(SECRET_RT),
+    "rotate_refresh": lambda s: s.rotate_refresh(SECRET_RT, SECRET_CODE, **ROTATE),
+    "peek_refresh": lambda s: s.peek_refresh(SECRET_RT),
+    "subject_not_before": lambda s: s.subject_not_before("alice"),
     "spent_refresh_family": lambda s: s.spent_refresh_family(SECRET_RT),
     "revoke_jti": lambda s: s.revoke_jti("j", exp=s.now() + 60),
     "revoke_family": lambda s: s.revoke_family("f", exp=s.now() + 60),
@@ -113,100 +120,95 @@ def private_store(private_redis, io_loop):
     io_loop.run_sync(s.close)
 
 
-@pytest.mark.gen_test
-async def test_code_is_single_use(store):
-    await store.put_code("code-1", {"client_id": "rp", "scope": "openid"}, 60)
-    assert await store.take_code("code-1") == {"client_id": "rp", "scope": "openid"}
-    assert await store.take_code("code-1") is None
+def _issued(record: dict, refresh: bool = True) -> CodeRedemption:
+    return CodeRedemption(CodeOutcome.ISSUED_WITH_REFRESH if refresh else CodeOutcome.ISSUED,
+                          record=record)
 
 
 @pytest.mark.gen_test
-async def test_concurrent_redemptions_of_one_code_give_the_grant_exactly_once(store):
-    await store.put_code("contested", {"n": 1}, 60)
-    results = await asyncio.gather(*(store.take_code("contested") for _ in range(20)))
-    assert [r for r in results if r is not None] == [{"n": 1}]
+async def test_code_is_single_use_and_a_second_redemption_finds_what_the_first_issued(store):
+    record = _code_record()
+    await store.put_code("code-1", record, 60)
+    assert await store.redeem_code("code-1", **REDEEM) == _issued(record)
+    again = await store.redeem_code("code-1", **{**REDEEM, "jti": "other", "refresh_token": "r2"})
+    assert again == CodeRedemption(CodeOutcome.REPLAYED, spent={
+        "family": "fam-9", "jti": "jti-9", "exp": NOW + 10 + 7200})
+    assert await store.peek_refresh("r2") is None
 
 
 @pytest.mark.gen_test
 async def test_storing_the_same_code_twice_is_a_conflict(store):
-    await store.put_code("dup", {"first": True}, 60)
+    await store.put_code("dup", _code_record(first=True), 60)
     with pytest.raises(StoreConflict):
-        await store.put_code("dup", {"first": False}, 60)
-    assert await store.take_code("dup") == {"first": True}
+        await store.put_code("dup", _code_record(first=False), 60)
+    assert (await store.redeem_code("dup", **REDEEM)).record["first"] is True
 
 
 @pytest.mark.gen_test
-async def test_unknown_code_is_none(store):
-    assert await store.take_code("never-issued") is None
-    assert await store.code_redemption("never-issued") is None
-
-
-@pytest.mark.gen_test
-async def test_redeemed_code_remembers_what_was_issued(store, raw):
-    await store.mark_code_redeemed("code-2", {"jti": "at-1", "family": "fam-1"}, 3600)
-    assert await store.code_redemption("code-2") == {"jti": "at-1", "family": "fam-1"}
-    key = store.key("code-used", digest("code-2"))
-    assert 3590 <= raw.ttl(key) <= 3600
+async def test_unknown_code_is_unknown(store, raw):
+    assert await store.redeem_code("never-issued", **REDEEM) == \
+        CodeRedemption(CodeOutcome.UNKNOWN)
+    assert all_keys(raw) == []
 
 
 @pytest.mark.gen_test
 async def test_redeem_code_writes_marker_and_refresh_record_in_one_step(store, raw):
     record = _code_record()
     await store.put_code("c-9", record, 60)
-    got, outcome, not_before = await store.redeem_code("c-9", **REDEEM)
-    assert (got, outcome, not_before) == (record, 2, None)
-    assert await store.take_code("c-9") is None
+    assert await store.redeem_code("c-9", **REDEEM) == _issued(record)
+    assert raw.exists(store.key("code", digest("c-9"))) == 0
     # the refresh record IS the code's record; it lives until created + refresh_ttl
     assert await store.peek_refresh("rt-9") == record
     assert 7180 <= raw.ttl(store.key("rt", digest("rt-9"))) <= 7190
     # the marker names the family and the access token, for as long as the refresh token
-    assert await store.code_redemption("c-9") == {"family": "fam-9", "jti": "jti-9",
-                                                  "exp": NOW + 10 + 7200}
+    assert await redemption_marker(store, "c-9") == {"family": "fam-9", "jti": "jti-9",
+                                                     "exp": NOW + 10 + 7200}
     assert 7190 <= raw.ttl(store.key("code-used", digest("c-9"))) <= 7200
 
 
+@pytest.mark.parametrize("over,args", [({"scopes": ["openid"]}, {}),
+                                       ({}, {"refresh_allowed": False}),
+                                       ({"created": NOW - 7200}, {})],
+                         ids=["no offline_access", "client may not refresh", "family over"])
 @pytest.mark.gen_test
-async def test_redeem_code_without_offline_access_writes_only_the_marker(store, raw):
-    await store.put_code("c-10", _code_record(scopes=["openid"]), 60)
-    _, outcome, _ = await store.redeem_code("c-10", **REDEEM)
-    assert outcome == 1
+async def test_redeem_code_without_a_refresh_token_writes_only_the_marker(store, raw, over,
+                                                                          args):
+    record = _code_record(**over)
+    await store.put_code("c-10", record, 60)
+    assert await store.redeem_code("c-10", **{**REDEEM, **args}) == _issued(record, False)
     assert await store.peek_refresh("rt-9") is None
-    assert (await store.code_redemption("c-10"))["exp"] == NOW + 10 + 600
+    assert (await redemption_marker(store, "c-10"))["exp"] == NOW + 10 + 600
     assert 590 <= raw.ttl(store.key("code-used", digest("c-10"))) <= 600
 
 
-@pytest.mark.parametrize("mismatch", [
-    {"client_id": "other"}, {"redirect_uri": "https://rp/cb2"}, {"challenge": "wrong"},
-    {"challenge": ""}])
+@pytest.mark.parametrize("over,args,outcome", [
+    ({}, {"client_id": "other"}, CodeOutcome.WRONG_CLIENT),
+    ({}, {"redirect_uri": "https://rp/cb2"}, CodeOutcome.WRONG_REDIRECT_URI),
+    ({}, {"challenge": "wrong"}, CodeOutcome.PKCE_MISMATCH),
+    ({}, {"challenge": "", "verifier_sent": False}, CodeOutcome.PKCE_MISMATCH),
+    ({}, {"challenge": "", "verifier_sent": True}, CodeOutcome.PKCE_MISMATCH),  # malformed
+    ({"code_challenge": None}, {}, CodeOutcome.VERIFIER_WITHOUT_CHALLENGE),
+    ({"code_challenge": None}, {"challenge": "", "verifier_sent": False, "public": True},
+     CodeOutcome.PKCE_REQUIRED),
+    ({"created": None}, {}, CodeOutcome.INVALID), ({"created": 0}, {}, CodeOutcome.INVALID),
+    ({"family": None}, {}, CodeOutcome.INVALID)])
 @pytest.mark.gen_test
-async def test_redeem_code_that_does_not_match_the_request_writes_nothing(store, raw, mismatch):
-    record = _code_record()
-    await store.put_code("c-11", record, 60)
-    got, outcome, _ = await store.redeem_code("c-11", **{**REDEEM, **mismatch})
-    assert (got, outcome) == (record, 0)  # taken all the same: a code is tried once
-    assert await store.take_code("c-11") is None
-    assert await store.peek_refresh("rt-9") is None
-    assert await store.code_redemption("c-11") is None
-
-
-@pytest.mark.parametrize("over", [{"created": None}, {"created": 0}, {"family": None},
-                                  {"code_challenge": None}])
-@pytest.mark.gen_test
-async def test_redeem_code_leaves_records_it_cannot_vouch_for_to_the_caller(store, over):
-    """No `created` (older codes), no family, or a challenge the request does not carry:
-    nothing is written, the caller checks (and refuses, or finishes in a second step)."""
+async def test_redeem_code_that_may_not_be_redeemed_by_this_request_writes_nothing(
+        store, raw, over, args, outcome):
     record = _code_record(**over)
-    await store.put_code("c-12", record, 60)
-    assert await store.redeem_code("c-12", **REDEEM) == (record, 0, None)
-    assert await store.code_redemption("c-12") is None
+    await store.put_code("c-11", record, 60)
+    got = await store.redeem_code("c-11", **{**REDEEM, **args})
+    assert got == CodeRedemption(outcome, record=record)
+    assert all_keys(raw) == []  # taken all the same: a code is tried once
 
 
 @pytest.mark.gen_test
-async def test_redeem_code_with_an_expired_family_issues_no_refresh_token(store):
-    await store.put_code("c-13", _code_record(created=NOW - 7200), 60)
-    _, outcome, _ = await store.redeem_code("c-13", **REDEEM)
-    assert outcome == 1
-    assert await store.peek_refresh("rt-9") is None
+async def test_code_without_a_challenge_redeems_for_a_confidential_client_without_verifier(
+        store):
+    record = _code_record(code_challenge=None)
+    await store.put_code("c-12", record, 60)
+    got = await store.redeem_code("c-12", **{**REDEEM, "challenge": "", "verifier_sent": False})
+    assert got == _issued(record)
 
 
 @pytest.mark.gen_test
@@ -216,7 +218,7 @@ async def test_redeem_code_refresh_clash_is_a_conflict_and_writes_no_marker(stor
     with pytest.raises(StoreConflict):
         await store.redeem_code("c-14", **REDEEM)
     assert await store.peek_refresh("rt-9") == {"family": "someone-else"}
-    assert await store.code_redemption("c-14") is None
+    assert await redemption_marker(store, "c-14") is None
 
 
 @pytest.mark.gen_test
@@ -224,49 +226,70 @@ async def test_undo_code_redemption_removes_marker_and_refresh_record(store, raw
     await store.put_code("c-15", _code_record(), 60)
     await store.redeem_code("c-15", **REDEEM)
     await store.undo_code_redemption("c-15", "rt-9")
-    assert await store.peek_refresh("rt-9") is None
-    assert await store.code_redemption("c-15") is None
+    assert all_keys(raw) == []
 
 
 @pytest.mark.gen_test
-async def test_concurrent_redemptions_write_once(store):
+async def test_concurrent_redemptions_issue_once_and_the_others_find_it(store):
     await store.put_code("c-16", _code_record(), 60)
     results = await asyncio.gather(*(store.redeem_code("c-16", **{**REDEEM, "jti": f"j{i}",
                                                                   "refresh_token": f"r{i}"})
                                      for i in range(10)))
-    assert sorted(outcome for _, outcome, _ in results) == [0] * 9 + [2]
-    winners = [i for i, (record, _, _) in enumerate(results) if record is not None]
-    assert len(winners) == 1
-    assert (await store.code_redemption("c-16"))["jti"] == f"j{winners[0]}"
+    outcomes = sorted(r.outcome.value for r in results)
+    assert outcomes == ["issued_with_refresh"] + ["replayed"] * 9
+    (winner,) = [i for i, r in enumerate(results) if r.issued]
+    assert (await redemption_marker(store, "c-16"))["jti"] == f"j{winner}"
+    assert all(r.spent["jti"] == f"j{winner}" for r in results if not r.issued)
 
 
 @pytest.mark.gen_test
 async def test_rotate_refresh_takes_the_token_and_stores_the_grant_behind_the_new_one(store, raw):
     record = _code_record()
     await store.put_refresh("old-1", record, 60)
-    assert await store.rotate_refresh("old-1", "new-1", **ROTATE) == (record, False, True, None)
+    assert await store.rotate_refresh("old-1", "new-1", **ROTATE) == \
+        Rotation(RotationOutcome.ROTATED, record=record, stored=True)
     assert await store.peek_refresh("old-1") is None
     assert await store.spent_refresh_family("old-1") == "fam-9"
     assert await store.peek_refresh("new-1") == record
     assert 7180 <= raw.ttl(store.key("rt", digest("new-1"))) <= 7190
-    assert await store.rotate_refresh("old-1", "new-2", **ROTATE) == (None, False, False, None)
+    assert await store.rotate_refresh("old-1", "new-2", **ROTATE) == \
+        Rotation(RotationOutcome.REUSED, family="fam-9")
+    assert await store.rotate_refresh("never", "new-3", **ROTATE) == \
+        Rotation(RotationOutcome.UNKNOWN)
 
 
-@pytest.mark.parametrize("case", ["other client", "revoked family", "no offline_access",
-                                  "family over", "no created"])
+@pytest.mark.parametrize("case,outcome,taken", [
+    ("other client", RotationOutcome.WRONG_CLIENT, False),
+    ("wider scope", RotationOutcome.WIDER_SCOPE, False),
+    ("revoked family", RotationOutcome.REVOKED, True),
+    ("no offline_access", RotationOutcome.ROTATED, True),
+    ("family over", RotationOutcome.ROTATED, True),
+    ("no created", RotationOutcome.INVALID, True)])
 @pytest.mark.gen_test
-async def test_rotate_refresh_stores_nothing_new_when_the_grant_may_not_go_on(store, case):
+async def test_rotate_refresh_stores_nothing_new_when_the_grant_may_not_go_on(store, case,
+                                                                              outcome, taken):
     over = {"no offline_access": {"scopes": ["openid"]}, "family over": {"created": NOW - 7200},
             "no created": {"created": None}}.get(case, {})
     record = _code_record(**over)
     await store.put_refresh("old-2", record, 60)
     if case == "revoked family":
-        await store.revoke_family("fam-9", 60)
-    got = await store.rotate_refresh("old-2", "new-3", **{
-        **ROTATE, **({"client_id": "other"} if case == "other client" else {})})
-    assert got == (record, case == "revoked family", False, None)
+        await store.revoke_family("fam-9", NOW + 60)
+    args = {"other client": {"client_id": "other"},
+            "wider scope": {"scopes": ["openid", "profile"]}}.get(case, {})
+    got = await store.rotate_refresh("old-2", "new-3", **{**ROTATE, **args})
+    assert got == Rotation(outcome, record=record)
     assert await store.peek_refresh("new-3") is None
-    assert await store.spent_refresh_family("old-2") == "fam-9"  # taken all the same
+    assert (await store.peek_refresh("old-2") is None) is taken
+    if taken and case != "no created":
+        assert await store.spent_refresh_family("old-2") == "fam-9"
+
+
+@pytest.mark.gen_test
+async def test_rotate_refresh_with_narrower_or_the_same_scopes_rotates(store):
+    record = _code_record()
+    await store.put_refresh("old-5", record, 60)
+    got = await store.rotate_refresh("old-5", "new-5", **ROTATE, scopes=["offline_access"])
+    assert got.outcome is RotationOutcome.ROTATED and got.stored
 
 
 @pytest.mark.gen_test
@@ -283,36 +306,41 @@ async def test_concurrent_rotations_of_one_token_store_one_successor(store):
     await store.put_refresh("old-4", _code_record(), 60)
     results = await asyncio.gather(*(store.rotate_refresh("old-4", f"succ-{i}", **ROTATE)
                                      for i in range(10)))
-    assert sum(1 for _, _, stored, _ in results if stored) == 1
-    assert sum(1 for r, _, _, _ in results if r is not None) == 1
+    assert sum(1 for r in results if r.stored) == 1
+    assert sorted(r.outcome.value for r in results) == ["reused"] * 9 + ["rotated"]
 
 
 @pytest.mark.gen_test
-async def test_grant_scripts_return_the_subjects_not_before_in_the_same_round_trip(store):
-    """A record with `sub` (as authorize writes it): `redeem_code` and `rotate_refresh`
-    read `revoked:sub:<sub>` in their script, so the token endpoint checks a sign-out
-    without a second round trip (hardening 2, item 4)."""
+async def test_grant_scripts_read_the_subjects_not_before_in_the_same_round_trip(store):
+    """A record with `sub` (as authorize writes it): `redeem_code` refuses a code whose
+    sign-in is not after the subject's sign-out, and `rotate_refresh` returns the not-before
+    (the caller waits out that second), without a second round trip."""
     await store.revoke_subject("sub-9", NOW, 60)
-    await store.put_code("c-17", _code_record(sub="sub-9"), 60)
-    assert (await store.redeem_code("c-17", **REDEEM))[2] == NOW
-    await store.put_code("c-18", _code_record(sub="sub-9", client_id="other"), 60)
-    assert await store.redeem_code("c-18", **REDEEM) == (_code_record(sub="sub-9", client_id="other"), 0, NOW)
+    signed_out = _code_record(sub="sub-9", auth_time=NOW - 5)
+    await store.put_code("c-17", signed_out, 60)
+    assert await store.redeem_code("c-17", **REDEEM) == \
+        CodeRedemption(CodeOutcome.SIGNED_OUT, record=signed_out)
+    after = _code_record(sub="sub-9", auth_time=NOW + 1)
+    await store.put_code("c-18", after, 60)
+    assert await store.redeem_code("c-18", **REDEEM) == _issued(after)
     await store.put_code("c-19", _code_record(sub="someone-else"), 60)
-    assert (await store.redeem_code("c-19", **{**REDEEM, "refresh_token": "rt-19"}))[2] is None
-    assert (await store.rotate_refresh("rt-9", "new-9", **ROTATE))[3] == NOW
-    assert (await store.rotate_refresh("rt-19", "new-19", **ROTATE))[3] is None
+    assert (await store.redeem_code("c-19", **{**REDEEM, "refresh_token": "rt-19"})).issued
+    assert (await store.rotate_refresh("rt-9", "new-9", **ROTATE)).not_before == NOW
+    assert (await store.rotate_refresh("rt-19", "new-19", **ROTATE)).not_before is None
+    assert await store.subject_not_before("sub-9") == NOW
+    assert await store.subject_not_before("someone-else") is None
 
 
 @pytest.mark.gen_test
 async def test_token_material_never_appears_in_a_key(store, raw):
     code, rt = "C0DE-raw-value-xyz", "RT-raw-value-abc"
-    await store.put_code(code, {"a": 1}, 60)
-    await store.mark_code_redeemed(code, {"jti": "j"}, 60)
-    await store.put_refresh(rt, {"family": "f"}, 60)
+    await store.put_code(code, _code_record(), 60)
+    await store.put_code(code + "-kept", _code_record(), 60)
+    await store.redeem_code(code, **{**REDEEM, "refresh_token": rt})
     await store.take_refresh(rt)
     keys = all_keys(raw)
     assert keys == sorted([
-        f"konnect:code:{hashlib.sha256(code.encode()).hexdigest()}",
+        f"konnect:code:{hashlib.sha256((code + '-kept').encode()).hexdigest()}",
         f"konnect:code-used:{hashlib.sha256(code.encode()).hexdigest()}",
         f"konnect:rt-spent:{hashlib.sha256(rt.encode()).hexdigest()}",
     ])
@@ -535,13 +563,13 @@ async def test_stores_with_different_prefixes_do_not_see_each_other(redis_url, r
     a = Store.from_url(redis_url, prefix="a:", now=lambda: NOW)
     b = Store.from_url(redis_url, prefix="b:", now=lambda: NOW)
     try:
-        await a.put_code("code", {"from": "a"}, 60)
+        await a.put_code("code", _code_record(), 60)
         await a.revoke_jti("j", exp=NOW + 60)
         await a.put_json("k", "x", 1, 60)
-        assert await b.take_code("code") is None
+        assert (await b.redeem_code("code", **REDEEM)).outcome is CodeOutcome.UNKNOWN
         assert not await b.is_revoked(jti="j")
         assert await b.get_json("k", "x") is None
-        assert await a.take_code("code") == {"from": "a"}
+        assert (await a.redeem_code("code", **REDEEM)).issued
         assert {k.split(":")[0] for k in all_keys(raw)} == {"a"}
     finally:
         await a.close()
@@ -553,8 +581,8 @@ async def test_unix_socket_url_works(redis_server, redis_url):
     s = Store.from_url(redis_server.unix_url)
     try:
         assert await s.ping()
-        await s.put_code("code", {"via": "unix"}, 60)
-        assert await s.take_code("code") == {"via": "unix"}
+        await s.put_code("code", _code_record(via="unix"), 60)
+        assert (await s.redeem_code("code", **REDEEM)).record["via"] == "unix"
     finally:
         await s.close()
 
@@ -629,7 +657,7 @@ async def test_closed_port_is_store_unavailable_not_a_hang():
         s = Store.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.5,
                            connect_timeout=0.5)  # connects lazily: no error here
         try:
-            for op in ("ping", "is_revoked", "take_code", "hit"):
+            for op in ("ping", "is_revoked", "redeem_code", "hit"):
                 with pytest.raises(StoreUnavailable):
                     await asyncio.wait_for(OPERATIONS[op](s), BOUND)
         finally:
@@ -645,7 +673,7 @@ async def test_server_that_never_answers_is_store_unavailable_not_a_hang():
         s = Store.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3,
                            connect_timeout=0.3)
         try:
-            for op in ("is_revoked", "take_code"):
+            for op in ("is_revoked", "redeem_code"):
                 with pytest.raises(StoreUnavailable):
                     await asyncio.wait_for(OPERATIONS[op](s), BOUND)
         finally:

@@ -25,6 +25,7 @@ from tests.support.browser import (
 )
 from tests.support.fixtures import DYNAMIC_REGISTRATION
 from tests.support.http import TRUSTED_AUTH, basic, code_form, introspect, post, token
+from tests.support.store import leftovers, redemption_marker
 from tests.support.op import (
     ALICE,
     ISSUER,
@@ -46,13 +47,6 @@ JWT_CLIENT = f"""
       keys:
         - {json.dumps(dict(public_jwk(CLIENT_KEY), kid="c1"))}
 """
-
-
-async def leftovers(core, code) -> tuple:
-    """What a code redemption left in Redis: its marker and every refresh record."""
-    store = core.store
-    refresh_keys = [k async for k in store._redis.scan_iter(match=store.key("rt", "*"))]
-    return await store.code_redemption(code), refresh_keys
 
 
 async def token_request(b: Browser, form: dict, auth: str = TRUSTED_AUTH):
@@ -232,21 +226,19 @@ async def test_user_gone_at_redemption_is_invalid_grant_and_leaves_no_tokens(htt
 
 
 @pytest.mark.gen_test
-async def test_code_stored_without_created_time_still_redeems_in_two_steps(http_client,
-                                                                        base_url, core):
-    """Codes written before grants carried `created` (an upgrade with codes in flight)."""
-    code = "legacy-" + "x" * 40
+async def test_code_record_without_created_time_is_no_grant(http_client, base_url, core):
+    """Every code carries the time its grant began (`created`, the refresh family's start);
+    a record without one (none is written since the token service exists) is refused like
+    an unknown code, and spent."""
+    code = "no-created-" + "x" * 40
     record = Grant(client_id="web-rp", identity=ALICE, scopes=["openid", "offline_access"],
                    redirect_uri="https://rp.example.test/cb").to_record()
     await core.store.put_code(code, record, 60)
     resp, body = await token(http_client, base_url, code_form(code))
-    assert resp.code == 200 and body["refresh_token"]
-    marker, _ = await leftovers(core, code)
-    claims = jose.unverified_claims(body["access_token"])
-    assert marker["jti"] == claims["jti"] and marker["family"] == claims["kc.family"]
-    again, rotated = await token(http_client, base_url, {"grant_type": "refresh_token",
-                                                        "refresh_token": body["refresh_token"]})
-    assert again.code == 200 and rotated["refresh_token"] != body["refresh_token"]
+    assert resp.code == 400 and body["error"] == "invalid_grant"
+    assert await leftovers(core, code) == (None, [])
+    again, _ = await token(http_client, base_url, code_form(code))
+    assert again.code == 400
 
 
 @pytest.mark.gen_test
@@ -262,39 +254,6 @@ async def test_one_round_trip_redemption_records_what_it_issued(http_client, bas
     assert (await core.store.peek_refresh(body["refresh_token"]))["family"] == claims["kc.family"]
 
 
-@pytest.mark.gen_test
-async def test_replay_of_an_older_code_between_its_redemption_steps_revokes_what_it_issued(
-        http_client, base_url, core):
-    """RFC 6749 §4.1.2: a code used twice is refused and what it issued SHOULD be revoked.
-    A code without `created` (written before the upgrade) is redeemed in two steps; the
-    replay lands between the GETDEL and the second step: it must find the marker."""
-    from shared.grants import Grant
-    from tests.support.op import ALICE
-    code = "legacy-race-" + "y" * 40
-    record = Grant(client_id="web-rp", identity=ALICE, scopes=["openid", "offline_access"],
-                   redirect_uri="https://rp.example.test/cb", family="fam-legacy").to_record()
-    record.pop("created", None)
-    await core.store.put_code(code, record, 60)
-    store, real, replays = core.store, core.store.redeem_code, []
-
-    async def redeem(*args, **kwargs):
-        result = await real(*args, **kwargs)
-        if not replays:
-            replays.append(None)
-            replays[0] = await token(http_client, base_url, code_form(code))
-        return result
-
-    store.redeem_code = redeem
-    first, body = await token(http_client, base_url, code_form(code))
-    (replay, err), = replays
-    assert replay.code == 400 and err["error"] == "invalid_grant"
-    assert first.code == 200, body
-    assert (await introspect(http_client, base_url, body["access_token"])) == {"active": False}
-    again, _ = await token(http_client, base_url, {"grant_type": "refresh_token",
-                                                  "refresh_token": body["refresh_token"]})
-    assert again.code == 400
-
-
 @pytest.mark.op(args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 async def test_a_code_issued_before_a_sign_out_is_refused_after_it(http_client, base_url, core):
@@ -304,7 +263,7 @@ async def test_a_code_issued_before_a_sign_out_is_refused_after_it(http_client, 
     resp = await token_request(b, {"grant_type": "authorization_code", "code": code,
                                    "redirect_uri": TRUSTED["redirect_uri"]})
     assert resp.code == 400 and json.loads(resp.body)["error"] == "invalid_grant"
-    assert await core.store.code_redemption(code) is None  # what the script wrote is undone
+    assert await redemption_marker(core.store, code) is None  # what the script wrote is undone
     # a new sign-in (the next second, api.py) gives codes that work
     assert (await sign_in(b)).code == 200
     code = await code_for(b)

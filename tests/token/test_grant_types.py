@@ -108,23 +108,6 @@ async def test_client_without_the_refresh_grant_gets_no_refresh_token_and_cannot
 
 
 @pytest.mark.gen_test
-async def test_client_without_the_refresh_grant_gets_none_from_a_two_step_redemption(
-        http_client, base_url, core, redis_server):
-    """The path of a code stored without `created` (grants.py `_redeem_in_two_steps`)."""
-    client_id, secret = await register(http_client, base_url, DYN_WEB)
-    uri = DYN_WEB["redirect_uris"][0]
-    code = "legacy-" + "y" * 40
-    record = Grant(client_id=client_id, identity=ALICE, scopes=["openid", "offline_access"],
-                   redirect_uri=uri).to_record()
-    await core.store.put_code(code, record, 60)
-    resp, issued = await post(http_client, base_url, "/konnect/v1/token", {
-        "grant_type": "authorization_code", "code": code, "redirect_uri": uri},
-        {"Authorization": basic(client_id, secret)})
-    assert resp.code == 200 and "refresh_token" not in issued, issued
-    assert refresh_keys(redis_server) == []
-
-
-@pytest.mark.gen_test
 async def test_grant_types_of_the_static_registry_stay_informational(http_client, base_url, core):
     """As in Konnect (konnect.md §5.1): a YAML entry listing only authorization_code keeps
     getting and using refresh tokens, so a migrated registry does not break its apps."""

@@ -24,6 +24,7 @@ from tests.support.browser import (
 )
 from tests.support.fixtures import DYNAMIC_REGISTRATION
 from tests.support.http import TRUSTED_AUTH, basic, code_form, introspect, post, token
+from tests.support.store import leftovers, redemption_marker
 from tests.support.op import (
     REGISTRY,
     SECRET,
@@ -42,13 +43,6 @@ JWT_CLIENT = f"""
       keys:
         - {json.dumps(dict(public_jwk(CLIENT_KEY), kid="c1"))}
 """
-
-
-async def leftovers(core, code) -> tuple:
-    """What a code redemption left in Redis: its marker and every refresh record."""
-    store = core.store
-    refresh_keys = [k async for k in store._redis.scan_iter(match=store.key("rt", "*"))]
-    return await store.code_redemption(code), refresh_keys
 
 
 OTHER = ("trusted-rp", "other-secret")
