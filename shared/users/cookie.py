@@ -59,9 +59,9 @@ class CookieBackend(UserBackend):
         url, names = settings.identity_manager_args[0], settings.identity_manager_args[1]
         return cls(url, names.replace(",", " ").split())
 
-    def bind_sealer(self, sealer: Any) -> None:
-        """The encryption secret's sealer (Core passes it once it is built)."""
-        self.sealer = sealer
+    def bind(self, core: Any) -> None:
+        """The encryption secret's sealer: forwarded cookies travel sealed."""
+        self.sealer = core.sealer
 
     # -- the UserBackend interface ------------------------------------------------------
 
