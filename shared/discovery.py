@@ -25,6 +25,11 @@ DISCOVERY_PATH = "/.well-known/openid-configuration"
 # The cookie identity manager has no identifier: Konnect (bootstrap/cookie.go) serves its
 # authorization endpoint here, and publishes no end session endpoint unless one is given.
 COOKIE_AUTHORIZE_PATH = "/konnect/v1/authorize"
+USER_CLAIMS = ["name", "family_name", "given_name", "preferred_username", "email",
+               "email_verified"]
+# Konnect's cookie manager (identity/managers/cookie.go ClaimsSupported): the web
+# application tells a name and an e-mail address, nothing more
+USER_CLAIMS_COOKIE = ["name", "email", "email_verified"]
 RESPONSE_TYPES = ["code", "id_token", "id_token token", "code id_token", "code token",
                   "code id_token token"]
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
@@ -83,8 +88,7 @@ def document(settings: Any, keyring: Any, definitions: Any = None) -> dict:
         "code_challenge_methods_supported": ["S256"],
         "claims_parameter_supported": True,
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid",
-                             "name", "family_name", "given_name", "preferred_username",
-                             "email", "email_verified"],
+                             *(USER_CLAIMS_COOKIE if manager == "cookie" else USER_CLAIMS)],
         "request_parameter_supported": True,
         "request_uri_parameter_supported": False,
         "require_request_uri_registration": False,

@@ -85,6 +85,9 @@ def test_authorization_endpoint_is_konnects_and_no_end_session_is_published(stat
     doc = discovery.document(settings, core.keyring)
     assert doc["authorization_endpoint"] == ISSUER + "/konnect/v1/authorize"
     assert "end_session_endpoint" not in doc
+    assert {"name", "email", "email_verified"} <= set(doc["claims_supported"])
+    assert not {"preferred_username", "given_name", "family_name"} & set(doc["claims_supported"])
+    assert doc["scopes_supported"] == ["openid", "profile", "email", "konnect/id"]
     given = cookie_settings(state, redis_url, webapp, "--endsession-endpoint-uri",
                             "https://webapp.example.test/logout")
     assert discovery.document(given, core.keyring)["end_session_endpoint"] == \
