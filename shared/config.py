@@ -193,12 +193,31 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str], *, service: s
     for name in ("access_token_expiration", "id_token_expiration", "refresh_token_expiration"):
         if values[name] == 0:  # Konnect: 0 means the default
             values[name] = BY_NAME[name].default
+    if kc_per_user_sessions(values):
+        # Konnect's bootstrap/kc.go: with per-user Kopano sessions, access tokens live at
+        # most the session timeout minus 60 s, so that clients refresh (and the user is
+        # looked up on their session) before the server's session idles out
+        values["access_token_expiration"] = min(
+            values["access_token_expiration"],
+            max(1, values["kopano_server_session_timeout"] - KC_SESSION_MARGIN))
 
     settings = Settings(**values)
     problems.extend(validate(settings))
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+KC_SESSION_MARGIN = 60  # seconds before the Kopano server's session timeout (Konnect's)
+
+
+def kc_per_user_sessions(values: Any) -> bool:
+    """Whether the kc backend works with per-user Kopano sessions: no global session user
+    (KOPANO_SERVER_USERNAME) and no client certificate (SYSTEM), as Konnect decides in
+    bootstrap/kc.go. `values`: Settings or the mapping load_settings builds."""
+    get = values.get if isinstance(values, Mapping) else lambda name: getattr(values, name)
+    return get("identity_manager") == "kc" and not get("kopano_server_username") \
+        and not get("kopano_client_certificate")
 
 
 def is_loopback_host(host: str | None) -> bool:

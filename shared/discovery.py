@@ -22,6 +22,14 @@ PATHS = {
     "registration_endpoint": "/konnect/v1/register",
 }
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+# The cookie identity manager has no identifier: Konnect (bootstrap/cookie.go) serves its
+# authorization endpoint here, and publishes no end session endpoint unless one is given.
+COOKIE_AUTHORIZE_PATH = "/konnect/v1/authorize"
+USER_CLAIMS = ["name", "family_name", "given_name", "preferred_username", "email",
+               "email_verified"]
+# Konnect's cookie manager (identity/managers/cookie.go ClaimsSupported): the web
+# application tells a name and an e-mail address, nothing more
+USER_CLAIMS_COOKIE = ["name", "email", "email_verified"]
 RESPONSE_TYPES = ["code", "id_token", "id_token token", "code id_token", "code token",
                   "code id_token token"]
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
@@ -31,24 +39,33 @@ REQUEST_OBJECT_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                        "ES256", "ES384", "ES512", "EdDSA"]
 
 
+def path(settings: Any, name: str) -> str:
+    """The path of endpoint `name` under the active identity manager."""
+    if name == "authorization_endpoint" and settings.identity_manager == "cookie":
+        return COOKIE_AUTHORIZE_PATH
+    return PATHS[name]
+
+
 def url(settings: Any, name: str) -> str:
-    return settings.iss.rstrip("/") + PATHS[name]
+    return settings.iss.rstrip("/") + path(settings, name)
 
 
 def document(settings: Any, keyring: Any, definitions: Any = None) -> dict:
     issuer = settings.iss
     algs = list(keyring.signing_algs)
     doc: dict[str, Any] = {"issuer": issuer}
+    manager = settings.identity_manager
     for name in PATHS:
         if name == "registration_endpoint" and not settings.allow_dynamic_client_registration:
             continue
+        if name == "end_session_endpoint" and manager == "cookie":
+            continue  # Konnect's cookie manager ends no session (unless the URI is given)
         doc[name] = url(settings, name)
     # the cookie manager may point RPs at the web application's own endpoints (Konnect)
     if getattr(settings, "authorization_endpoint_uri", None):
         doc["authorization_endpoint"] = settings.authorization_endpoint_uri
     if getattr(settings, "endsession_endpoint_uri", None):
         doc["end_session_endpoint"] = settings.endsession_endpoint_uri
-    manager = settings.identity_manager
     doc.update({
         "scopes_supported": scopes.supported(manager, settings.allow_scope, definitions),
         "response_types_supported": RESPONSE_TYPES,
@@ -71,8 +88,7 @@ def document(settings: Any, keyring: Any, definitions: Any = None) -> dict:
         "code_challenge_methods_supported": ["S256"],
         "claims_parameter_supported": True,
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid",
-                             "name", "family_name", "given_name", "preferred_username",
-                             "email", "email_verified"],
+                             *(USER_CLAIMS_COOKIE if manager == "cookie" else USER_CLAIMS)],
         "request_parameter_supported": True,
         "request_uri_parameter_supported": False,
         "require_request_uri_registration": False,

@@ -29,7 +29,7 @@ class Identity:
 
     raw_sub: str
     backend: str
-    username: str
+    username: str = ""  # none for the cookie manager (the web application sends none)
     name: str = ""
     given_name: str = ""
     family_name: str = ""
@@ -44,22 +44,34 @@ class Identity:
         return public_subject(self.raw_sub, self.backend)
 
     def kc_identity(self) -> dict:
-        """The `kc.identity` map of access and refresh tokens (konnect.md §6.6).
+        """The `kc.identity` map of access tokens, as Konnect fills it per manager.
 
-        For the Kopano server (kc) backend, `kc.i.id` is the user's entry ID, which Kopano
-        services log on with, and the raw subject travels in `kc.i.us`; every other
-        backend puts the raw subject in `kc.i.id`. `raw_sub_of` reads either form.
+        Identifier backends (Konnect's identifier/user.go `Claims`): `kc.i.un` and `kc.i.dn`
+        always (empty when unknown); for the Kopano server (kc) backend `kc.i.id` is the
+        user's entry ID, which Kopano services log on with, and the raw subject travels in
+        `kc.i.us`; every other backend puts the raw subject in `kc.i.id`. The cookie
+        manager (Konnect's identity/managers/cookie.go): `kc.i.id` and what userinfo needs
+        to replay the web application's answer (`cookie.v`, `cookie.al`, `cookie.ua`).
+        `raw_sub_of` reads either form.
         """
+        if self.backend == "cookie":
+            result = {"kc.i.id": self.raw_sub}
+            result.update({k: v for k, v in self.extra.items() if k.startswith("cookie.")})
+            return result
         entry_id = self.extra.get("entry_id") if self.backend == "identifier-kc" else None
         if entry_id:
-            result = {"kc.i.id": entry_id, "kc.i.us": self.raw_sub, "kc.i.un": self.username}
+            result = {"kc.i.id": entry_id, "kc.i.us": self.raw_sub}
         else:
-            result = {"kc.i.id": self.raw_sub, "kc.i.un": self.username}
-        if self.name:
-            result["kc.i.dn"] = self.name
-        if self.backend == "cookie":  # what userinfo needs to replay the backend call
-            result.update({k: v for k, v in self.extra.items() if k.startswith("cookie.")})
+            result = {"kc.i.id": self.raw_sub}
+        result.update({"kc.i.un": self.username, "kc.i.dn": self.name})
         return result
+
+    def standard_claims(self) -> dict:
+        """The OIDC Core §5.1 claims the OP knows of the user, by claim name (values may be
+        empty: `scopes.claims_for` decides what a grant releases)."""
+        return {"name": self.name, "given_name": self.given_name,
+                "family_name": self.family_name, "preferred_username": self.username,
+                "email": self.email, "email_verified": self.email_verified}
 
     @staticmethod
     def raw_sub_of(kc_identity: Mapping[str, Any]) -> Optional[str]:
@@ -77,7 +89,7 @@ class Identity:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> "Identity":
-        if not isinstance(record, Mapping) or not {"raw_sub", "backend", "username"} <= record.keys():
+        if not isinstance(record, Mapping) or not {"raw_sub", "backend"} <= record.keys():
             raise ValueError("not an identity record")
         values = {k: v for k, v in record.items() if k in _FIELDS}
         values["extra"] = dict(values.get("extra") or {})

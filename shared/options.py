@@ -212,11 +212,13 @@ OPTIONS: tuple[Option, ...] = (
     _o("kopano_client_private_key", "path", None, "TLS client private key",
        env=("KOPANO_CLIENT_PRIVATE_KEY",)),
     _o("kopano_server_session_timeout", "int", 300, "Kopano session timeout, seconds (at "
-       "most one day)", env=("KOPANO_SERVER_SESSION_TIMEOUT",), cfg="kc_session_timeout",
+       "most one day); without a global session access tokens live at most this minus 60 s, "
+       "as in Konnect", env=("KOPANO_SERVER_SESSION_TIMEOUT",), cfg="kc_session_timeout",
        minimum=61, maximum=MAX_SESSION_TIMEOUT),
-    _o("kc_timeout", "int", 10, "Kopano server connect and read timeout, seconds; a logon or "
-       "lookup answers within three timeouts (default: 30 s, Konnect's HTTP client timeout), "
-       "else 503 (at most 600) (extension)", minimum=1, maximum=MAX_TIMEOUT, extension=True),
+    _o("kc_timeout", "int", 10, "Kopano server timeout, seconds: connect and read, and the "
+       "one deadline of a whole logon or lookup (all its SOAP requests and Redis round "
+       "trips), else 503 (at most 600) (extension)", minimum=1, maximum=MAX_TIMEOUT,
+       extension=True),
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}

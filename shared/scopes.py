@@ -132,6 +132,15 @@ def supported(manager: str, allow_scope: Sequence[str] = (),
 
 
 RAW_SUB = "konnect/raw_sub"
+KOPANO_GC = "kopano/gc"
+
+
+def backend_claims(identity: Any, scopes: Iterable[str]) -> dict:
+    """Claims of a scope the user backend adds (Konnect's identifier/backends/kc.go
+    `UserClaims`): `kopano/gc/id`, the raw subject, with the `kopano/gc` scope. Userinfo
+    always has them, the ID token only when no access token comes with it (Konnect's
+    oidc/provider/tokens.go: the extra claims of `!withAccessToken`)."""
+    return {"kopano/gc/id": identity.raw_sub} if KOPANO_GC in scopes else {}
 
 
 def subject(identity: Any, scopes: Iterable[str]) -> str:
@@ -174,12 +183,14 @@ def narrow_claims(claims: Optional[dict], scopes: Iterable[str], *,
 
 
 def claims_for(scopes: Iterable[str], identity_claims: Mapping[str, object]) -> dict:
-    """Standard claims released by `profile`/`email` (OIDC Core §5.4), empty values left out."""
+    """Standard claims released by `profile`/`email` (OIDC Core §5.4), empty values left
+    out, except `email_verified`: with the `email` scope it is always there, true or false
+    (Konnect's oidc/claims.go EmailClaims has no omitempty on it)."""
     result: dict = {}
     for scope in scopes:
         for claim in CLAIMS_BY_SCOPE.get(scope, ()):
             value = identity_claims.get(claim)
-            if claim == "email_verified" and "email" in result:
+            if claim == "email_verified":
                 result[claim] = bool(value)
             elif value not in (None, ""):
                 result[claim] = value

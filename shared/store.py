@@ -740,10 +740,14 @@ class Store:
         k, raw, ex = self._kv_key(kind, key), _dumps(value), _check_ttl(ttl)
         await self._call("put_json", lambda: self._redis.set(k, raw, ex=ex))
 
-    async def get_json(self, kind: str, key: str) -> Any:
-        """The value stored by `put_json`, or None."""
+    async def get_json(self, kind: str, key: str, *, refresh_ttl: int | None = None) -> Any:
+        """The value stored by `put_json`, or None; with `refresh_ttl` its TTL starts again
+        (GETEX, the same round trip)."""
         k = self._kv_key(kind, key)
-        return _loads(await self._call("get_json", lambda: self._redis.get(k)))
+        if refresh_ttl is None:
+            return _loads(await self._call("get_json", lambda: self._redis.get(k)))
+        ex = _check_ttl(refresh_ttl)
+        return _loads(await self._call("get_json", lambda: self._redis.getex(k, ex=ex)))
 
     async def delete(self, kind: str, key: str) -> bool:
         """Delete a `put_json` value; True if it existed."""

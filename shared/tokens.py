@@ -104,6 +104,19 @@ class Tokens:
         token = self.keyring.sign(payload, alg=self._alg(alg))
         return Minted(token, jti, payload["exp"])
 
+    def kopano_sso_token(self, entry_id: str) -> str:
+        """The access token of a single sign-on logon at the Kopano server (kc backend,
+        per-user sessions; Konnect's identifier/backends/kc.go getSessionForUser): for the
+        user's entry ID (as `sub` and `kc.i.id`, which the server reads), audience
+        "konnect", with the `kopano/gc` scope the server requires. It goes to the Kopano
+        server only, once, so it lives a minute at most."""
+        now = int(self.now())
+        payload = {"iss": self.issuer, "sub": entry_id, "aud": "konnect",
+                   "exp": now + min(self.access_ttl, 60), "iat": now, "jti": new_jti(),
+                   "kc.isAccessToken": True, "kc.authorizedScopes": ["openid", "kopano/gc"],
+                   "kc.identity": {"kc.i.id": entry_id}}
+        return self.keyring.sign(payload)
+
     def id_token(self, *, client_id: str, identity: Identity, sub: Optional[str] = None,
                  nonce: Optional[str] = None, sid: Optional[str] = None,
                  auth_time: Optional[int] = None, access_token: Optional[str] = None,

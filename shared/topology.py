@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .discovery import PATHS
+from .discovery import COOKIE_AUTHORIZE_PATH, PATHS
 
 ADDRESSES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "addresses.env"
 
@@ -24,7 +24,9 @@ EXACT_ROUTES = {
         PATHS["registration_endpoint"],
     ),
     "userinfo": (PATHS["userinfo_endpoint"],),
-    "authorize": (PATHS["authorization_endpoint"], PATHS["check_session_iframe"]),
+    # the cookie identity manager's authorization endpoint (answered only with that manager)
+    "authorize": (PATHS["authorization_endpoint"], COOKIE_AUTHORIZE_PATH,
+                  PATHS["check_session_iframe"]),
 }
 PREFIX_ROUTES = {"identifier": ("/signin/v1/",)}
 

@@ -8,8 +8,10 @@ from .handlers import AuthorizeHandler
 
 
 def make_app(settings, deps: Core):
+    """The authorization endpoint at its path for the identity manager (the cookie
+    manager's is Konnect's /konnect/v1/authorize, the others' the identifier's)."""
     return service.application([
-        (discovery.PATHS["authorization_endpoint"], AuthorizeHandler, {"deps": deps}),
+        (discovery.path(settings, "authorization_endpoint"), AuthorizeHandler, {"deps": deps}),
         (discovery.PATHS["check_session_iframe"], CheckSessionHandler, {"deps": deps}),
     ], deps)
 

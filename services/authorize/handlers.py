@@ -15,8 +15,9 @@ from urllib.parse import urlencode, urlsplit
 from tornado.escape import xhtml_escape
 
 from shared import discovery, scopes as scopelib
-from shared.errors import (ACCESS_DENIED, CONSENT_REQUIRED, INVALID_REQUEST, LOGIN_REQUIRED,
-                           OAuth2Error, add_params, response_location)
+from shared.errors import (ACCESS_DENIED, CONSENT_REQUIRED, INTERACTION_REQUIRED,
+                           INVALID_REQUEST, LOGIN_REQUIRED, OAuth2Error, add_params,
+                           response_location)
 from shared.clients import serialized_origin
 from shared.grants import Grant
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
@@ -123,8 +124,9 @@ class AuthorizeHandler(PageHandler):
 
     async def _cookie_logon(self, req: AuthRequest):
         """The cookie identity manager (shared/users/cookie.py): ask the web application
-        whether this browser is signed in there."""
-        if req.prompt & {"login", "select_account"}:
+        whether this browser is signed in there. `prompt=login` sends the user to the web
+        application's sign-in; `select_account` is ignored (one account: Konnect's too)."""
+        if "login" in req.prompt:
             return None
         cookie = self.request.headers.get("Cookie", "")
         identity = await self.deps.users.identify(
@@ -137,9 +139,16 @@ class AuthorizeHandler(PageHandler):
                                            sid=sid))
 
     def _to_web_app_sign_in(self, req: AuthRequest) -> None:
-        """konnect.md §4.4: `--sign-in-uri?continue=<this authorization request>&oauth=1`."""
+        """`--sign-in-uri?continue=<this authorization request>&oauth=1` (Konnect's
+        oidc/provider/provider.go LoginRequiredPage); the request continued without
+        `prompt=login`, which the sign-in there has just satisfied (else it would loop)."""
         params = dict(req.params)
         params.pop("konnect", None)
+        prompt = [p for p in sorted(req.prompt) if p != "login"]
+        if prompt:
+            params["prompt"] = " ".join(prompt)
+        else:
+            params.pop("prompt", None)
         here = discovery.url(self.deps.settings, "authorization_endpoint") + "?" + urlencode(params)
         self.redirect(add_params(self.deps.settings.sign_in_uri,
                                  [("continue", here), ("oauth", "1")]))
@@ -195,11 +204,10 @@ class AuthorizeHandler(PageHandler):
                                            self.deps.settings.allow_scope,
                                            self.deps.scope_definitions))
         wanted = [s for s in req.scopes if s in supported]
+        if self._cookie_manager:
+            return self._cookie_manager_scopes(req, wanted)
         if req.client.trusted and "consent" not in req.prompt:
             return wanted
-        if self._cookie_manager:  # no consent page without the identifier's own logon
-            raise self._redirect_error(req, CONSENT_REQUIRED, "the cookie identity manager "
-                                       "serves trusted clients only")
         decision = None
         if req.konnect:
             name = consent_cookie_name(req.konnect, req.client.id, req.redirect_uri, req.state, req.nonce)
@@ -214,6 +222,18 @@ class AuthorizeHandler(PageHandler):
             raise self._redirect_error(req, CONSENT_REQUIRED, "consent is required")
         self._hand_off(CONSENT_PATH, req)
         return None
+
+    def _cookie_manager_scopes(self, req: AuthRequest, wanted: list) -> list:
+        """Konnect's cookie manager (identity/managers/cookie.go `Authorize`) approves the
+        scopes of every client without consent, and answers `prompt=consent` with
+        `interaction_required` (it has no consent page). A dynamically registered client
+        is anyone's: it gets `consent_required` instead of the web application's user."""
+        if "consent" in req.prompt:
+            raise self._redirect_error(req, INTERACTION_REQUIRED, "consent required")
+        if req.client.dynamic:
+            raise self._redirect_error(req, CONSENT_REQUIRED, "the cookie identity manager has "
+                                       "no consent page for dynamically registered clients")
+        return wanted
 
     async def _respond(self, req: AuthRequest, logon: Logon, scopes: list) -> None:
         deps, types = self.deps, req.types
@@ -239,10 +259,10 @@ class AuthorizeHandler(PageHandler):
             params += [("access_token", access.token), ("token_type", "Bearer"),
                        ("expires_in", str(deps.tokens.access_ttl))]
         if "id_token" in types:
-            extra = {} if access else scopelib.claims_for(scopes, {
-                "name": identity.name, "given_name": identity.given_name,
-                "family_name": identity.family_name, "preferred_username": identity.username,
-                "email": identity.email, "email_verified": identity.email_verified})
+            # without an access token the ID token carries the scopes' claims (Konnect's
+            # oidc/provider/tokens.go), `kopano/gc/id` too
+            extra = {} if access else {**scopelib.claims_for(scopes, identity.standard_claims()),
+                                       **scopelib.backend_claims(identity, scopes)}
             auth_time = logon.auth_time if req.max_age is not None or _wants_auth_time(req) else None
             # the token endpoint's and userinfo's `sub` too (OIDC Core §3.3.3.6, §5.3.2)
             params.append(("id_token", deps.tokens.id_token(

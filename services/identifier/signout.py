@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
+from shared.errors import Unavailable
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, LOGON_TTL, SESSION_PATH,
                             Logon, clear_cookie)
+
+log = logging.getLogger("konnect.identifier")
+
+
+async def _end_backend_session(deps: Any, logon: Logon) -> None:
+    """What the user backend keeps for the user ends too (kc: the Kopano session, as
+    Konnect's identifier logs it off); a backend that cannot be reached does not stop the
+    sign-out (the session then idles out on its server)."""
+    users = getattr(deps, "users", None)
+    if users is None:
+        return
+    try:
+        await users.end_session(logon.identity)
+    except Unavailable as err:
+        log.warning("sign-out: the user backend session was not ended: %s", err)
 
 
 async def sign_out(handler: Any, logon: Optional[Logon]) -> None:
@@ -18,6 +35,8 @@ async def sign_out(handler: Any, logon: Optional[Logon]) -> None:
     for the next second (`LogonHandler`), so it is not caught by it."""
     deps = handler.deps
     if logon is not None:
-        await deps.store.revoke_subject(logon.identity.sub, int(deps.now()), deps.tokens.sign_out_ttl(LOGON_TTL))
+        await deps.store.revoke_subject(logon.identity.sub, int(deps.now()),
+                                        deps.tokens.sign_out_ttl(LOGON_TTL))
+        await _end_backend_session(deps, logon)
     clear_cookie(handler, LOGON_COOKIE, path=API_PATH)
     clear_cookie(handler, BROWSER_STATE_COOKIE, path=SESSION_PATH)

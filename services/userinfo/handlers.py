@@ -11,6 +11,7 @@ disabled there gets `invalid_token`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from shared import scopes as scopelib
@@ -19,6 +20,9 @@ from shared.errors import INSUFFICIENT_SCOPE, INVALID_REQUEST, INVALID_TOKEN, OA
 from shared.identity import Identity
 from shared.tokens import TokenError, is_revoked
 from shared.web import BaseHandler
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")  # RFC 9110 §5.6.2 field name
 
 
 def _invalid_token(detail: str) -> OAuth2Error:
@@ -52,9 +56,7 @@ def userinfo_claims(identity: Identity, claims: dict, *, as_asked: bool = False)
     was authorized as asked (`as_asked`: a trusted client, konnect.md §6.9)."""
     scopes = claims.get("kc.authorizedScopes") or []
     out: dict[str, Any] = {"sub": scopelib.subject(identity, scopes)}
-    values = {"name": identity.name, "given_name": identity.given_name,
-              "family_name": identity.family_name, "preferred_username": identity.username,
-              "email": identity.email, "email_verified": identity.email_verified}
+    values = identity.standard_claims()
     out.update(scopelib.claims_for(scopes, values))
     if "konnect/id" in scopes:
         if identity.numeric_id:
@@ -62,8 +64,7 @@ def userinfo_claims(identity: Identity, claims: dict, *, as_asked: bool = False)
         out["username"] = identity.username or out["sub"]
     if "konnect/uuid" in scopes and identity.uuid:
         out["kc.uuid"] = identity.uuid
-    if "kopano/gc" in scopes:
-        out["kopano/gc/id"] = identity.raw_sub
+    out.update(scopelib.backend_claims(identity, scopes))
     requested = ((claims.get("kc.authorizedClaims") or {}).get("userinfo") or {})
     if isinstance(requested, dict):
         if not as_asked:
@@ -88,11 +89,21 @@ class UserInfoHandler(BaseHandler):
     def set_default_headers(self) -> None:
         super().set_default_headers()
         self.set_header("Access-Control-Allow-Origin", "*")  # CORS "allow all", as Konnect
+        self.set_header("Vary", "Origin")
 
     def options(self) -> None:
-        self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
-        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+        """CORS preflight as Konnect's userinfo (rs/cors AllowAll in oidc/provider/provider.go):
+        any origin, every request header the browser asks for (the Fetch standard's `*`
+        would not cover `Authorization`, so the asked-for names are echoed), HEAD, GET and
+        POST; never credentials (the token is the credential, not a cookie)."""
+        self.set_header("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS")
+        asked = self.request.headers.get("Access-Control-Request-Headers", "")
+        names = [n.strip() for n in asked.split(",") if _TOKEN.fullmatch(n.strip())]
+        self.set_header("Access-Control-Allow-Headers",
+                        ", ".join(names[:64]) or "Authorization, Content-Type")
         self.set_header("Access-Control-Max-Age", "600")
+        self.set_header("Vary", "Origin, Access-Control-Request-Method, "
+                                "Access-Control-Request-Headers")
         self.set_status(204)
         self.finish()
 
@@ -151,6 +162,8 @@ class UserInfoHandler(BaseHandler):
 
     async def get(self) -> None:
         await self._answer()
+
+    head = get  # as GET without the body, as Konnect's UserInfoHandler (RFC 9110 §9.3.2)
 
     async def post(self) -> None:
         ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()

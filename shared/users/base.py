@@ -35,5 +35,13 @@ class UserBackend(abc.ABC):
         userinfo and refresh. Most backends simply look the subject up."""
         return await self.lookup(raw_sub)
 
+    def bind(self, core: Any) -> None:
+        """Called once the service's `Core` is built: a backend that needs the store, the
+        sealer or the token minter takes them here (cookie, kc with per-user sessions)."""
+
+    async def end_session(self, identity: Identity) -> None:
+        """A sign-out of `identity`: end what the backend keeps for the user (kc: the
+        user's Kopano session). Most backends keep nothing."""
+
     async def close(self) -> None:
         """Release connections and threads."""

@@ -59,9 +59,9 @@ class CookieBackend(UserBackend):
         url, names = settings.identity_manager_args[0], settings.identity_manager_args[1]
         return cls(url, names.replace(",", " ").split())
 
-    def bind_sealer(self, sealer: Any) -> None:
-        """The encryption secret's sealer (Core passes it once it is built)."""
-        self.sealer = sealer
+    def bind(self, core: Any) -> None:
+        """The encryption secret's sealer: forwarded cookies travel sealed."""
+        self.sealer = core.sealer
 
     # -- the UserBackend interface ------------------------------------------------------
 
@@ -133,7 +133,7 @@ class CookieBackend(UserBackend):
         extra = {"cookie.al": accept_language[:256], "cookie.ua": user_agent[:512]}
         if self.sealer is not None:
             extra["cookie.v"] = self.sealer.seal("cookie", cookie, 400 * 24 * 3600)
-        return Identity(raw_sub=sub, backend=PROVIDER, username=sub,
+        return Identity(raw_sub=sub, backend=PROVIDER,
                         name=doc.get("name") or "", email=doc.get("email") or "",
                         numeric_id=numeric if isinstance(numeric, int)
                         and not isinstance(numeric, bool) else None, extra=extra)

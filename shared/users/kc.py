@@ -1,34 +1,49 @@
-"""The `kc` backend: users of a Kopano Groupware Storage server, over SOAP (konnect.md §4.2).
+"""The `kc` backend: users of a Kopano Groupware Storage server, over SOAP.
 
 The only module that talks to the Kopano server, and the only `import zeep`. zeep is built
-from our own minimal WSDL (`kopano.wsdl`: logon, logoff, resolveUsername, getUser) and never
-fetches anything from the network. zeep is synchronous, so every call runs in a bounded
-thread pool. `KOPANO_SERVER_DEFAULT_URI` may be http://, https:// or file:// (a unix
-socket, spoken to with a small requests adapter of our own).
+from our own minimal WSDL (`kopano.wsdl`: logon, ssoLogon, logoff, resolveUsername,
+getUser) and never fetches anything from the network. zeep is synchronous, so every call
+runs in a bounded thread pool. `KOPANO_SERVER_DEFAULT_URI` may be http://, https:// or
+file:// (a unix socket, spoken to with a small requests adapter of our own).
 
-Timeouts (security.md FT-10): `--kc-timeout` bounds every connect and every socket read,
-and each call (authenticate, lookup: several SOAP requests) has an overall deadline of
-three timeouts (30 s by default, Konnect's HTTP client timeout), after which it answers
-`BackendUnavailable` (503). Read timeouts alone cannot bound a server that trickles one
-byte at a time, so when the deadline passes the worker's connection is shut down
-(`_Deadline.abort`) and its next step fails at once: a hung server never holds a worker
-beyond the deadline, and the pool cannot be exhausted for longer than that.
+Two modes, as Konnect's identifier/backends/kc.go:
 
-* authenticate: `logon` with the user's credentials (flag NO_UID_AUTH, so the socket peer's
-  uid never authenticates anyone), then resolveUsername and getUser; the user's session is
-  logged off at once. With a global session the logon is not registered (NO_REGISTER_SESSION)
-  and the lookups use the global session.
-* lookup: getUser on the global session (KOPANO_SERVER_USERNAME, or SYSTEM with a client
-  certificate), reused until it has been idle for the session timeout minus 60 s and
-  re-established after KCERR_END_OF_SESSION (3 retries, 50 ms apart). Per-user SSO sessions
-  (KCOIDC) are not implemented: without a global session, lookups are unavailable.
+* Global session (`KOPANO_SERVER_USERNAME`, or SYSTEM with a client certificate): the
+  user's logon is not registered (NO_REGISTER_SESSION); resolveUsername, getUser and every
+  later lookup run on one global session, reused until it has been idle for the session
+  timeout minus 60 s and re-established after KCERR_END_OF_SESSION (3 retries, 50 ms apart).
+* Per-user sessions (neither is set; Konnect's usual set-up): the user's logon is
+  registered and kept as that user's session. Later lookups of the user (authorize,
+  hello, token refresh, userinfo) run on it; when there is none, or the server ended it,
+  a new one is made with a single sign-on logon (`ssoLogon`, type KCOIDC: "KCOIDC" plus
+  an access token of this OP for the user's entry ID with the `kopano/gc` scope, minted
+  for that logon only, as Konnect's getSessionForUser). The server checks that token
+  against this issuer's JWKS (server.cfg: `enable_sso = yes`, `kcoidc_issuer_identifier`).
+  A refused single sign-on means the user is gone (or the server does not trust this
+  issuer: logged as a warning). The session id lives in Redis, sealed under the encryption
+  secret and bound to the user (`UserSessions`), so every process of every service uses
+  the one session of a user; it is never logged. A sign-out logs it off (`end_session`).
+
+Every logon flag is Kopano's (kcore.h): NO_UID_AUTH (0x0001), so the unix socket peer's
+uid never authenticates anyone, and the password decides.
+
+Timeouts: `--kc-timeout` is one deadline per logon and per lookup, whatever the number of
+SOAP requests and Redis round trips inside it; each request's socket timeout is capped by
+the time left. When it passes the call answers `BackendUnavailable` (503). Read timeouts
+alone cannot bound a server that trickles one byte at a time, so the worker's connection
+is then shut down (`_Deadline.abort`) and its next step fails at once: a hung server never
+holds a worker beyond the deadline, and calls queued for a worker answer at their own
+deadline too.
+
 * raw subject = base64url (no padding) of the ExID in the user's v1 ABEID, as in Konnect,
-  so public subjects survive a migration. lookup rebuilds a v1 ABEID from it (id 0; the
-  server matches v1 ABEIDs by ExID) and checks the ExID of the answer.
+  so public subjects survive a migration. A lookup rebuilds a v1 ABEID from it (id 0; the
+  server matches v1 ABEIDs by ExID), or uses the entry ID the token carries (`kc.i.id`),
+  and checks the ExID of the answer.
 
 No real Kopano server can be installed on this machine (Debian 12 has no package), so this
 backend is tested against a stand-in (tests/support/kopano_standin.py) that follows the
-documented SOAP operations; the wire format is not verified against a real server.
+documented SOAP operations and kopano-core's KCOIDC checks; the wire format is not
+verified against a real server.
 """
 
 from __future__ import annotations
@@ -45,7 +60,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -54,7 +69,9 @@ import zeep
 import zeep.exceptions
 from lxml import etree
 
+from ..config import KC_SESSION_MARGIN
 from ..identity import Identity
+from ..sealed import SealError
 from .base import BackendUnavailable, UserBackend
 
 log = logging.getLogger("konnect.users.kc")
@@ -63,6 +80,7 @@ PROVIDER = "identifier-kc"
 WSDL_PATH = Path(__file__).with_name("kopano.wsdl")
 BINDING = "{urn:zarafa}KCmd"
 CLIENT_APP = ("konnect", "py")
+CLIENT_VERSION = "8"  # the client API version kcc-go (Konnect's client) sends
 
 # Kopano error codes (`er`), logon flags and capabilities.
 KCERR_NOT_FOUND = 0x80000002
@@ -71,8 +89,10 @@ KCERR_LOGON_FAILED = 0x80000009
 KCERR_END_OF_SESSION = 0x80000010
 KCERR_INVALID_ENTRYID = 0x80000016
 KCERR_OBJECT_DELETED = 0x8000002C
-LOGON_NO_REGISTER_SESSION = 0x0002
-LOGON_NO_UID_AUTH = 0x1000
+LOGON_NO_UID_AUTH = 0x0001          # KOPANO_LOGON_NO_UID_AUTH (kcore.h)
+LOGON_NO_REGISTER_SESSION = 0x0002  # KOPANO_LOGON_NO_REGISTER_SESSION
+SSO_KCOIDC = b"KCOIDC"              # ssoLogon input prefix (kcc-go KOPANO_SSO_TYPE_KCOIDC)
+SSO_SCOPES = ("openid", "kopano/gc")  # what the server requires of the token (and Konnect grants)
 CAPABILITIES = 0x0200 | 0x0010  # KOPANO_CAP_UNICODE | KOPANO_CAP_LARGE_SESSIONID
 PR_GIVEN_NAME_A = 0x3A06001E
 PR_SURNAME_A = 0x3A11001E
@@ -83,7 +103,6 @@ MUIDECSAB = uuid.UUID("50a921ac-d340-48ee-b319-fba753304425").bytes_le
 MAPI_MAILUSER = 6
 _ABEID_HEAD = struct.Struct("<4s16sIII")
 
-SESSION_MARGIN = 60.0
 RETRIES, RETRY_DELAY = 3, 0.05
 _NOT_THERE = (KCERR_NOT_FOUND, KCERR_INVALID_ENTRYID, KCERR_OBJECT_DELETED)
 
@@ -119,7 +138,8 @@ def _exid_of(raw_sub: str) -> Optional[bytes]:
 
 
 class _Deadline:
-    """The overall deadline of one backend call, shared by the event loop and the worker.
+    """The one deadline of a backend call (a logon, a lookup), shared by the event loop and
+    the worker, whatever the number of SOAP requests and Redis round trips inside it.
 
     The worker checks it before every SOAP request and caps each request's socket timeout
     by the time left; the connections it sends on are tracked so that `abort` (from the
@@ -128,6 +148,7 @@ class _Deadline:
     """
 
     def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self.expires = time.monotonic() + seconds
         self._lock = threading.Lock()
         self._connections: set = set()
@@ -147,6 +168,13 @@ class _Deadline:
 
     def socket_timeout(self, timeout: float) -> float:
         return min(timeout, self.check())
+
+    async def wait(self, awaitable: Any) -> Any:
+        """`awaitable` (a Redis round trip) within the time left, else BackendUnavailable."""
+        try:
+            return await asyncio.wait_for(awaitable, max(self.remaining(), 0.001))
+        except asyncio.TimeoutError:
+            raise BackendUnavailable("kopano backend: no answer in time") from None
 
     def track(self, connection: Any) -> None:
         with self._lock:
@@ -169,6 +197,44 @@ class _Deadline:
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+class UserSessions:
+    """The Kopano session of each user (per-user mode), shared by every process of every
+    service through Redis: `kv:kc-session:<sha256(raw subject)>`, the session id sealed
+    under the encryption secret together with the raw subject (a value copied under another
+    user's key does not open), kept `ttl` seconds after its last use (the server's session
+    timeout minus a margin; every use renews it, as every call renews the session on the
+    server). The session id is a credential: only its sealed form leaves the process, and
+    it is never logged."""
+
+    KIND = "kc-session"
+    SEALED_FOR = 24 * 3600  # then a single sign-on makes a new one
+
+    def __init__(self, store: Any, sealer: Any, ttl: int) -> None:
+        self.store, self.sealer, self.ttl = store, sealer, max(1, int(ttl))
+
+    async def get(self, raw_sub: str) -> int:
+        """The user's session id, or 0 (none, expired, or not readable)."""
+        sealed = await self.store.get_json(self.KIND, raw_sub, refresh_ttl=self.ttl)
+        try:
+            value = self.sealer.unseal(self.KIND, sealed)
+        except SealError:
+            return 0
+        if not isinstance(value, dict) or value.get("sub") != raw_sub:
+            return 0
+        sid = value.get("sid")
+        return sid if isinstance(sid, int) and not isinstance(sid, bool) and sid > 0 else 0
+
+    async def put(self, raw_sub: str, sid: int) -> None:
+        sealed = self.sealer.seal(self.KIND, {"sub": raw_sub, "sid": int(sid)}, self.SEALED_FOR)
+        await self.store.put_json(self.KIND, raw_sub, sealed, self.ttl)
+
+    async def take(self, raw_sub: str) -> int:
+        """The user's session id, removed from the store (a sign-out), or 0."""
+        sid = await self.get(raw_sub)
+        await self.store.delete(self.KIND, raw_sub)
+        return sid
 
 
 _current = threading.local()  # .deadline: the _Deadline of the call this worker runs
@@ -305,7 +371,7 @@ class KCBackend(UserBackend):
         session.verify = not insecure
         self.uri = uri
         self.timeout = float(timeout)
-        self.deadline = 3 * self.timeout  # a whole call, as the LDAP backend's
+        self.deadline = self.timeout  # one deadline for a whole logon or lookup
         self._requests = session
         transport = _LocalTransport(session=session, timeout=timeout, operation_timeout=timeout)
         settings = zeep.Settings(strict=False, forbid_dtd=True, forbid_entities=True,
@@ -314,64 +380,141 @@ class KCBackend(UserBackend):
         self._service = self._client.create_service(BINDING, address)
         self._global_user = username or ("SYSTEM" if client_certificate else "")
         self._global_password = password
-        self._reuse_for = max(1.0, float(session_timeout) - SESSION_MARGIN)
+        self._reuse_for = max(1.0, float(session_timeout) - KC_SESSION_MARGIN)
         self._now = now
         self._lock = threading.Lock()
         self._sid: Optional[int] = None
         self._sid_used = 0.0
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="kc")
         self._closed = False
-        if not self._global_user:
-            log.warning("kc backend without a global session (KOPANO_SERVER_USERNAME): "
-                        "lookups for userinfo and refresh are unavailable")
+        # per-user mode: where users' sessions live, and the single sign-on token minter
+        self.sessions: Optional[UserSessions] = None
+        self._mint: Optional[Callable[[str], str]] = None
+
+    @property
+    def per_user(self) -> bool:
+        """Per-user Kopano sessions (no global session user, no client certificate)."""
+        return not self._global_user
 
     @classmethod
     def from_settings(cls, settings: Any) -> "KCBackend":
         cert, key = settings.kopano_client_certificate, settings.kopano_client_private_key
-        return cls(settings.kopano_server_default_uri,
-                   username=settings.kopano_server_username,
-                   password=settings.kopano_server_password,
-                   client_certificate=str(cert) if cert else None,
-                   client_private_key=str(key) if key else None,
-                   session_timeout=settings.kopano_server_session_timeout,
-                   timeout=settings.kc_timeout,
-                   insecure=bool(getattr(settings, "insecure", False)))
+        backend = cls(settings.kopano_server_default_uri,
+                      username=settings.kopano_server_username,
+                      password=settings.kopano_server_password,
+                      client_certificate=str(cert) if cert else None,
+                      client_private_key=str(key) if key else None,
+                      session_timeout=settings.kopano_server_session_timeout,
+                      timeout=settings.kc_timeout,
+                      insecure=bool(getattr(settings, "insecure", False)))
+        if backend.per_user:
+            log.info("kc backend with per-user Kopano sessions (no KOPANO_SERVER_USERNAME): "
+                     "lookups use single sign-on (KCOIDC) when a user's session is gone; "
+                     "access tokens live %d s (KOPANO_SERVER_SESSION_TIMEOUT - %d s)",
+                     settings.access_token_expiration, KC_SESSION_MARGIN)
+        return backend
+
+    def bind(self, core: Any) -> None:
+        """Per-user mode: users' sessions live in the store (sealed), and single sign-on
+        tokens are minted with the OP's signing key (`Tokens.kopano_sso_token`)."""
+        if self.per_user:
+            self.sessions = UserSessions(core.store, core.sealer, int(self._reuse_for))
+            self._mint = core.tokens.kopano_sso_token
 
     # --- the UserBackend interface
 
     async def authenticate(self, username: str, password: str) -> Optional[Identity]:
         if not username or not password:
             return None
-        return await self._run(self._authenticate, username, password)
+        deadline = _Deadline(self.deadline)
+        if not self.per_user:
+            return await self._run(deadline, self._authenticate, username, password)
+        sessions = self._user_sessions()
+        result = await self._run(deadline, self._authenticate, username, password)
+        if result is None:
+            return None
+        identity, sid = result
+        try:
+            await deadline.wait(sessions.put(identity.raw_sub, sid))
+        except BaseException:
+            self._forget(sid)
+            raise
+        return identity
 
     async def lookup(self, raw_sub: str) -> Optional[Identity]:
-        return await self._run(self._lookup, raw_sub)
+        return await self._find(raw_sub, None)
+
+    async def current(self, raw_sub: str, kc_identity: Mapping[str, Any]) -> Optional[Identity]:
+        """Konnect looks the user up by the entry ID of the token (`kc.i.id`); it is used
+        when it names the same user (ExID) as the raw subject."""
+        entry_id = kc_identity.get("kc.i.id") if isinstance(kc_identity, Mapping) else None
+        return await self._find(raw_sub, entry_id if isinstance(entry_id, str) else None)
+
+    async def end_session(self, identity: Identity) -> None:
+        """A sign-out: the user's Kopano session is logged off (Konnect's DestroySession)."""
+        if not self.per_user or self.sessions is None or identity.backend != PROVIDER:
+            return
+        deadline = _Deadline(self.deadline)
+        sid = await deadline.wait(self.sessions.take(identity.raw_sub))
+        if sid:
+            await self._run(deadline, self._logoff, sid)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            await self._run(self._drop_global, None, closing=True)
+            if not self.per_user:  # users' sessions are shared with other processes
+                await self._run(_Deadline(self.deadline), self._drop_global, None, closing=True)
         except BackendUnavailable as err:
             log.info("kopano server: the global session was not logged off: %s", err)
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._requests.close()
 
-    async def _run(self, fn: Callable, *args: Any, closing: bool = False) -> Any:
-        """`fn(*args)` in the pool, answered within the deadline or BackendUnavailable."""
+    def _user_sessions(self) -> UserSessions:
+        if self.sessions is None or self._mint is None:
+            raise BackendUnavailable("kc backend: per-user sessions need the store (not bound)")
+        return self.sessions
+
+    async def _find(self, raw_sub: str, entry_id: Optional[str]) -> Optional[Identity]:
+        exid = _exid_of(raw_sub) if isinstance(raw_sub, str) else None
+        if exid is None:
+            return None
+        deadline = _Deadline(self.deadline)
+        if not self.per_user:
+            return await self._run(deadline, self._lookup_global, exid)
+        sessions = self._user_sessions()
+        if abeid_exid(_b64decode(entry_id)) != exid:
+            entry_id = base64.b64encode(make_abeid(exid)).decode("ascii")
+        sid = await deadline.wait(sessions.get(raw_sub))
+        identity, new_sid = await self._run(deadline, self._lookup_user, exid, entry_id, sid)
+        if new_sid:
+            try:
+                await deadline.wait(sessions.put(raw_sub, new_sid))
+            except BackendUnavailable:
+                self._forget(new_sid)
+                raise
+        return identity
+
+    def _forget(self, sid: int) -> None:
+        """Log off a session nobody will find (its store write failed), in the background."""
+        if not self._closed:
+            self._executor.submit(self._in_worker, _Deadline(self.deadline), self._logoff, sid)
+
+    async def _run(self, deadline: _Deadline, fn: Callable, *args: Any,
+                   closing: bool = False) -> Any:
+        """`fn(*args)` in the pool, answered within `deadline` or BackendUnavailable."""
         if self._closed and not closing:
             raise BackendUnavailable("kc backend is closed")
-        deadline = _Deadline(self.deadline)
         future = asyncio.get_running_loop().run_in_executor(
             self._executor, self._in_worker, deadline, fn, *args)
         try:
-            return await asyncio.wait_for(future, self.deadline)
+            return await asyncio.wait_for(future, max(deadline.remaining(), 0.001))
         except asyncio.TimeoutError:
             deadline.abort()  # frees the worker: its connection is shut down
             log.warning("kopano server %s: %s got no answer within %g s", self.uri,
-                        fn.__name__.strip("_"), self.deadline)
+                        fn.__name__.strip("_"), deadline.seconds)
             raise BackendUnavailable("kopano server: no answer in time") from None
         except asyncio.CancelledError:  # the request went away: free the worker too
             deadline.abort()
@@ -389,15 +532,18 @@ class KCBackend(UserBackend):
 
     # --- blocking work, in the thread pool
 
-    def _authenticate(self, username: str, password: str) -> Optional[Identity]:
-        flags = LOGON_NO_UID_AUTH | (LOGON_NO_REGISTER_SESSION if self._global_user else 0)
+    def _authenticate(self, username: str, password: str) -> Any:
+        """Global session: the identity or None. Per-user: (identity, the user's session
+        id) or None; the session is kept (the caller stores it) unless the logon fails."""
+        flags = LOGON_NO_UID_AUTH | (0 if self.per_user else LOGON_NO_REGISTER_SESSION)
         result = self._logon(username, password, flags)
         if result.er in (KCERR_LOGON_FAILED, KCERR_NO_ACCESS, KCERR_NOT_FOUND):
             return None
         self._check(result.er, "logon")
         sid = result.ulSessionId or 0
+        keep = False
         try:
-            if not self._global_user and not sid:
+            if self.per_user and not sid:
                 raise BackendUnavailable("kopano server logon returned no session")
             resolved = self._on_session(sid, "resolveUsername", lpszUsername=username)
             if resolved.er in _NOT_THERE:
@@ -407,18 +553,37 @@ class KCBackend(UserBackend):
             if found.er in _NOT_THERE:
                 return None
             self._check(found.er, "getUser")
-            return self._identity(found.lpsUser, abeid_exid(resolved.sUserId), username)
+            identity = self._identity(found.lpsUser, abeid_exid(resolved.sUserId), username)
+            if not self.per_user:
+                return identity
+            keep = True
+            return identity, sid
         finally:
-            if sid:
+            if sid and not keep:
                 self._logoff(sid)
 
-    def _lookup(self, raw_sub: str) -> Optional[Identity]:
-        if not self._global_user:
-            raise BackendUnavailable("kc lookup needs a global session (KOPANO_SERVER_USERNAME)")
-        exid = _exid_of(raw_sub) if isinstance(raw_sub, str) else None
-        if exid is None:
-            return None
+    def _lookup_global(self, exid: bytes) -> Optional[Identity]:
         found = self._on_session(0, "getUser", sUserId=make_abeid(exid))
+        return self._found(found, exid)
+
+    def _lookup_user(self, exid: bytes, entry_id: str, sid: int) -> tuple:
+        """(identity or None, a new session id to store or 0): getUser on the user's own
+        session; without one, or after the server ended it, on a new single sign-on session."""
+        new_sid = 0
+        for _ in range(2):
+            if not sid:
+                sid = new_sid = self._sso_logon(entry_id)
+                if not sid:
+                    return None, 0
+            found = self._call("getUser", ulSessionId=sid, sUserId=base64.b64decode(entry_id))
+            if found.er != KCERR_END_OF_SESSION:
+                return self._found(found, exid), new_sid
+            if new_sid:
+                break
+            sid = 0
+        raise BackendUnavailable("kopano server ended a new single sign-on session at once")
+
+    def _found(self, found: Any, exid: bytes) -> Optional[Identity]:
         if found.er in _NOT_THERE:
             return None
         self._check(found.er, "getUser")
@@ -426,6 +591,24 @@ class KCBackend(UserBackend):
         if user is None or user.ulIsNonActive:
             return None
         return self._identity(user, exid, "")
+
+    def _sso_logon(self, entry_id: str) -> int:
+        """A new session of the user `entry_id` by single sign-on (KCOIDC), or 0 when the
+        server refuses it (the user is gone, or it does not trust this issuer)."""
+        token = self._mint(entry_id)
+        result = self._call("ssoLogon", szUsername=entry_id, lpInput=SSO_KCOIDC + token.encode(),
+                            szImpersonateUser="", clientCaps=CAPABILITIES,
+                            szClientApp=CLIENT_APP[0], szClientAppVersion=CLIENT_APP[1],
+                            clientVersion=CLIENT_VERSION, ulSessionId=0)
+        if result.er == 0 and result.ulSessionId:
+            return result.ulSessionId
+        if result.er in (KCERR_LOGON_FAILED, KCERR_NO_ACCESS, KCERR_NOT_FOUND):
+            log.warning("kopano server refused the single sign-on (KCOIDC) of a user: the user "
+                        "is disabled or gone, or the server does not trust this issuer "
+                        "(server.cfg: enable_sso = yes, kcoidc_issuer_identifier)")
+            return 0
+        self._check(result.er or 0, "ssoLogon")
+        raise BackendUnavailable("kopano server ssoLogon returned no session")
 
     def _identity(self, user: Any, exid: Optional[bytes], username: str) -> Optional[Identity]:
         exid_sent = abeid_exid(getattr(user, "sUserId", None)) if user is not None else None
@@ -507,12 +690,12 @@ class KCBackend(UserBackend):
             raise BackendUnavailable(f"kopano server {op} failed: 0x{er:x}")
 
     def _call(self, op: str, **params: Any) -> Any:
-        """One SOAP request; whatever goes wrong is BackendUnavailable (security.md CR-05:
-        never a 500). A 200 answer that is not SOAP (zeep's AttributeError on a missing
-        root, IndexError on an empty Body) and an answer without an integer `er` (zeep,
-        non-strict, reads `<er>garbage</er>` or a missing `er` as None, which read as
-        "success" and then as "user gone") are the server failing, not an answer
-        (konnect.md §4.2: every Kopano operation answers `er`)."""
+        """One SOAP request; whatever goes wrong is BackendUnavailable (never a 500). A 200
+        answer that is not SOAP (zeep's AttributeError on a missing root, IndexError on an
+        empty Body) and an answer without an integer `er` (zeep, non-strict, reads
+        `<er>garbage</er>` or a missing `er` as None, which read as "success" and then as
+        "user gone") are the server failing, not an answer (every Kopano operation
+        answers `er`)."""
         deadline = getattr(_current, "deadline", None)
         if deadline is not None:
             deadline.check()
@@ -536,3 +719,10 @@ class KCBackend(UserBackend):
         except Exception as err:  # noqa: BLE001 - zeep on a malformed answer
             detail = f"malformed answer ({type(err).__name__})"
         raise BackendUnavailable(f"kopano server {self.uri} {op}: {detail}")
+
+
+def _b64decode(value: Optional[str]) -> Optional[bytes]:
+    try:
+        return base64.b64decode(value, validate=True) if value else None
+    except (binascii.Error, ValueError):
+        return None

@@ -490,7 +490,8 @@ def test_kc_identity_of_the_kopano_backend_is_konnects():
                                    "kc.i.dn": "Alice Example"}
     assert Identity.raw_sub_of(alice.kc_identity()) == "QUxJQ0U"
     ldap = Identity(raw_sub="uid=bob,dc=example", backend="identifier-ldap", username="bob")
-    assert ldap.kc_identity() == {"kc.i.id": "uid=bob,dc=example", "kc.i.un": "bob"}
+    assert ldap.kc_identity() == {"kc.i.id": "uid=bob,dc=example", "kc.i.un": "bob",
+                                  "kc.i.dn": ""}  # always, as Konnect's identifier/user.go
     assert Identity.raw_sub_of(ldap.kc_identity()) == "uid=bob,dc=example"
 
 

@@ -102,3 +102,14 @@ async def mint_code(core: Core, *, client_id: str = "web-rp",
                   sid="sid-1", created=int(core.now()))
     await core.store.put_code(code, grant.to_record(), core.settings.code_expiration)
     return code
+
+
+def one_origin(core: Core, *make_apps) -> "tornado.web.Application":
+    """The routes of several services' apps (`make_app` functions) in one Application on
+    one origin, as the proxy puts them under the issuer (their health checks left out)."""
+    import tornado.web
+    rules = []
+    for make in make_apps:
+        rules += [r for r in make(core.settings, core).wildcard_router.rules
+                  if r.matcher.regex.pattern != "/health-check$"]
+    return tornado.web.Application(rules)
