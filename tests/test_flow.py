@@ -5,20 +5,13 @@ does (design.md §1); cookies are carried by hand like a browser would."""
 from __future__ import annotations
 
 import json
-from http.cookies import SimpleCookie
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode
 
 import pytest
-import tornado.web
-import yaml
 
-from services.authorize.app import make_app as authorize_app
-from services.identifier.app import make_app as identifier_app
-from services.token.app import make_app as token_app
-from services.userinfo.app import make_app as userinfo_app
-from shared.users.passwords import hash_password
-from shared.users.userfile import UsersFileBackend
-from tests.support.op import ISSUER, SECRET, make_core, make_state, pkce_pair
+from tests.support.onehost import (Browser, authorize_url, identifier_core,  # noqa: F401
+                                   one_origin_app, query_of, sign_in)
+from tests.support.op import ISSUER, SECRET, make_state, pkce_pair
 from tests.test_token_service import basic
 
 
@@ -29,74 +22,14 @@ def state(tmp_path_factory):
 
 @pytest.fixture
 def core(state, redis_url, tmp_path, io_loop):
-    users = tmp_path / "users.yaml"
-    users.write_text(yaml.safe_dump({"users": [
-        {"username": "alice", "password": hash_password("wonderland"), "name": "Alice Example",
-         "email": "alice@example.test", "email_verified": True, "id": 1001, "uuid": "u-alice"}]}))
-    core = make_core("identifier", state, redis_url)
-    core.users = UsersFileBackend(str(users))
+    core = identifier_core(state, redis_url, tmp_path / "users.yaml")
     yield core
     io_loop.run_sync(core.close)
 
 
 @pytest.fixture
 def app(core):
-    rules = []
-    for make in (identifier_app, authorize_app, token_app, userinfo_app):
-        application = make(core.settings, core)
-        rules += [r for r in application.wildcard_router.rules if r.matcher.regex.pattern != "/health-check$"]
-        if make is identifier_app:
-            settings = application.settings
-    return tornado.web.Application(rules, **{k: v for k, v in settings.items()
-                                             if k in ("template_path", "static_path", "static_url_prefix",
-                                                      "static_handler_class")})
-
-
-class Browser:
-    def __init__(self, http_client, base_url):
-        self.http, self.base, self.cookies = http_client, base_url, {}
-
-    def _store(self, resp):
-        for header in resp.headers.get_list("Set-Cookie"):
-            jar = SimpleCookie()
-            jar.load(header)
-            for name, morsel in jar.items():
-                if not morsel.value or str(morsel["max-age"]) == "0":
-                    self.cookies.pop(name, None)
-                else:
-                    self.cookies[name] = morsel.value
-
-    async def fetch(self, url, **kw):
-        headers = kw.pop("headers", {})
-        if self.cookies:
-            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        target = url if url.startswith("http") else self.base + url
-        resp = await self.http.fetch(target, headers=headers, follow_redirects=False,
-                                     raise_error=False, **kw)
-        self._store(resp)
-        return resp
-
-    async def api(self, name, body, **headers):
-        hdrs = {"Content-Type": "application/json", "Kopano-Konnect-XSRF": "1",
-                "Origin": self.base, **headers}
-        return await self.fetch(f"/signin/v1/identifier/_/{name}", method="POST",
-                                body=json.dumps(body), headers=hdrs)
-
-
-def authorize_url(**params):
-    base = {"client_id": "web-rp", "redirect_uri": "https://rp.example.test/cb",
-            "response_type": "code", "scope": "openid profile email", "state": "xyz", "nonce": "n-1"}
-    base.update(params)
-    return "/signin/v1/identifier/_/authorize?" + urlencode({k: v for k, v in base.items() if v is not None})
-
-
-def query_of(location):
-    parts = urlsplit(location)
-    return {k: v[0] for k, v in parse_qs(parts.fragment or parts.query).items()}
-
-
-async def sign_in(browser, username="alice", password="wonderland"):
-    return await browser.api("logon", {"state": "s1", "params": [username, password, "1"]})
+    return one_origin_app(core)
 
 
 @pytest.mark.gen_test
