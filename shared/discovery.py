@@ -7,6 +7,7 @@ lists exactly what is implemented (Konnect omitted `code` and others: quirk fixe
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import scopes
 
@@ -31,8 +32,30 @@ REQUEST_OBJECT_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                        "ES256", "ES384", "ES512", "EdDSA"]
 
 
+def origin(settings: Any) -> str:
+    """The issuer's scheme and authority. Every endpoint is this plus its path, whatever
+    path the issuer has (Konnect's oidc/provider/provider.go `makeIssURL` strips the
+    issuer's path; its bootstrap/bootstrap.go `makeURIPath` builds the paths without it)."""
+    parts = urlsplit(settings.iss)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def issuer_path(settings: Any) -> str:
+    """The issuer's path without a trailing slash ("" for an issuer at the root)."""
+    return urlsplit(settings.iss).path.rstrip("/")
+
+
+def discovery_paths(settings: Any) -> tuple:
+    """Where the discovery document is served: `/.well-known/openid-configuration` at the
+    root (Konnect's bootstrap/bootstrap.go `WellKnownPath`, whatever the issuer's path)
+    and, for an issuer with a path, also under that path, where OpenID Connect Discovery
+    1.0 §4.1 tells relying parties to look (Konnect answered 404 there)."""
+    path = issuer_path(settings)
+    return (DISCOVERY_PATH, path + DISCOVERY_PATH) if path else (DISCOVERY_PATH,)
+
+
 def url(settings: Any, name: str) -> str:
-    return settings.iss.rstrip("/") + PATHS[name]
+    return origin(settings) + PATHS[name]
 
 
 def document(settings: Any, keyring: Any, definitions: Any = None) -> dict:

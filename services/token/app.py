@@ -1,6 +1,8 @@
 """The token service: token, revoke, introspect, discovery, JWKS and, when enabled, dynamic
 client registration (N processes, SO_REUSEPORT)."""
 
+import re
+
 from shared import discovery, service
 from shared.deps import Core
 
@@ -17,7 +19,7 @@ def make_app(settings, deps: Core):
     deps.jwks_json = encode(deps.keyring.jwks())
     args = {"deps": deps}
     routes = [
-        (discovery.DISCOVERY_PATH, DiscoveryHandler, args),
+        *((re.escape(path), DiscoveryHandler, args) for path in discovery.discovery_paths(settings)),
         (discovery.PATHS["jwks_uri"], JWKSHandler, args),
         (discovery.PATHS["token_endpoint"], TokenHandler, args),
         (discovery.PATHS["revocation_endpoint"], RevokeHandler, args),

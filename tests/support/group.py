@@ -28,10 +28,11 @@ def free_port() -> int:
 
 class Group:
     def __init__(self, state: Path, *, proxy: str = "caddy", token_procs: int = 2,
-                 extra_env: Optional[dict] = None) -> None:
+                 extra_env: Optional[dict] = None, issuer_path: str = "") -> None:
         self.state, self.proxy = state, proxy
         port = free_port()
-        self.issuer = f"https://localhost:{port}"
+        self.origin = f"https://localhost:{port}"
+        self.issuer = self.origin + issuer_path
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("KONNECTD_", "LDAP_", "KOPANO_", "KONNECT_"))}
         self.env.update({
