@@ -16,6 +16,8 @@ from typing import Optional
 
 import requests
 
+from tests.support import apicheck
+
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = ("identifier", "authorize", "token", "userinfo")
 
@@ -79,6 +81,7 @@ class Group:
         s = requests.Session()
         s.trust_env = False
         s.verify = self.ca
+        s.hooks["response"].append(apicheck.requests_hook)
         return s
 
     # -- life cycle -------------------------------------------------------------------
