@@ -28,6 +28,10 @@ RESPONSE_TYPES = ["code", "id_token", "id_token token", "code id_token", "code t
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 # RFC 7662 §2.1: introspection requires client authentication; `none` is not offered there
 INTROSPECTION_AUTH_METHODS = [m for m in AUTH_METHODS if m != "none"]
+# The sign-in pages' languages (services/identifier/i18n/<tag>.json): English and Konnect's
+# fifteen (its identifier/i18n), as BCP 47 tags.
+UI_LOCALES = ("en", "de", "es", "fr", "hi", "hr", "hu", "is", "it", "ja", "nb", "nl", "pl",
+              "pt-PT", "ru", "sl")
 REQUEST_OBJECT_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                        "ES256", "ES384", "ES512", "EdDSA"]
 
@@ -102,6 +106,6 @@ def document(settings: Any, keyring: Any, definitions: Any = None) -> dict:
         "authorization_response_iss_parameter_supported": True,
         "frontchannel_logout_supported": False,
         "backchannel_logout_supported": False,
-        "ui_locales_supported": ["en", "de"],
+        "ui_locales_supported": list(UI_LOCALES),
     })
     return doc

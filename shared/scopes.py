@@ -29,15 +29,6 @@ MANAGER_SCOPES = {
     "dummy": ("profile", "email"),
 }
 
-# Plain words for the consent page; scopes.yaml descriptions override (by scope or alias).
-DESCRIPTIONS = {
-    "basic": {"en": "Your basic account information (name, email address, user id)",
-              "de": "Grundlegende Kontoinformationen (Name, E-Mail-Adresse, Benutzer-ID)"},
-    OFFLINE: {"en": "Stay signed in to the application while you are away",
-              "de": "In der Anwendung angemeldet bleiben, auch wenn Sie nicht da sind"},
-    "kopano/gc": {"en": "Read and write your Kopano Groupware data",
-                  "de": "Ihre Kopano-Groupware-Daten lesen und schreiben"},
-}
 BASIC = ("openid", "email", "profile", "konnect/id", "konnect/uuid", "konnect/raw_sub")
 # What the identifier API's `meta.scopes.definitions` says of a scope without a scopes.yaml
 # definition (Konnect's identifier/meta/scopes/scopes.go): the `id` names the consent
@@ -46,7 +37,8 @@ DEFAULT_DEFINITIONS = {"basic": {"priority": 20, "id": "scope_alias_basic"},
                        OFFLINE: {"priority": 10, "id": "scope_offline_access"}}
 # Definitions an identity manager adds over scopes.yaml (Konnect's identifier/backends/kc.go
 # `scopesMeta`, which replaces a scopes.yaml definition of the same name).
-MANAGER_DEFINITIONS = {"kc": {"kopano/gc": {"description": DESCRIPTIONS["kopano/gc"]["en"]}}}
+MANAGER_DEFINITIONS = {"kc": {"kopano/gc": {
+    "description": "Read and write your Kopano Groupware data"}}}
 
 
 class ScopesError(Exception):
@@ -144,17 +136,15 @@ class ScopeDefinitions:
                 definitions[alias] = dict(DEFAULT_DEFINITIONS[alias])
         return {"mapping": mapping, "definitions": definitions}
 
-    def describe(self, scope: str, lang: str = "en") -> tuple[str, str]:
-        """(group, plain words) for a scope on the consent page."""
+    def describe(self, scope: str) -> tuple[str, Optional[str]]:
+        """(group, scopes.yaml's description of the scope or its group, or None) for the
+        consent page, which has its own words, per language, for the others."""
         alias = self.alias(scope)
         for key in (scope, alias):
             spec = self.definitions.get(key)
             if spec and spec.get("description"):
                 return alias, str(spec["description"])
-        words = DESCRIPTIONS.get(alias)
-        if words:
-            return alias, words.get(lang) or words["en"]
-        return alias, ("Bereich: " if lang == "de" else "Scope: ") + scope
+        return alias, None
 
 
 def supported(manager: str, allow_scope: Sequence[str] = (),
