@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
+from tests.support.chromium import ARGS, CHROMIUM
 from tests.support.group import Group
 from tests.support.op import pkce_pair
 
 pytestmark = pytest.mark.group
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
 @pytest.fixture(scope="module")
