@@ -1,4 +1,5 @@
-"""The identifier JSON API (konnect.md §2.12): `_/hello`, `_/logon`, `_/logoff`, `_/consent`.
+"""The identifier JSON API: `_/hello`, `_/logon`, `_/logoff`, `_/consent`, as Konnect's
+(its identifier/api.go and identifier/handlers.go), described in docs/identifier-api.yaml.
 
 Every call is a POST with a JSON body, the header `Kopano-Konnect-XSRF: 1` and an
 Origin (or Referer) on the request's own host: a cross-site form cannot send the header
