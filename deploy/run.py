@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -172,9 +173,10 @@ def problems(env: dict) -> list[str]:
     """What would stop the group from starting, found before anything starts."""
     found = []
     issuer = urlsplit(env["OIDC_ISSUER_IDENTIFIER"])
-    if issuer.scheme != "https" or issuer.path not in ("", "/"):
+    if issuer.scheme != "https" or not re.fullmatch(r"[A-Za-z0-9/._~%-]*", issuer.path):
         found.append(f"OIDC_ISSUER_IDENTIFIER={env['OIDC_ISSUER_IDENTIFIER']!r}: make run "
-                     "needs https://host[:port] (the proxy serves the issuer's root)")
+                     "needs https://host[:port][/path] (a path of letters, digits and "
+                     "/._~%- only)")
     tokens = env.get("TOKEN_PROCS", "")
     if not tokens.isdigit() or not 1 <= int(tokens) <= 64:
         found.append(f"TOKEN_PROCS={tokens!r}: a number from 1 to 64")
@@ -222,12 +224,13 @@ def preflight(env: dict) -> list[str]:
 
 def banner(env: dict, demo: dict) -> str:
     issuer = env["OIDC_ISSUER_IDENTIFIER"].rstrip("/")
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(issuer))  # endpoints: shared/discovery.py
     lines = [
         "",
         "  Konnect-compatible OpenID Provider: starting the process group",
         f"    issuer        {issuer}",
         f"    discovery     {issuer}/.well-known/openid-configuration",
-        f"    sign-in page  {issuer}/signin/v1/identifier",
+        f"    sign-in page  {origin}/signin/v1/identifier",
     ]
     if env.get("KONNECT_START_DEMO") == "true":
         lines += [

@@ -7,6 +7,7 @@ lists exactly what is implemented (Konnect omitted `code` and others: quirk fixe
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import scopes
 
@@ -35,8 +36,34 @@ RESPONSE_TYPES = ["code", "id_token", "id_token token", "code id_token", "code t
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 # RFC 7662 §2.1: introspection requires client authentication; `none` is not offered there
 INTROSPECTION_AUTH_METHODS = [m for m in AUTH_METHODS if m != "none"]
+# The sign-in pages' languages (services/identifier/i18n/<tag>.json): English and Konnect's
+# fifteen (its identifier/i18n), as BCP 47 tags.
+UI_LOCALES = ("en", "de", "es", "fr", "hi", "hr", "hu", "is", "it", "ja", "nb", "nl", "pl",
+              "pt-PT", "ru", "sl")
 REQUEST_OBJECT_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                        "ES256", "ES384", "ES512", "EdDSA"]
+
+
+def origin(settings: Any) -> str:
+    """The issuer's scheme and authority. Every endpoint is this plus its path, whatever
+    path the issuer has (Konnect's oidc/provider/provider.go `makeIssURL` strips the
+    issuer's path; its bootstrap/bootstrap.go `makeURIPath` builds the paths without it)."""
+    parts = urlsplit(settings.iss)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def issuer_path(settings: Any) -> str:
+    """The issuer's path without a trailing slash ("" for an issuer at the root)."""
+    return urlsplit(settings.iss).path.rstrip("/")
+
+
+def discovery_paths(settings: Any) -> tuple:
+    """Where the discovery document is served: `/.well-known/openid-configuration` at the
+    root (Konnect's bootstrap/bootstrap.go `WellKnownPath`, whatever the issuer's path)
+    and, for an issuer with a path, also under that path, where OpenID Connect Discovery
+    1.0 §4.1 tells relying parties to look (Konnect answered 404 there)."""
+    path = issuer_path(settings)
+    return (DISCOVERY_PATH, path + DISCOVERY_PATH) if path else (DISCOVERY_PATH,)
 
 
 def path(settings: Any, name: str) -> str:
@@ -47,7 +74,7 @@ def path(settings: Any, name: str) -> str:
 
 
 def url(settings: Any, name: str) -> str:
-    return settings.iss.rstrip("/") + path(settings, name)
+    return origin(settings) + path(settings, name)
 
 
 def document(settings: Any, keyring: Any, definitions: Any = None) -> dict:
@@ -95,6 +122,6 @@ def document(settings: Any, keyring: Any, definitions: Any = None) -> dict:
         "authorization_response_iss_parameter_supported": True,
         "frontchannel_logout_supported": False,
         "backchannel_logout_supported": False,
-        "ui_locales_supported": ["en", "de"],
+        "ui_locales_supported": list(UI_LOCALES),
     })
     return doc

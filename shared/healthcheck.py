@@ -4,12 +4,17 @@
     python -m shared.healthcheck --service token      one service (its KONNECT_TOKEN_LISTEN)
     python -m shared.healthcheck --listen 127.0.0.1:8779
     python -m shared.healthcheck http://127.0.0.1:8780/health-check
+    python -m shared.healthcheck --hostname 127.0.0.1:8777 [--path P] [--scheme https --insecure]
 
-A service's address is `KONNECT_<SERVICE>_LISTEN` from the environment, else from
+`--hostname`, `--path`, `--scheme` and `--insecure` are the flags of Konnect's
+`konnectd healthcheck` (its cmd/konnectd/healthcheck.go), so a health check written for
+Konnect keeps working; like it, the check is a POST (every service answers any method on
+`/health-check`). A service's address is `KONNECT_<SERVICE>_LISTEN` from the environment, else from
 deploy/addresses.env (as deploy/bin/konnect-program does); a wildcard host (0.0.0.0, ::) is
 checked on loopback. Exit status 0 when every URL answers 200 within the timeout (2 s
 each), 1 otherwise with one line per failing URL on stdout, 2 for bad arguments.
-Standard library only, no proxies from the environment, redirects not followed.
+Standard library only, no proxies from the environment, redirects not followed; https
+certificates are verified unless `--insecure`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import http.client
 import os
 import socket
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -35,10 +41,16 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # a redirect is an answer other than 200, not something to follow
 
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+def _opener(insecure: bool = False) -> urllib.request.OpenerDirector:
+    context = ssl.create_default_context()
+    if insecure:  # Konnect's --insecure: no certificate or host name check
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect(),
+                                       urllib.request.HTTPSHandler(context=context))
 
 
-def listen_url(listen: str) -> str:
+def listen_url(listen: str, path: str = PATH, scheme: str = "http") -> str:
     """`host:port` -> the health-check URL; wildcard hosts become loopback."""
     host, sep, port = listen.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
@@ -50,10 +62,19 @@ def listen_url(listen: str) -> str:
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}{PATH}"
+    return f"{scheme}://{host}:{port}{path}"
 
 
-def service_urls(services: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+def _path(text: str) -> str:
+    """`--path`: a URL path (with optional query), as Konnect's flag."""
+    if not text.startswith("/") or any(c.isspace() or ord(c) < 0x21 for c in text) \
+            or "#" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a path starting with /")
+    return text
+
+
+def service_urls(services: Sequence[str], environ: Mapping[str, str],
+                 path: str = PATH, scheme: str = "http") -> list[str]:
     addresses: Optional[dict] = None
     urls = []
     for service in services:
@@ -63,7 +84,7 @@ def service_urls(services: Sequence[str], environ: Mapping[str, str]) -> list[st
             if addresses is None:
                 addresses = read_addresses()
             listen = addresses[name]
-        urls.append(listen_url(listen))
+        urls.append(listen_url(listen, path, scheme))
     return urls
 
 
@@ -79,10 +100,13 @@ def _timeout(text: str) -> float:
     return value
 
 
-def check(url: str, timeout: float = TIMEOUT) -> Optional[str]:
-    """None when `url` answers 200 within `timeout`, else why not (one line)."""
+def check(url: str, timeout: float = TIMEOUT, insecure: bool = False) -> Optional[str]:
+    """None when a POST to `url` (empty body, as Konnect's check) answers 200 within
+    `timeout`, else why not (one line)."""
+    request = urllib.request.Request(url, data=b"", method="POST",
+                                     headers={"Connection": "close"})
     try:
-        with _OPENER.open(url, timeout=timeout) as resp:
+        with _opener(insecure).open(request, timeout=timeout) as resp:
             resp.read(1024)
             status = resp.status
     except urllib.error.HTTPError as err:
@@ -109,19 +133,28 @@ def main(argv: Optional[Sequence[str]] = None,
                         help="check this service's KONNECT_<SERVICE>_LISTEN; repeatable")
     parser.add_argument("--listen", action="append", default=[], metavar="HOST:PORT",
                         help=f"check http://HOST:PORT{PATH}; repeatable")
+    parser.add_argument("--hostname", action="append", default=[], metavar="HOST:PORT",
+                        help="Konnect's flag: like --listen; repeatable")
+    parser.add_argument("--path", type=_path, default=PATH,
+                        help=f"path of --listen/--hostname/--service URLs (default {PATH})")
+    parser.add_argument("--scheme", choices=("http", "https"), default="http",
+                        help="scheme of --listen/--hostname/--service URLs (default http)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="do not verify https certificates (Konnect's flag)")
     parser.add_argument("--timeout", type=_timeout, default=TIMEOUT,
                         help=f"seconds per URL (default {TIMEOUT:g})")
     args = parser.parse_intermixed_args(argv)
     environ = os.environ if environ is None else environ
     try:
-        urls = list(args.urls) + [listen_url(listen) for listen in args.listen]
+        urls = list(args.urls) + [listen_url(listen, args.path, args.scheme)
+                                  for listen in args.listen + args.hostname]
         if args.service or not urls:
-            urls += service_urls(args.service or SERVICES, environ)
+            urls += service_urls(args.service or SERVICES, environ, args.path, args.scheme)
     except (ValueError, KeyError, OSError) as err:
         parser.error(str(err))
     failed = 0
     for url in urls:
-        problem = check(url, args.timeout)
+        problem = check(url, args.timeout, args.insecure)
         if problem is not None:
             failed += 1
             print(f"{url}: {problem}", flush=True)

@@ -29,16 +29,16 @@ MANAGER_SCOPES = {
     "dummy": ("profile", "email"),
 }
 
-# Plain words for the consent page; scopes.yaml descriptions override (by scope or alias).
-DESCRIPTIONS = {
-    "basic": {"en": "Your basic account information (name, email address, user id)",
-              "de": "Grundlegende Kontoinformationen (Name, E-Mail-Adresse, Benutzer-ID)"},
-    OFFLINE: {"en": "Stay signed in to the application while you are away",
-              "de": "In der Anwendung angemeldet bleiben, auch wenn Sie nicht da sind"},
-    "kopano/gc": {"en": "Read and write your Kopano Groupware data",
-                  "de": "Ihre Kopano-Groupware-Daten lesen und schreiben"},
-}
 BASIC = ("openid", "email", "profile", "konnect/id", "konnect/uuid", "konnect/raw_sub")
+# What the identifier API's `meta.scopes.definitions` says of a scope without a scopes.yaml
+# definition (Konnect's identifier/meta/scopes/scopes.go): the `id` names the consent
+# screen's text; a higher priority is listed first.
+DEFAULT_DEFINITIONS = {"basic": {"priority": 20, "id": "scope_alias_basic"},
+                       OFFLINE: {"priority": 10, "id": "scope_offline_access"}}
+# Definitions an identity manager adds over scopes.yaml (Konnect's identifier/backends/kc.go
+# `scopesMeta`, which replaces a scopes.yaml definition of the same name).
+MANAGER_DEFINITIONS = {"kc": {"kopano/gc": {
+    "description": "Read and write your Kopano Groupware data"}}}
 
 
 class ScopesError(Exception):
@@ -99,6 +99,10 @@ class ScopeDefinitions:
             description = (spec or {}).get("description")
             if description is not None and not isinstance(description, str):
                 raise ScopesError(f"{path}: scopes.{name}.description must be a string")
+            priority = (spec or {}).get("priority")
+            if priority is not None and (not isinstance(priority, int)
+                                         or isinstance(priority, bool)):
+                raise ScopesError(f"{path}: scopes.{name}.priority must be a whole number")
         for name, alias in mapping.items():
             if not _is_scope_token(name) or not _is_scope_token(alias):
                 raise ScopesError(f"{path}: mapping {name!r}: {alias!r} must map a scope name "
@@ -106,17 +110,41 @@ class ScopeDefinitions:
         return cls({str(k): str(v) for k, v in mapping.items()},
                    {str(k): dict(v or {}) for k, v in definitions.items()})
 
-    def describe(self, scope: str, lang: str = "en") -> tuple[str, str]:
-        """(group, plain words) for a scope on the consent page."""
-        alias = self.mapping.get(scope) or ("basic" if scope in BASIC else scope)
+    def alias(self, scope: str) -> str:
+        """The group a scope is shown in: scopes.yaml's mapping, else `basic` for the
+        identity scopes, else the scope itself (Konnect's identifier/meta/scopes/scopes.go)."""
+        return self.mapping.get(scope) or ("basic" if scope in BASIC else scope)
+
+    def meta(self, scopes: Iterable[str], manager: str = "") -> dict:
+        """The identifier API's `meta.scopes` for the requested scopes: `mapping` (scope ->
+        alias, for the scopes that have one) and `definitions` (alias -> priority,
+        description or id), as Konnect's `NewScopesFromIDs` builds them."""
+        defined = {**self.definitions, **MANAGER_DEFINITIONS.get(manager, {})}
+        mapping, definitions = {}, {}
+        for scope in scopes:
+            alias = self.alias(scope)
+            if alias != scope:
+                mapping[scope] = alias
+            spec = defined.get(alias)
+            if spec is not None:
+                definition = {"priority": spec.get("priority") or 0}
+                for key in ("description", "id"):
+                    if spec.get(key):
+                        definition[key] = str(spec[key])
+                definitions[alias] = definition
+            elif alias in DEFAULT_DEFINITIONS:
+                definitions[alias] = dict(DEFAULT_DEFINITIONS[alias])
+        return {"mapping": mapping, "definitions": definitions}
+
+    def describe(self, scope: str) -> tuple[str, Optional[str]]:
+        """(group, scopes.yaml's description of the scope or its group, or None) for the
+        consent page, which has its own words, per language, for the others."""
+        alias = self.alias(scope)
         for key in (scope, alias):
             spec = self.definitions.get(key)
             if spec and spec.get("description"):
                 return alias, str(spec["description"])
-        words = DESCRIPTIONS.get(alias)
-        if words:
-            return alias, words.get(lang) or words["en"]
-        return alias, ("Bereich: " if lang == "de" else "Scope: ") + scope
+        return alias, None
 
 
 def supported(manager: str, allow_scope: Sequence[str] = (),

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .discovery import COOKIE_AUTHORIZE_PATH, PATHS
+from .discovery import COOKIE_AUTHORIZE_PATH, DISCOVERY_PATH, PATHS
 
 ADDRESSES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "addresses.env"
 
-# Exact paths per service; the identifier also owns everything under PREFIX_ROUTES.
+# Exact paths per service; the identifier also owns everything under PREFIX_ROUTES. An
+# issuer with a path adds one more for the token service: the discovery document under
+# that path (`discovery.discovery_paths`; the proxies route `$KONNECT_ISSUER_PATH` +
+# DISCOVERY_PATH). Every other path is the same whatever the issuer's path.
 EXACT_ROUTES = {
     "token": (
-        "/.well-known/openid-configuration",
+        DISCOVERY_PATH,
         PATHS["jwks_uri"],
         PATHS["token_endpoint"],
         PATHS["revocation_endpoint"],

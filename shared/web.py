@@ -270,10 +270,12 @@ class MetricsHandler(BaseHandler):
 
 
 class HealthCheckHandler(BaseHandler):
-    """`/health-check`: 200 "ok" while the process serves (Konnect §2.10)."""
+    """`/health-check`: 200 "ok" while the process serves. Every method answers, as
+    Konnect's (its server/server.go routes the path without a method; its `healthcheck`
+    command and Docker HEALTHCHECK send POST). A body is never read."""
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish("ok\n")
 
-    head = get
+    head = post = put = patch = delete = options = get

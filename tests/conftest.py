@@ -14,9 +14,24 @@ import re
 import pytest
 
 from shared.store import Store
+from tests.support import apicheck
 from tests.support.servers import RedisServer, SlapdServer
 
 pytest_plugins = ["tests.support.fixtures"]
+
+apicheck.install()
+
+
+@pytest.fixture(autouse=True)
+def identifier_api_responses_match_the_description():
+    """Fails a test that got an identifier API response docs/identifier-api.yaml does not
+    describe (tests/support/apicheck.py); responses of module and session fixtures count
+    for the first test that uses them."""
+    yield
+    found = apicheck.take()
+    if found:
+        pytest.fail("identifier API responses that do not match docs/identifier-api.yaml:\n"
+                    + "\n".join(found[:20]), pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The identifier JSON API (konnect.md §2.12): `_/hello`, `_/logon`, `_/logoff`, `_/consent`.
+"""The identifier JSON API: `_/hello`, `_/logon`, `_/logoff`, `_/consent`, as Konnect's
+(its identifier/api.go and identifier/handlers.go), described in docs/identifier-api.yaml.
 
 Every call is a POST with a JSON body, the header `Kopano-Konnect-XSRF: 1` and an
 Origin (or Referer) on the request's own host: a cross-site form cannot send the header
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 from typing import Any, Optional
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from shared import discovery, scopes as scopelib
 from shared.errors import INVALID_REQUEST, TOO_MANY_REQUESTS, OAuth2Error
@@ -61,6 +62,31 @@ def hello_request(value: Any, where: str = "") -> Optional[dict]:
     return {k: string_member(value, k, where) for k, v in value.items() if v is not None}
 
 
+FLOWS = ("oauth", "consent", "oidc")  # the flows whose hello names the client (Konnect's)
+_INT64 = re.compile(r"[+-]?[0-9]{1,19}")
+
+
+def prompts(request: Optional[dict]) -> list:
+    return (request or {}).get("prompt", "").split()
+
+
+def check_hello(request: Optional[dict]) -> int:
+    """Konnect's checks of a HelloRequest before any work (its identifier/models.go
+    `HelloRequest.parse` and api.go `writeHelloResponse`): `max_age` must be a whole number
+    (400 otherwise); `prompt=none` is a 400 (the sign-in pages are never shown without a
+    prompt, so a page asking that is a broken client). Returns max_age (0: none)."""
+    if request is None:
+        return 0
+    if "none" in prompts(request):
+        raise _invalid("prompt none requested")
+    raw = request.get("max_age", "")
+    if not raw:
+        return 0
+    if not _INT64.fullmatch(raw) or not -2**63 <= int(raw) < 2**63:
+        raise _invalid("max_age must be a whole number of seconds")
+    return int(raw)
+
+
 class APIHandler(BaseHandler):
     def prepare(self) -> None:
         if self.request.method != "POST":
@@ -90,26 +116,41 @@ class APIHandler(BaseHandler):
         """The live logon with its user as the backend knows them now (`current_logon`)."""
         return await current_logon(self.deps.users, await self.logon())
 
-    async def hello(self, logon: Logon, request: dict) -> dict:
-        """The HelloResponse for a signed-in user; `request` has passed `hello_request`."""
+    def too_old(self, logon: Logon, max_age: int) -> bool:
+        """A logon older than the request's positive max_age is none (Konnect's
+        identifier.go `GetUserFromLogonCookie`)."""
+        return max_age > 0 and logon.auth_time + max_age < self.deps.now()
+
+    async def hello(self, logon: Logon, request: Optional[dict]) -> dict:
+        """The HelloResponse for a signed-in user (Konnect's identifier/api.go
+        `writeHelloResponse`); `request` has passed `hello_request` and `check_hello`.
+
+        For the flows oauth, consent and oidc the client must be known with that redirect
+        URI (400 otherwise); the answer has the authorization endpoint as `continue_uri`
+        and, when the client is not trusted or `prompt=consent` was asked, what the consent
+        screen shows: `next: consent`, the requested `scopes`, the `client` and
+        `meta.scopes` (mapping and definitions)."""
+        request = request or {}
+        identity = logon.identity
+        answer = {"state": self.state, "flow": "", "success": True,
+                  "username": identity.username, "displayName": identity.name or identity.username}
         flow = request.get("flow", "")
-        answer = {"state": self.state, "flow": flow, "success": True,
-                  "username": logon.identity.username,
-                  "displayName": logon.identity.name or logon.identity.username}
-        if flow in ("oidc", "consent"):
-            query = {k: v for k, v in request.items() if k not in ("state", "flow")}
-            if "state" in request and "ref" in request:
-                query["state"] = request["ref"]
-            answer["continue_uri"] = discovery.url(self.deps.settings, "authorization_endpoint")
-            client = await self.deps.lookup_client(request.get("client_id"), request.get("redirect_uri"))
-            if client is not None and (not client.trusted
-                                       or "consent" in request.get("prompt", "")):
-                answer["next"] = "consent"
-                wanted = scopelib.parse(request.get("scope"))
-                answer["scopes"] = {s: True for s in wanted}
-                answer["client"] = {"id": client.id, "display_name": client.display_name,
-                                    "redirect_uri": request.get("redirect_uri"),
-                                    "trusted": client.trusted}
+        if flow not in FLOWS:
+            return answer
+        redirect_uri = request.get("redirect_uri", "")
+        client = await self.deps.lookup_client(request.get("client_id"), redirect_uri)
+        if client is None or not client.redirect_uri_ok(redirect_uri):
+            raise OAuth2Error(INVALID_REQUEST, "unknown client or redirect_uri")
+        if not client.trusted or "consent" in prompts(request):
+            wanted = scopelib.parse(request.get("scope"))
+            answer.update({
+                "next": "consent", "scopes": {s: True for s in wanted},
+                "client": {"id": client.id, "display_name": client.display_name,
+                           "redirect_uri": redirect_uri, "trusted": client.trusted},
+                "meta": {"scopes": self.deps.scope_definitions.meta(
+                    wanted, self.deps.settings.identity_manager)}})
+        answer["continue_uri"] = discovery.url(self.deps.settings, "authorization_endpoint")
+        answer["flow"] = flow
         return answer
 
     def post(self) -> None:  # overridden
@@ -119,23 +160,38 @@ class APIHandler(BaseHandler):
 class HelloHandler(APIHandler):
     async def post(self) -> None:
         request = hello_request(self.body)
+        max_age = check_hello(request)
         logon = await self.current_logon()
-        if logon is None or "login" in request.get("prompt", "").split():
+        if logon is None or "login" in prompts(request) or self.too_old(logon, max_age):
             return self.no()
         self.write_json(await self.hello(logon, request))
 
 
 class LogonHandler(APIHandler):
+    """`params` is [username, password, mode] (Konnect's identifier/handlers.go
+    `handleLogon`): mode "1" signs in with the password; mode "0" with an empty password
+    continues the signed-in user of the logon cookie when `username` is theirs (the choose
+    account page). An empty `params` is a 400, a shorter one or another mode a 204."""
+
     failed_floor = 0.25  # seconds: the least time a failed sign-in takes to answer
 
     async def post(self) -> None:
         params = self.body.get("params")
-        if not isinstance(params, list) or len(params) < 3 or \
-                not all(isinstance(p, str) and not _SURROGATE.search(p) for p in params[:3]):
+        if params is None:
+            params = []
+        if not isinstance(params, list) or \
+                not all(isinstance(p, str) and not _SURROGATE.search(p) for p in params):
             raise OAuth2Error(INVALID_REQUEST, "params must be [username, password, mode]")
-        username, password, mode = params[:3]
+        if not params:
+            raise OAuth2Error(INVALID_REQUEST, "params required")
         # before any sign-in work: a bad hello must not come after a cookie was set
         hello = hello_request(self.body.get("hello"), "hello.")
+        max_age = check_hello(hello)
+        if len(params) < 3:
+            return self.no()
+        username, password, mode = params[:3]
+        if mode == "0" and password == "":
+            return await self.continue_logon(username, hello, max_age)
         if mode != "1" or not username or not password or len(username) > 256 or len(password) > 1024:
             return self.no()
         store = self.deps.store
@@ -161,8 +217,20 @@ class LogonHandler(APIHandler):
         await store.give_back("logon-ip", self.client_ip)
         logon = Logon(identity=identity, auth_time=await self.auth_time(identity.sub),
                       sid=new_sid(), state_key=new_state_key())
+        answer = await self.hello(logon, hello) if hello is not None else None  # may be a 400
         set_cookie(self, LOGON_COOKIE, logon.seal(self.deps.sealer), path=API_PATH)
         clear_cookie(self, BROWSER_STATE_COOKIE, path=SESSION_PATH)
+        self.write_json({"success": True, "state": self.state, "hello": answer})
+
+    async def continue_logon(self, username: str, hello: Optional[dict], max_age: int) -> None:
+        """Mode "0": the signed-in user goes on without a password. The logon stays as it
+        is (its auth_time is when the password was given, which max_age is about; Konnect
+        renewed it), and `prompt=login` or a logon older than max_age is a no: those ask
+        for the password again (OpenID Connect Core 1.0 §3.1.2.1)."""
+        logon = await self.current_logon()
+        if logon is None or logon.identity.username != username \
+                or "login" in prompts(hello) or self.too_old(logon, max_age):
+            return self.no()
         self.write_json({"success": True, "state": self.state,
                          "hello": await self.hello(logon, hello) if hello is not None else None})
 
@@ -211,5 +279,3 @@ class ConsentHandler(APIHandler):
         self.write_json({"success": True, "state": self.state})
 
 
-def continue_url(settings: Any, query: dict) -> str:
-    return discovery.url(settings, "authorization_endpoint") + "?" + urlencode(query)

@@ -6,6 +6,9 @@
 - `post_logout_redirect_uri` is used only when registered for that client (§3, exact
   match; Konnect matched the redirect_uris instead: fixed, with the redirect_uris as the
   fallback when a client registered no post-logout URIs). Never redirect to anything else.
+  An unregistered one (or one without a client) is ignored with the client, as Konnect
+  does (its identity/managers/identifier.go `EndSession` then sends the browser to the
+  goodbye page): the sign-out confirmation for a signed-in user, else the signed-out page.
 - A trusted client with a hint for the signed-in user and a verified URI: signed out at
   once, then redirected with `state`. Otherwise the user confirms on a page; after the
   confirmation the browser goes back to the verified URI (Konnect never returned: fixed);
@@ -19,6 +22,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 from urllib.parse import urlsplit
 
@@ -33,6 +37,7 @@ from .pages import SigninPage
 from .signout import sign_out
 
 CONFIRM_TTL = 600
+log = logging.getLogger("konnect.identifier")
 
 
 class EndSessionHandler(SigninPage):
@@ -72,8 +77,10 @@ class EndSessionHandler(SigninPage):
         client = await deps.lookup_client(client_id, None) if client_id else None
         uri, state = self.param("post_logout_redirect_uri"), self.param("state")
         if uri is not None and (client is None or not client.post_logout_redirect_uri_ok(uri)):
-            raise OAuth2Error(INVALID_REQUEST,
-                              "post_logout_redirect_uri is not registered for this client")
+            # Not from a client we can tell: no redirect, no client named on the page.
+            log.info("end session: post_logout_redirect_uri not registered for client %r; "
+                     "ignored", client.id if client else None)
+            uri, state, client = None, None, None
         logon = await Logon.open_live(deps.sealer, deps.store, self.get_cookie(LOGON_COOKIE))
         # an ID token with `konnect/raw_sub` names the raw subject (scopes.subject)
         if logon is not None and hint_claims \

@@ -1,8 +1,9 @@
 """The sign-in web pages: identifier (sign in), choose account, consent, welcome, goodbye,
 and the sign-out confirmation of end session (endsession.py).
 
-Server-rendered, one first-party script, no third-party resources. English and German;
-`?lang=` (the switch) wins over `Accept-Language`. CSP: the one script by nonce, no inline style,
+Server-rendered, one first-party script, no third-party resources. In English and the
+fifteen languages of Konnect's identifier/i18n (i18n/<tag>.json, translated here):
+`?lang=` (the switch), then the request's `ui_locales`, then `Accept-Language`. CSP: the one script by nonce, no inline style,
 `frame-ancestors 'none'` against clickjacking.
 """
 
@@ -14,46 +15,31 @@ import re
 import secrets
 from urllib.parse import urlencode
 
-from shared import scopes as scopelib
+from shared import discovery, scopes as scopelib
 from shared.errors import INVALID_REQUEST, OAuth2Error
 from shared.web import PageHandler
 
-LANGUAGES = (("en", "English"), ("de", "Deutsch"))
-MESSAGES = {
-    "en": {"title_identifier": "Sign in", "title_consent": "Allow access?",
-           "title_welcome": "You are signed in", "title_goodbye": "Sign out",
-           "username": "Username", "password": "Password", "sign_in": "Sign in",
-           "wants": "would like to:", "allow": "Allow", "cancel": "Cancel",
-           "welcome_text": "You are signed in. You can close this page.",
-           "goodbye_text": "Do you want to sign out of all applications in this browser?",
-           "sign_out": "Sign out", "language": "Language",
-           "missing": "Please enter your username and password.",
-           "wrong": "The username or password is not correct.",
-           "too_many": "Too many attempts. Please wait a few minutes.",
-           "failed": "Something went wrong. Please try again.",
-           "title_endsession": "Sign out?", "title_chooseaccount": "Choose an account",
-           "endsession_text": "Do you want to sign out of all applications in this browser?",
-           "endsession_client": "asks you to sign out.",
-           "stay": "Stay signed in", "signed_out": "You are signed out. You can close this page.",
-           "continue_as": "Continue as", "use_another": "Use another account"},
-    "de": {"title_identifier": "Anmelden", "title_consent": "Zugriff erlauben?",
-           "title_welcome": "Sie sind angemeldet", "title_goodbye": "Abmelden",
-           "username": "Benutzername", "password": "Passwort", "sign_in": "Anmelden",
-           "wants": "möchte:", "allow": "Erlauben", "cancel": "Abbrechen",
-           "welcome_text": "Sie sind angemeldet. Sie können diese Seite schließen.",
-           "goodbye_text": "Möchten Sie sich in diesem Browser von allen Anwendungen abmelden?",
-           "sign_out": "Abmelden", "language": "Sprache",
-           "missing": "Bitte geben Sie Benutzername und Passwort ein.",
-           "wrong": "Benutzername oder Passwort ist nicht korrekt.",
-           "too_many": "Zu viele Versuche. Bitte warten Sie einige Minuten.",
-           "failed": "Etwas ist schiefgegangen. Bitte versuchen Sie es erneut.",
-           "title_endsession": "Abmelden?", "title_chooseaccount": "Konto auswählen",
-           "endsession_text": "Möchten Sie sich in diesem Browser von allen Anwendungen abmelden?",
-           "endsession_client": "bittet Sie, sich abzumelden.",
-           "stay": "Angemeldet bleiben",
-           "signed_out": "Sie sind abgemeldet. Sie können diese Seite schließen.",
-           "continue_as": "Weiter als", "use_another": "Anderes Konto verwenden"},
-}
+I18N = os.path.join(os.path.dirname(__file__), "i18n")
+
+
+def _catalog(tag: str) -> dict:
+    with open(os.path.join(I18N, tag + ".json"), encoding="utf-8") as stream:
+        return json.load(stream)
+
+
+# Every page string in every language of discovery's ui_locales_supported, one file each
+# (services/identifier/i18n/<tag>.json); a missing file stops the service at import.
+CATALOGS = {tag: _catalog(tag) for tag in discovery.UI_LOCALES}
+MESSAGES = {tag: {k: v for k, v in doc.items() if not k.startswith("_")}
+            for tag, doc in CATALOGS.items()}
+LANGUAGES = tuple((tag, MESSAGES[tag]["language_name"]) for tag in discovery.UI_LOCALES)
+# lower-case tag -> ours: the tags themselves, and each primary language subtag (pt-BR and
+# pt find pt-PT, the only Portuguese; no is Norwegian, nb the written form we have)
+_MATCH = {**{tag.split("-")[0].lower(): tag for tag in MESSAGES}, "no": "nb",
+          **{tag.lower(): tag for tag in MESSAGES}}
+# the consent page's words for the scope groups without a scopes.yaml description
+SCOPE_WORDS = {"basic": "scope_basic", scopelib.OFFLINE: "scope_offline_access",
+               "kopano/gc": "scope_kopano_gc"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
@@ -76,9 +62,15 @@ def _accepted(accept: str) -> list:
                 value = value.strip()
                 q = float(value) if _QVALUE.match(value) else -1.0
         if tag and q > 0:
-            ranked.append((q, tag.split("-")[0].lower()))
+            ranked.append((q, tag))
     ranked.sort(key=lambda item: item[0], reverse=True)
     return [tag for _, tag in ranked]
+
+
+def supported(tag: str) -> str | None:
+    """Our language for a BCP 47 tag: the same tag (any case), else its primary language."""
+    tag = tag.strip().lower()
+    return _MATCH.get(tag) or _MATCH.get(tag.split("-")[0])
 
 
 def choose_language(explicit: str | None, accept: str, ui_locales: str = "") -> str:
@@ -88,13 +80,9 @@ def choose_language(explicit: str | None, accept: str, ui_locales: str = "") -> 
     Accept-Language, else English."""
     if explicit in MESSAGES:
         return explicit
-    for tag in ui_locales.split()[:16]:
-        primary = tag.split("-")[0].lower()
-        if primary in MESSAGES:
-            return primary
-    for tag in _accepted(accept):
-        if tag in MESSAGES:
-            return tag
+    for tag in [*ui_locales.split()[:16], *_accepted(accept)]:
+        if (found := supported(tag)) is not None:
+            return found
     return "en"
 
 
@@ -155,7 +143,10 @@ class SigninPage(PageHandler):
         if self.view == "consent":
             seen = set()
             for scope in scopelib.parse(self.get_query_argument("scope", "")):
-                group, text = self.deps.scope_definitions.describe(scope, lang)
+                group, text = self.deps.scope_definitions.describe(scope)
+                if text is None:
+                    key = SCOPE_WORDS.get(group)
+                    text = t[key] if key else t["scope_other"].format(scope=scope)
                 if group not in seen:
                     seen.add(group)
                     words.append((group, text))

@@ -4,6 +4,7 @@ client registration (N processes, SO_REUSEPORT)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from shared import discovery, service
@@ -41,7 +42,7 @@ def make_app(settings, core: Core):
     deps = TokenDeps.from_core(core)
     args = {"deps": deps}
     routes = [
-        (discovery.DISCOVERY_PATH, DiscoveryHandler, args),
+        *((re.escape(path), DiscoveryHandler, args) for path in discovery.discovery_paths(settings)),
         (discovery.PATHS["jwks_uri"], JWKSHandler, args),
         (discovery.PATHS["token_endpoint"], TokenHandler, args),
         (discovery.PATHS["revocation_endpoint"], RevokeHandler, args),

@@ -140,7 +140,7 @@ async def test_a_logon_of_a_disabled_or_removed_user_is_no_session(http_client, 
         assert page.code == 302 and page.headers["Location"].startswith("/signin/v1/identifier?")
     select = await b.fetch(authorize_url(prompt="select_account", **TRUSTED))
     assert select.headers["Location"].startswith("/signin/v1/identifier?")
-    hello = await b.api("hello", {"state": "h2", "flow": "oidc", "prompt": "none", **TRUSTED})
+    hello = await b.api("hello", {"state": "h2", "flow": "oidc", **TRUSTED})
     assert hello.code == 204 and hello.headers["Kopano-Konnect-State"] == "h2"
     # enabled again: the same logon is a session again (nothing was written)
     write_users(users_path, [ALICE_ENTRY])

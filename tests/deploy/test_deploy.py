@@ -202,12 +202,11 @@ def set_by_run_py() -> set:
 
 # Names the proxy and process configs use beyond deploy/addresses.env, and who sets them
 # (Caddy's {$NAME:default} need nobody: KONNECT_PROXY_HTTP_PORT, KONNECT_CADDY_TLS, ...).
-CADDY_FROM_PROGRAM = {"KONNECT_STATE_DIR", "KONNECT_PROXY_SITE", "KONNECT_PROXY_HOST"}
-
-
+CADDY_FROM_PROGRAM = {"KONNECT_STATE_DIR", "KONNECT_PROXY_SITE", "KONNECT_PROXY_HOST",
+                      "KONNECT_ISSUER_PATH"}
 APACHE_FROM_PROGRAM = {"KONNECT_APACHE_DIR", "KONNECT_APACHE_USER", "KONNECT_PROXY_HOST",
                        "KONNECT_PROXY_PORT", "KONNECT_TLS_CERT", "KONNECT_TLS_KEY",
-                       "KONNECT_HSTS_MAX_AGE"}
+                       "KONNECT_HSTS_MAX_AGE", "KONNECT_ISSUER_PATH_RE"}
 
 
 SUPERVISORD_FROM_RUN_PY = {"KONNECT_STATE_DIR", "KONNECT_START_REDIS", "KONNECT_START_CADDY",

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.support.chromium import ARGS, CHROMIUM
 from tests.support.group import Group
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 SHOTS = ROOT / "test-artifacts" / "screenshots"
-
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
 @pytest.fixture(scope="module")

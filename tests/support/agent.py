@@ -15,6 +15,8 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import requests
 
+from tests.support import apicheck
+
 AUTHORIZE = "/signin/v1/identifier/_/authorize"
 
 
@@ -54,6 +56,7 @@ class Agent:
         self.session = requests.Session()
         self.session.trust_env = False  # REQUESTS_CA_BUNDLE would replace our CA
         self.session.verify = ca if ca else True
+        self.session.hooks["response"].append(apicheck.requests_hook)
         self.timeout = timeout
 
     def get(self, url: str, **kw) -> requests.Response:

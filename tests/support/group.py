@@ -16,6 +16,8 @@ from typing import Optional
 
 import requests
 
+from tests.support import apicheck
+
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = ("identifier", "authorize", "token", "userinfo")
 
@@ -28,10 +30,11 @@ def free_port() -> int:
 
 class Group:
     def __init__(self, state: Path, *, proxy: str = "caddy", token_procs: int = 2,
-                 extra_env: Optional[dict] = None) -> None:
+                 extra_env: Optional[dict] = None, issuer_path: str = "") -> None:
         self.state, self.proxy = state, proxy
         port = free_port()
-        self.issuer = f"https://localhost:{port}"
+        self.origin = f"https://localhost:{port}"
+        self.issuer = self.origin + issuer_path
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("KONNECTD_", "LDAP_", "KOPANO_", "KONNECT_"))}
         self.env.update({
@@ -78,6 +81,7 @@ class Group:
         s = requests.Session()
         s.trust_env = False
         s.verify = self.ca
+        s.hooks["response"].append(apicheck.requests_hook)
         return s
 
     # -- life cycle -------------------------------------------------------------------

@@ -40,8 +40,8 @@ def test_scopes_yaml_adds_scopes_and_descriptions(tmp_path):
     defs = scopes.ScopeDefinitions.load(str(path))
     assert "kopano/kwm" in scopes.supported("ldap", definitions=defs)
     assert defs.describe("kopano/kwm") == ("chat", "Use chat")
-    assert defs.describe("email", "de")[0] == "basic"
-    assert defs.describe("unknown/x") == ("unknown/x", "Scope: unknown/x")
+    assert defs.describe("email")[0] == "basic"
+    assert defs.describe("unknown/x") == ("unknown/x", None)  # the page's words: pages.py
     bad = tmp_path / "bad.yaml"
     bad.write_text("scopes: [1, 2]\n")
     with pytest.raises(scopes.ScopesError):

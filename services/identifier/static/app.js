@@ -63,7 +63,13 @@
     api("hello", hello()).then(function (res) {
       if (!res) { window.location.replace(document.getElementById("another").href); return; }
       document.getElementById("account-name").textContent = res.displayName || res.username;
-      chooser.addEventListener("click", function () { window.location.assign(authorizeQuery()); });
+      chooser.addEventListener("click", function () {
+        // logon mode "0": go on as the signed-in user, without the password (Konnect's)
+        api("logon", { params: [res.username, "", "0"], hello: hello() }).then(function (again) {
+          if (!again) { window.location.assign(document.getElementById("another").href); return; }
+          window.location.assign(authorizeQuery());
+        }).catch(function (e) { showError(e.message); });
+      });
     }).catch(function (e) { showError(e.message); });
   }
   var logoff = document.getElementById("logoff");
