@@ -50,16 +50,17 @@ case "$1" in
   serve)
     shift
     service="${KONNECT_SERVICE:-}"
-    if [[ " $services " != *" $service "* ]]; then
-      echo "konnect: this image runs one service per container; set KONNECT_SERVICE to one of:" \
-           "$services (got '${service}'). docs/operations.md shows the four behind one proxy." >&2
-      exit 2
-    fi
+    case "$service" in
+      identifier|authorize|token|userinfo) ;;
+      *) echo "konnect: this image runs one service per container; set KONNECT_SERVICE to one" \
+              "of: $services (got '${service}'). docs/operations.md shows the four behind one proxy." >&2
+         exit 2 ;;
+    esac
     # shellcheck disable=SC2086 # ARGS is a list of words, as in Konnect's image
     set -- "$python" -m "services.$service" --metrics-listen=0.0.0.0:6777 "$@" ${ARGS:-} ;;
   identifier|authorize|token|userinfo)
     # shellcheck disable=SC2086
-    set -- /opt/konnect/deploy/bin/konnect-program "$@" ${ARGS:-} ;;
+    set -- "$(dirname "${BASH_SOURCE[0]}")/bin/konnect-program" "$@" ${ARGS:-} ;;
   healthcheck)
     shift
     exec "$python" -m shared.healthcheck --listen "${KONNECTD_LISTEN:-0.0.0.0:8777}" "$@" ;;

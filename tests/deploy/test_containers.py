@@ -93,12 +93,15 @@ def secrets_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def compose(daemon, tree, secrets_dir):
+    started = time.monotonic()
+    base = daemon.base_image()
+    _record(base_image_seconds=round(time.monotonic() - started, 1))
     port = free_port()
     c = Compose(daemon, tree, PROJECT, ["compose.yaml", "compose.debian.yaml"], env={
         "OIDC_ISSUER_IDENTIFIER": f"https://localhost:{port}",
         "KONNECT_PROXY_PORT": str(port), "KONNECT_PROXY_BIND": "127.0.0.1",
         "KONNECT_SECRETS_DIR": str(secrets_dir[0]),
-        "KONNECT_BASE_IMAGE": daemon.base_image(), "TOKEN_PROCS": "2"})
+        "KONNECT_BASE_IMAGE": base, "TOKEN_PROCS": "2"})
     c.issuer = f"https://localhost:{port}"
     c("down", "--volumes", "--remove-orphans", check=False)  # a failed earlier run's leftovers
     yield c
