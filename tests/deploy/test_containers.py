@@ -360,9 +360,10 @@ def test_whole_browser_flow_through_the_groups_caddy(group):
     assert refreshed.status_code == 200, refreshed.text
     new = refreshed.json()
     assert group.userinfo(s, new["access_token"]).status_code == 200
-    # the ID token is signed with the key of the compose secret (Konnect's kid)
-    header = json.loads(base64.urlsafe_b64decode(new["access_token"].split(".")[0] + "=="))
-    assert header["kid"].startswith("konnectd_signing_private_key")
+    # signed with the key of the compose secret, under Konnect's kid (its file name)
+    kids = [json.loads(base64.urlsafe_b64decode(new[name].split(".")[0] + "=="))["kid"]
+            for name in ("access_token", "id_token")]
+    assert kids == ["konnectd_signing_private_key", "konnectd_signing_private_key-rs256"]
     # sign-out (what the sign-out page's script does): the access token stops working and
     # the browser has no session any more
     out = agent.api("logoff", {"state": "out1"})
