@@ -116,6 +116,12 @@ class Daemon:
         if self.process is None:
             return
         if self.process.poll() is None:
+            # the cache keeps no failed build's containers, and no untagged image older than
+            # the base image's week (a multi-stage build's first stage is untagged: younger
+            # ones are the pip layer the next build reuses)
+            self.docker("container", "prune", "--force", check=False)
+            self.docker("image", "prune", "--force", "--filter", f"until={BASE_MAX_AGE}s",
+                        check=False)
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
@@ -127,6 +133,12 @@ class Daemon:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        # dockerd can leave its namespace mounts (exec-root/netns/default) behind
+        with open("/proc/self/mounts") as mounts:
+            inside = [line.split()[1] for line in mounts
+                      if line.split()[1].startswith(f"{self.run_dir}/")]
+        for mountpoint in sorted(inside, reverse=True):
+            subprocess.run(["umount", "--lazy", mountpoint], capture_output=True, timeout=30)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         if self._lock is not None:
             self._lock.close()
