@@ -368,9 +368,7 @@ def test_whole_browser_flow_through_the_groups_caddy(group):
     # the browser has no session any more
     out = agent.api("logoff", {"state": "out1"})
     assert out.status_code == 200, out.text
-    after = _wait("revoked by the sign-out", lambda: group.userinfo(
-        s, new["access_token"]).status_code == 401, timeout=10)
-    assert after
+    assert group.userinfo(s, new["access_token"]).status_code == 401
     silent, _ = group.authorize(agent, prompt="none")
     assert silent["error"] == "login_required"
 
@@ -451,10 +449,12 @@ def test_token_container_killed_under_load_fails_only_its_requests_and_restarts(
         t.start()
     time.sleep(1.0)
     os.kill(pid, signal.SIGKILL)  # a crash, not `docker stop`: the restart policy applies
-    restarted = _wait("the killed token container restarted", lambda: (lambda c: (
-        c["RestartCount"] > restarts and c["State"]["Running"] and c["State"]["Pid"] != pid))(
-        daemon.inspect(names[0])[0]), timeout=60, every=0.2)
-    assert restarted
+
+    def restarted() -> bool:
+        c = daemon.inspect(names[0])[0]
+        return c["RestartCount"] > restarts and c["State"]["Running"] and c["State"]["Pid"] != pid
+
+    assert _wait("the killed token container restarted", restarted, timeout=60, every=0.2)
     time.sleep(2.0)
     stop.set()
     for t in threads:
@@ -480,14 +480,18 @@ def test_redis_recreated_brings_back_no_spent_code_or_revocation(group):
     revoked = s.post(group.issuer + "/konnect/v1/revoke", headers=group.auth, timeout=30,
                      data={"token": live["access_token"], "token_type_hint": "access_token"})
     assert revoked.status_code == 200
-    old = compose.containers("redis")
+    (old,) = [c["Id"] for c in compose.daemon.inspect(*compose.containers("redis"))]
     compose("rm", "--stop", "--force", "redis")  # the container is gone; the volume stays
     compose("up", "-d", "--no-build", "--no-deps", "redis")
-    assert compose.containers("redis") and compose.containers("redis") != [] and \
-        compose.daemon.inspect(*compose.containers("redis"))[0]["Id"] not in old
+    (new,) = [c["Id"] for c in compose.daemon.inspect(*compose.containers("redis"))]
+    assert new != old
     # the live refresh token still works: the records came back from the volume
-    again = _wait("Redis back", lambda: (lambda r: r if r.status_code != 503 else None)(
-        group.refresh(s, live["refresh_token"])), timeout=60)
+
+    def refreshed():
+        answer = group.refresh(s, live["refresh_token"])
+        return answer if answer.status_code != 503 else None  # 503 until Redis answers
+
+    again = _wait("Redis back", refreshed, timeout=60)
     assert again.status_code == 200, again.text
     assert group.userinfo(s, live["access_token"]).status_code == 401  # still revoked
     reuse = group.refresh(s, tokens["refresh_token"])
