@@ -13,6 +13,11 @@ declare -A need=([redis-server]=redis-server [caddy]=caddy)
 if [ "$purpose" = test ]; then
   need+=([slapd]=slapd [ldapwhoami]=ldap-utils [apache2]=apache2 [chromium]=chromium
          [node]=nodejs [npm]=npm [wrk]=wrk)
+  # The container tests (tests/deploy/): the Docker daemon, Debian's Compose (1.29; a
+  # `docker compose` plugin is used instead where installed) and debootstrap for the base
+  # image. The tests start and stop dockerd themselves.
+  need+=([dockerd]=docker.io [debootstrap]=debootstrap)
+  docker compose version >/dev/null 2>&1 || need+=([docker-compose]=docker-compose)
 elif [ "${KONNECT_PROXY:-caddy}" = apache ]; then
   need[apache2]=apache2
 fi
@@ -32,8 +37,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     if [ ! -e "$policy" ]; then
       printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; own_policy=1
     fi
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Another apt run on the machine holds the lock for a while: wait for it, not fail.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     if [ -n "$own_policy" ]; then rm -f "$policy"; fi
   else
     echo "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2

@@ -479,8 +479,9 @@ def test_compose_services_ports_and_environment_agree_with_addresses_env():
                                               "--service", name]
         assert default(env["OIDC_ISSUER_IDENTIFIER"]) == issuer
         assert env["KONNECTD_REDIS_URL"] == f"redis://redis:{redis_port}/0"
-        assert env["KONNECTD_SIGNING_PRIVATE_KEY"].startswith("/var/lib/konnect/")
-        assert env["KONNECTD_ENCRYPTION_SECRET"].startswith("/var/lib/konnect/")
+        # key and secret: Docker secrets with Konnect's names, found by the entrypoint
+        assert "KONNECTD_SIGNING_PRIVATE_KEY" not in env and "KONNECTD_ENCRYPTION_SECRET" not in env
+        assert svc["secrets"] == ["konnectd_signing_private_key", "konnectd_encryption_secret"]
         assert "state:/var/lib/konnect" in svc["volumes"]
         assert svc["depends_on"]["init"]["condition"] == "service_completed_successfully"
         assert "ports" not in svc  # only the proxy is published
@@ -509,10 +510,13 @@ def test_compose_services_ports_and_environment_agree_with_addresses_env():
     assert default(published) == f"{ADDRESSES['KONNECT_PROXY_BIND']}:{issuer_port}:{issuer_port}"
     trusted = services["identifier"]["environment"]["KONNECTD_TRUSTED_PROXY"]
     assert trusted == caddy["networks"]["konnect"]["ipv4_address"] + "/32"
-    # init makes the key and secret the services are pointed at
+    assert set(doc["secrets"]) == {"konnectd_signing_private_key", "konnectd_encryption_secret"}
+    for name, secret in doc["secrets"].items():
+        assert default(secret["file"]) == f"./secrets/{name}"
+    # init makes the users file and the registry the services are pointed at
     script = " ".join(services["init"]["command"])
-    assert "python -m shared.keytool generate --out-dir keys" in script
-    assert script.split("\n")[0].endswith("umask 077")  # keys and files private
+    assert "users.yaml" in script and "identifier-registration.yaml" in script
+    assert script.split("\n")[0].endswith("umask 077")  # files private
     assert services["init"]["restart"] == "no"
     for name, svc in services.items():
         for volume in svc.get("volumes", []):
@@ -526,22 +530,27 @@ def test_compose_services_ports_and_environment_agree_with_addresses_env():
 def test_dockerfile_one_service_per_container_non_root_with_health_check():
     instructions = dockerfile()
     get = lambda op: [arg for o, arg in instructions if o == op]  # noqa: E731
-    assert get("FROM") == ["python:3.11-slim-bookworm"]
+    # any Debian bookworm base (the official slim one by default); a build stage for pip
+    assert get("ARG") == ["BASE=debian:bookworm-slim"]
+    assert get("FROM") == ["${BASE} AS build", "${BASE}"]
     (user,) = get("USER")
     assert user.split(":")[0] not in ("root", "0")
-    assert json.loads(get("CMD")[0]) == ["deploy/bin/konnect-program", "token"]
+    entrypoint = "/opt/konnect/deploy/docker-entrypoint.sh"
+    assert json.loads(get("ENTRYPOINT")[0]) == [entrypoint]
+    assert json.loads(get("CMD")[0]) == ["help"]
     (health,) = get("HEALTHCHECK")
-    assert json.loads(health.split("CMD", 1)[1]) == ["python", "-m", "shared.healthcheck",
-                                                     "--service", "token"]
-    assert any("pip install -r requirements.txt -c constraints.txt" in r for r in get("RUN"))
+    assert json.loads(health.split("CMD", 1)[1]) == [entrypoint, "healthcheck"]
+    assert any("-r /tmp/konnect/image.txt -c /tmp/konnect/constraints.txt" in r
+               for r in get("RUN"))
     for arg in get("COPY"):
-        for source in arg.split()[:-1]:
-            assert (ROOT / source).exists(), source
+        if not arg.startswith("--from="):
+            for source in arg.split()[:-1]:
+                assert (ROOT / source).exists(), source
     env = dict(re.findall(r"([A-Z_]+)=(\S+)", " ".join(get("ENV"))))
     for name in SERVICES:
         key = f"KONNECT_{name.upper()}_LISTEN"
         assert env[key] == f"0.0.0.0:{port_of(ADDRESSES[key])}"
-    assert env["KONNECT_PYTHON"] == "/usr/local/bin/python"  # konnect-program's interpreter
+    assert env["KONNECT_PYTHON"] == "/opt/konnect/venv/bin/python"  # konnect-program's
     # `python -m shared....` works from any directory (compose's init cds to the volume)
     assert env["PYTHONPATH"] == get("WORKDIR")[0] == "/opt/konnect"
 
