@@ -25,6 +25,7 @@ from shared.errors import INVALID_REQUEST, TOO_MANY_REQUESTS, OAuth2Error
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
                             clear_cookie, consent_cookie_name, current_logon, new_sid,
                             new_state_key, seal_consent, set_cookie)
+from shared.users.base import MAX_PASSWORD, MAX_USERNAME
 from shared.web import BaseHandler
 
 from .signout import sign_out
@@ -136,7 +137,8 @@ class LogonHandler(APIHandler):
         username, password, mode = params[:3]
         # before any sign-in work: a bad hello must not come after a cookie was set
         hello = hello_request(self.body.get("hello"), "hello.")
-        if mode != "1" or not username or not password or len(username) > 256 or len(password) > 1024:
+        if mode != "1" or not username or not password or len(username) > MAX_USERNAME \
+                or len(password) > MAX_PASSWORD:
             return self.no()
         store = self.deps.store
         # Counted before the password is checked, so concurrent guesses cannot overshoot and

@@ -55,7 +55,7 @@ import zeep.exceptions
 from lxml import etree
 
 from ..identity import Identity
-from .base import BackendUnavailable, UserBackend
+from .base import BackendUnavailable, Deadline, UserBackend
 
 log = logging.getLogger("konnect.users.kc")
 
@@ -118,17 +118,13 @@ def _exid_of(raw_sub: str) -> Optional[bytes]:
         return None
 
 
-class _Deadline:
-    """The overall deadline of one backend call, shared by the event loop and the worker.
-
-    The worker checks it before every SOAP request and caps each request's socket timeout
-    by the time left; the connections it sends on are tracked so that `abort` (from the
-    event loop, when the deadline passed or the caller went away) can shut them down and
-    wake a worker that is blocked reading.
-    """
+class _Deadline(Deadline):
+    """`Deadline`, plus: the connections the worker sends on are tracked so that `abort`
+    (from the event loop, when the deadline passed or the caller went away) can shut them
+    down and wake a worker that is blocked reading."""
 
     def __init__(self, seconds: float) -> None:
-        self.expires = time.monotonic() + seconds
+        super().__init__(seconds, "kopano server")
         self._lock = threading.Lock()
         self._connections: set = set()
         self._aborted = False
@@ -136,17 +132,7 @@ class _Deadline:
     def remaining(self) -> float:
         if self._aborted:
             return 0.0
-        return self.expires - time.monotonic()
-
-    def check(self) -> float:
-        """The time left; BackendUnavailable when there is none."""
-        left = self.remaining()
-        if left <= 0:
-            raise BackendUnavailable("kopano server: no answer in time")
-        return left
-
-    def socket_timeout(self, timeout: float) -> float:
-        return min(timeout, self.check())
+        return super().remaining()
 
     def track(self, connection: Any) -> None:
         with self._lock:

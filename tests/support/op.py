@@ -74,6 +74,14 @@ def settings_for(service: str, state: dict, redis_url: str, extra: Sequence[str]
     return load_settings(argv, {}, service=service)
 
 
+def ldap_flags(server, basedn: str) -> list[str]:
+    """The flags of the `ldap` identity manager on a test slapd (tests/support/servers.py),
+    bound as its admin."""
+    return ["--identity-manager", "ldap", "--ldap-uri", server.url,
+            "--ldap-binddn", server.admin_dn, "--ldap-bindpw", server.admin_password,
+            "--ldap-basedn", basedn]
+
+
 def make_core(service: str, state: dict, redis_url: str, extra: Sequence[str] = (),
               now=None) -> Core:
     settings = settings_for(service, state, redis_url, extra)

@@ -464,6 +464,15 @@ class SlapdServer(_ServerProcess):
             conn.unbind()
         return dn
 
+    def modify_entry(self, dn: str, **values) -> None:
+        """Replace attribute values of `dn` (as the admin): `modify_entry(dn, cn="New")`."""
+        conn = self.connect()
+        try:
+            conn.modify(dn, {name: [(ldap3.MODIFY_REPLACE, [value])]
+                             for name, value in values.items()})
+        finally:
+            conn.unbind()
+
     @contextlib.contextmanager
     def temporary_ou(self, name: str) -> Iterator[str]:
         """An ou under the base DN for the duration of the block, then deleted with its
