@@ -363,7 +363,7 @@ class SlapdServer(_ServerProcess):
             f'rootdn "{self.admin_dn}"\n'
             f"rootpw {ssha(self.admin_password)}\n"
             f"directory {self.data_dir}\n"
-            "index objectClass,uid,mail eq\n"
+            "index objectClass,uid,mail,entryUUID eq\n"
             # passwords: usable for binding, readable by nobody but their owner
             "access to attrs=userPassword by self write by anonymous auth by * none\n"
             "access to * by users read by anonymous auth by * none\n"
