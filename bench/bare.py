@@ -7,7 +7,7 @@
   and answers a small JSON document: the per-request cost of a token request before any
   signature (the "300 µs" term of the cost model in perf.md, re-measured in each run).
 - `GET /userinfo`: the userinfo floor: takes the Bearer JWT, verifies its signature with
-  raw `cryptography` (RS256 or PS256, key loaded once), checks exp and iss, makes ONE
+  raw `cryptography` (ES256, RS256 or PS256, key loaded once), checks exp and iss, makes ONE
   Redis round trip (EXISTS of the jti's revocation key) and answers the claims as JSON.
 
 Same stack as the services (Tornado, the same event loop: `--event-loop uvloop|asyncio` as
@@ -29,7 +29,7 @@ import tornado.netutil
 import tornado.web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 
 
 def b64decode(segment: str) -> bytes:
@@ -64,13 +64,18 @@ class UserInfo(tornado.web.RequestHandler):
             head, payload, sig = token.split(".")
             header = json.loads(b64decode(head))
             signing_input = (head + "." + payload).encode("ascii")
-            if header.get("alg") == "PS256":
-                pad = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
-            elif header.get("alg") == "RS256":
-                pad = padding.PKCS1v15()
+            alg = header.get("alg")
+            if alg == "ES256":  # JWS: r || s, 32 octets each (RFC 7518 §3.4)
+                raw = b64decode(sig)
+                der = utils.encode_dss_signature(int.from_bytes(raw[:32], "big"),
+                                                 int.from_bytes(raw[32:], "big"))
+                self.key.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
+            elif alg in ("PS256", "RS256"):
+                pad = (padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+                       if alg == "PS256" else padding.PKCS1v15())
+                self.key.verify(b64decode(sig), signing_input, pad, hashes.SHA256())
             else:
                 raise ValueError("alg")
-            self.key.verify(b64decode(sig), signing_input, pad, hashes.SHA256())
             claims = json.loads(b64decode(payload))
             if claims["exp"] <= time.time() or claims["iss"] != self.iss:
                 raise ValueError("claims")

@@ -72,6 +72,17 @@ class Connection:
             self.writer.transport.abort()
         self.reader = self.writer = None
 
+    async def aclose(self) -> None:
+        """close() and wait until the socket is closed: at the end of an `asyncio.run`, a
+        close only scheduled on the loop would leave the socket open (a ResourceWarning)."""
+        writer = self.writer
+        self.close()
+        if writer is not None:
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 5)
+            except (OSError, asyncio.TimeoutError, ssl.SSLError):
+                pass
+
     async def request(self, method: str, target: str, headers: Optional[dict] = None,
                       body: bytes = b"") -> Response:
         return await asyncio.wait_for(self._request(method, target, headers or {}, body),

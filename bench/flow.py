@@ -52,9 +52,9 @@ class Browser:
         self.conns: dict = {}
         self.requests = 0
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         for conn in self.conns.values():
-            conn.close()
+            await conn.aclose()
 
     async def send(self, method: str, url: str, headers: Optional[dict] = None,
                    body: bytes = b""):
@@ -175,7 +175,7 @@ async def _run(*, issuer: str, route, ca: Optional[str], users: list, duration: 
                     samples.append(f"{type(err).__name__}: {err}"[:300])
             finally:
                 counts["requests"] += b.requests
-                b.close()
+                await b.aclose()
 
     start = time.monotonic()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))

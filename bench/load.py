@@ -7,7 +7,10 @@
 
 A `Spec` is one request shape: method, URL, header and body templates, and optionally a
 feed file whose lines are single-use items (codes, refresh tokens) put in place of "{}".
-Both generators count every answer that is not 2xx as an error.
+Both generators count every answer that is not 2xx as an error; a Spec with
+`expect_location` expects redirects instead, and counts every answer whose Location does
+not contain that text as an error (authorize: a redirect carrying a code, never one to the
+sign-in page or with an error).
 """
 
 from __future__ import annotations
@@ -39,11 +42,18 @@ class Spec:
     body: str = ""
     feed: Optional[str] = None          # file: one single-use item per line
     ca: Optional[str] = None            # TLS trust for the Python loop (wrk does not verify)
+    expect_location: Optional[str] = None   # a redirect whose Location contains this
 
     def env(self) -> dict:
         return {"BENCH_METHOD": self.method,
                 "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in self.headers.items()),
-                "BENCH_BODY": self.body, "BENCH_FEED": self.feed or ""}
+                "BENCH_BODY": self.body, "BENCH_FEED": self.feed or "",
+                "BENCH_EXPECT_LOCATION": self.expect_location or ""}
+
+    def answered_as_expected(self, status: int, location: str) -> bool:
+        if self.expect_location is not None:
+            return 300 <= status < 400 and self.expect_location in location
+        return 200 <= status < 300
 
     def feed_items(self) -> list:
         if not self.feed:
@@ -84,7 +94,9 @@ def parse_wrk(out: str) -> dict:
         used, size = int(m.group(1)), int(m.group(2))
         result["feed_used"], result["feed_size"] = used, size
         # items past the end were replays: already counted as non-2xx by the server's answer
-    result["errors"] = result["non2xx"] + result["socket_errors"]
+    m = re.search(r"bench_unexpected=(\d+)", out)
+    result["unexpected"] = int(m.group(1)) if m else 0   # 2xx/3xx without the Location wanted
+    result["errors"] = result["non2xx"] + result["socket_errors"] + result["unexpected"]
     return result
 
 
@@ -146,14 +158,14 @@ async def _python_load(spec: Spec, duration: float, connections: int,
                     conn.close()
                     continue
                 latencies.append((time.monotonic() - start) * 1000)
-                if not 200 <= resp.status < 300:
+                if not spec.answered_as_expected(resp.status, resp.header("location") or ""):
                     counts["non2xx"] += 1
                 elif recorder is not None:
                     m = pattern.search(resp.body.decode("utf-8", "replace"))
                     if m:
                         recorder.write(m.group(1) + "\n")
         finally:
-            conn.close()
+            await conn.aclose()
 
     start = time.monotonic()
     try:

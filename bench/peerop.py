@@ -165,7 +165,7 @@ class Peer:
                 url = urljoin(url, resp.header("location"))
             raise RuntimeError("peer sign-in: too many steps")
         finally:
-            conn.close()
+            await conn.aclose()
 
     def sign_in(self) -> str:
         return asyncio.run(self._sign_in())
@@ -210,7 +210,7 @@ class Peer:
                         if m:
                             f.write(m.group(1) + "\n")
             finally:
-                conn.close()
+                await conn.aclose()
         asyncio.run(run())
 
     def code_body(self) -> str:

@@ -19,10 +19,11 @@ ENDPOINT_NAMES = {
     "token_code": "token, authorization_code (PKCE, client_secret_basic)",
     "token_refresh": "token, refresh_token (rotated)",
     "userinfo": "userinfo (Bearer JWT, revocation check)",
+    "authorize": "authorize (a code for a signed-in user, prompt=none)",
     "discovery": "discovery document",
     "jwks": "JWKS",
 }
-ALG_TO_RAW = {"RS256": "raw_rs256_per_s", "PS256": "raw_ps256_per_s"}
+ALG_TO_RAW = {"RS256": "raw_rs256_per_s", "PS256": "raw_ps256_per_s", "ES256": "raw_es256_per_s"}
 
 
 # -- numbers -------------------------------------------------------------------------------
@@ -103,7 +104,7 @@ def table(header: list, rows: list) -> str:
 
 
 SERVICE_PROCS = {"token_code": "token", "token_refresh": "token", "userinfo": "userinfo",
-                 "discovery": "token", "jwks": "token"}
+                 "authorize": "authorize", "discovery": "token", "jwks": "token"}
 
 
 def service_rss(runs: list, prefix: str) -> Optional[float]:
@@ -284,7 +285,7 @@ def targets(results: dict, fl: dict) -> tuple:
         frac = ratios(code, fl["token_code"])
         cpu_frac = (floor_cpu_us(fl["token_code"], "token_code")
                     / col(code, "cpu_us_per_req", "service")) if col(code, "cpu_us_per_req", "service") else None
-        out.append(("code grant ≥ 75 % of its cost-model floor per process (RSA-2048)",
+        out.append(("code grant ≥ 75 % of its cost-model floor per process",
                     frac is not None and frac >= 0.75,
                     f"req/s: {fmt(frac, 2)} × floor; by CPU per request: {fmt(cpu_frac, 2)} × "
                     f"({fmt(floor_cpu_us(fl['token_code'], 'token_code'))} µs floor vs "
@@ -351,6 +352,172 @@ def targets(results: dict, fl: dict) -> tuple:
     return table(["target (issue 9)", "state", "measured"], rows), out
 
 
+# -- where users run it: a directory, production keys, the whole machine (issue 18) --------
+
+GRANTS = ("token_code", "token_refresh")
+LDAP_TARGETS = {"token_code": 0.9, "token_refresh": 0.9, "userinfo": 0.75, "authorize": 0.9}
+KEY_LABELS = {"ldap": "production keys: RSA-2048 (ID tokens) + EC P-256 (access tokens)",
+              "ldap_rsa2048": "RSA-2048 for both tokens (make run's keys before)",
+              "ldap_rsa4096": "RSA-4096 for both tokens (Konnect's README, keytool before)"}
+MACHINE_P99_MS = 50
+
+
+def variant_runs(results: dict, name: str, endpoint: str, via: str) -> list:
+    return (((results.get("variants") or {}).get(name) or {}).get("runs", {})
+            .get(endpoint) or {}).get(via) or []
+
+
+def all_cpu(run: dict) -> Optional[float]:
+    """CPU µs per request of every measured process of ours (services, proxy, Redis,
+    directory, log reader), not the load generator nor the rest of the machine."""
+    values = [v for k, v in run["cpu_us_per_req"].items() if k not in ("load", "foreign") and v]
+    return sum(values) if values else None
+
+
+def cpu_ratio(a: list, b: list) -> Optional[float]:
+    """Median of per-repetition ratios of service CPU per request a[i] / b[i]."""
+    return med(x["cpu_us_per_req"]["service"] / y["cpu_us_per_req"]["service"]
+               for x, y in zip(a, b)
+               if x["cpu_us_per_req"].get("service") and y["cpu_us_per_req"].get("service"))
+
+
+def directory_table(results: dict) -> str:
+    rows = []
+    for endpoint, target in LDAP_TARGETS.items():
+        for via in ("direct", "proxy"):
+            users = (results["ours"].get(endpoint) or {}).get(via) or []
+            ldap = variant_runs(results, "ldap", endpoint, via)
+            if not users or not ldap:
+                continue
+            rows.append([ENDPOINT_NAMES[endpoint] if via == "direct" else "″ through Caddy (TLS)",
+                         fmt(col(users, "rps")), fmt(col(ldap, "rps")),
+                         fmt(ratios(ldap, users), 2), f"≥ {target}" if via == "direct" else "",
+                         fmt(col(users, "p99_ms"), 1), fmt(col(ldap, "p99_ms"), 1),
+                         fmt(col(users, "cpu_us_per_req", "service")),
+                         fmt(col(ldap, "cpu_us_per_req", "service")),
+                         fmt(col(ldap, "cpu_us_per_req", "directory")),
+                         sum(r["errors"] for r in users + ldap)])
+            cold = variant_runs(results, "ldap_nocache", endpoint, via)
+            if cold:  # every request a directory search: what the cache saves
+                rows.append(["″ LDAP without the entry cache (`--user-cache-ttl 0`)",
+                             fmt(col(users, "rps")), fmt(col(cold, "rps")),
+                             fmt(ratios(cold, users), 2), "(for information)",
+                             fmt(col(users, "p99_ms"), 1), fmt(col(cold, "p99_ms"), 1),
+                             fmt(col(users, "cpu_us_per_req", "service")),
+                             fmt(col(cold, "cpu_us_per_req", "service")),
+                             fmt(col(cold, "cpu_us_per_req", "directory")),
+                             sum(r["errors"] for r in cold)])
+    if not rows:
+        return "_The LDAP variant was not measured in this run (`--variants`)._"
+    return table(["endpoint", "users file req/s", "LDAP req/s", "LDAP ÷ users file (in-run)",
+                  "target", "users file p99 ms", "LDAP p99 ms", "users file service CPU µs/req",
+                  "LDAP service CPU µs/req", "slapd CPU µs/req", "errors"], rows)
+
+
+def keys_table(results: dict) -> str:
+    rows = []
+    for name, label in KEY_LABELS.items():
+        for via in ("direct", "proxy"):
+            base = variant_runs(results, "ldap_rsa2048", "token_code", via)
+            runs = variant_runs(results, name, "token_code", via)
+            if not runs:
+                continue
+            sig = ((results.get("variants") or {}).get(name) or {}).get("signatures") or {}
+            rows.append([label if via == "direct" else "″ through Caddy (TLS)",
+                         ", ".join(f"{k} {v}" for k, v in sig.items()),
+                         fmt(col(runs, "rps")), fmt(col(runs, "p99_ms"), 1),
+                         fmt(col(runs, "cpu_us_per_req", "service")),
+                         fmt(cpu_ratio(runs, base), 2) if base else "–",
+                         fmt(med(all_cpu(r) for r in runs)), sum(r["errors"] for r in runs)])
+    if not rows:
+        return "_The key variants were not measured in this run (`--variants`)._"
+    return table(["keys (code grant, LDAP, 1 token process)", "signatures", "req/s",
+                  "p99 ms", "token CPU µs/req", "token CPU ÷ RSA-2048 (in-run)",
+                  "all our processes CPU µs/req", "errors"], rows)
+
+
+def machine_table(results: dict) -> str:
+    rows = []
+    for endpoint in GRANTS:
+        ours = variant_runs(results, "machine", endpoint, "proxy")
+        if not ours:
+            continue
+        for key, label in PEERS:
+            theirs = (results.get(key) or {}).get(endpoint) or []
+            if not theirs:
+                continue
+            rows.append([ENDPOINT_NAMES[endpoint], label, fmt(col(ours, "rps")),
+                         fmt(col(theirs, "rps")), fmt(ratios(ours, theirs), 2),
+                         fmt(col(ours, "p99_ms"), 1), fmt(col(theirs, "p99_ms"), 1),
+                         fmt(med(all_cpu(r) for r in ours)),
+                         fmt(col(ours, "cpu_us_per_req", "service")),
+                         fmt(col(ours, "cpu_us_per_req", "proxy")),
+                         fmt(col(ours, "cpu_us_per_req", "directory")),
+                         fmt(col(theirs, "cpu_us_per_req", "service")),
+                         sum(r["errors"] for r in ours + theirs)])
+    if not rows:
+        return "_The whole-machine variant or the peer was not measured in this run._"
+    return table(["grant", "peer's access tokens", "ours req/s (LDAP, 2 token processes, "
+                  "through Caddy)", "peer req/s (1 Node process)", "ours ÷ peer (in-run)",
+                  "ours p99 ms", "peer p99 ms", "ours CPU µs/req, all processes",
+                  "of which token", "Caddy", "slapd", "peer CPU µs/req", "errors"], rows)
+
+
+def user_targets(results: dict) -> list:
+    """(name, met, detail) of issue 18's goals."""
+    out = []
+    for endpoint, target in LDAP_TARGETS.items():
+        users = (results["ours"].get(endpoint) or {}).get("direct") or []
+        ldap = variant_runs(results, "ldap", endpoint, "direct")
+        if users and ldap:
+            r = ratios(ldap, users)
+            proxy = ratios(variant_runs(results, "ldap", endpoint, "proxy"),
+                           (results["ours"].get(endpoint) or {}).get("proxy") or [])
+            out.append((f"{endpoint.replace('token_', '')} with LDAP ≥ {target} × with the users "
+                        "file (one process, direct)", r is not None and r >= target,
+                        f"{fmt(r, 2)} × ({fmt(col(ldap, 'rps'))} vs {fmt(col(users, 'rps'))} "
+                        f"req/s); through Caddy {fmt(proxy, 2)} ×"))
+    ours = variant_runs(results, "machine", "token_code", "proxy")
+    theirs = (results.get("peer_jwt") or {}).get("token_code") or []
+    if ours and theirs:
+        r = ratios(ours, theirs)
+        out.append(("the whole machine through the proxy, LDAP: code grants/s ≥ 1.0 × the peer "
+                    "with JWT access tokens", r is not None and r >= 1.0,
+                    f"{fmt(r, 2)} × ({fmt(col(ours, 'rps'))} vs {fmt(col(theirs, 'rps'))} req/s)"))
+    prod = variant_runs(results, "ldap", "token_code", "direct")
+    rsa = variant_runs(results, "ldap_rsa2048", "token_code", "direct")
+    if prod and rsa:
+        r = cpu_ratio(prod, rsa)
+        out.append(("a code grant with the default keys costs no more CPU than with RSA-2048",
+                    r is not None and r <= 1.0,
+                    f"{fmt(r, 2)} × ({fmt(col(prod, 'cpu_us_per_req', 'service'))} vs "
+                    f"{fmt(col(rsa, 'cpu_us_per_req', 'service'))} token CPU µs/req)"))
+    p99 = [(col(variant_runs(results, "machine", e, "proxy"), "p99_ms"), e) for e in GRANTS
+           if variant_runs(results, "machine", e, "proxy")]
+    if p99:
+        out.append((f"p99 at {results['method']['connections']} connections through the proxy "
+                    f"≤ {MACHINE_P99_MS} ms for grants, LDAP (the whole machine)",
+                    all(v is not None and v <= MACHINE_P99_MS for v, _ in p99),
+                    "; ".join(f"{e.replace('token_', '')} {fmt(v, 1)} ms" for v, e in p99)))
+    errors = sum(r["errors"] for v in (results.get("variants") or {}).values()
+                 for runs in v.get("runs", {}).values() for rs in runs.values() for r in rs)
+    if results.get("variants"):
+        out.append(("zero errors in every variant run", errors == 0, f"{errors} errors"))
+    return out
+
+
+def where_users_run(results: dict) -> str:
+    goals = user_targets(results)
+    rows = [[name, "**met**" if met else "**missed**", detail] for name, met, detail in goals]
+    return "\n".join([
+        "### Targets", "", table(["target (issue 18)", "state", "measured"], rows)
+        if rows else "_No variant was measured in this run._", "",
+        "### The directory: LDAP against the users file", "", directory_table(results), "",
+        "### The keys: a code grant with LDAP", "", keys_table(results), "",
+        "### The whole machine, through the proxy, next to the peer", "",
+        machine_table(results)])
+
+
 PARTS = {
     "token_code": [
         ("RSA signatures (access token + ID token, python-jose + cryptography)", "sign (shared/jose.py"),
@@ -359,6 +526,7 @@ PARTS = {
         ("access log line + Prometheus metrics", "Application.log_request (shared/service.py"),
         ("client authentication", "authenticate (services/token/clientauth.py"),
         ("user lookup (users file)", "UsersFileBackend.lookup"),
+        ("user lookup (directory: cache, then LDAP)", "CachedBackend.current"),
     ],
     "userinfo": [
         ("signature check (`Keyring.verify`: python-jose + cryptography)", "Keyring.verify (shared/keys.py"),
@@ -366,16 +534,32 @@ PARTS = {
         ("reading and parsing the HTTP request (Tornado)", "HTTP1Connection._read_message (tornado"),
         ("access log line + Prometheus metrics", "Application.log_request (shared/service.py"),
         ("user lookup (users file)", "UsersFileBackend.lookup"),
+        ("user lookup (directory: cache, then LDAP)", "CachedBackend.current"),
+    ],
+    "authorize": [
+        ("logon cookie (unseal, sign-out check in Redis)", "Logon.open_live (shared/session.py"),
+        ("the user now (`current_logon`: backend lookup)", "current_logon (shared/session.py"),
+        ("code record into Redis (`Store._call`)", "Store._call (shared/store.py"),
+        ("reading and parsing the HTTP request (Tornado)", "HTTP1Connection._read_message (tornado"),
+        ("access log line + Prometheus metrics", "Application.log_request (shared/service.py"),
     ],
 }
+PROFILES = (("token_code", "token endpoint, authorization_code grant", None),
+            ("userinfo", "userinfo", None),
+            ("authorize", "authorize, a code for a signed-in user", None),
+            ("ldap_token_code", "token endpoint, authorization_code grant, LDAP", "ldap"),
+            ("ldap_userinfo", "userinfo, LDAP", "ldap"),
+            ("ldap_authorize", "authorize, LDAP", "ldap"))
 
 
 def breakdown(p: dict, name: str, cpu_us: Optional[float]) -> str:
     """Where the CPU of one request goes: profile shares of the named parts × CPU/request."""
     inclusive = p.get("inclusive_all") or p.get("inclusive") or []
     rows, total = [], 0.0
-    for label, prefix in PARTS.get(name, []):
+    for label, prefix in PARTS.get(name.replace("ldap_", ""), []):
         pct = max([x for f, x in inclusive if f.startswith(prefix)] or [0.0])
+        if not pct and label.startswith("user lookup ("):
+            continue  # the other backend's lookup
         total += pct
         rows.append([label, fmt(pct, 1), fmt(cpu_us * pct / 100 if cpu_us else None)])
     rows.append(["everything else (handler code, response writing, event loop)",
@@ -386,15 +570,16 @@ def breakdown(p: dict, name: str, cpu_us: Optional[float]) -> str:
 def profile_section(results: dict) -> str:
     prof = results.get("profile") or {}
     parts = []
-    for name, title in (("token_code", "token endpoint, authorization_code grant"),
-                        ("userinfo", "userinfo")):
+    for name, title, variant in PROFILES:
         p = prof.get(name)
         if not p:
             continue
         if "error" in p:
             parts.append(f"**{title}**: {p['error']}")
             continue
-        runs = (results.get("ours", {}).get(name) or {}).get("direct") or []
+        endpoint = name.replace("ldap_", "")
+        runs = variant_runs(results, variant, endpoint, "direct") if variant else \
+            (results.get("ours", {}).get(endpoint) or {}).get("direct") or []
         cpu_us = col(runs, "cpu_us_per_req", "service")
         parts.append(f"**{title}** ({p['samples']} samples of the service process under "
                      f"`wrk -c32`; % of samples)\n")
@@ -476,12 +661,16 @@ def plots(results: dict, fl: dict, docs: Path) -> None:
 
     names = [e for e in ENDPOINT_NAMES if results["ours"].get(e)]
     labels = {"token_code": "token\ncode grant", "token_refresh": "token\nrefresh grant",
-              "userinfo": "userinfo", "discovery": "discovery", "jwks": "JWKS"}
+              "userinfo": "userinfo", "authorize": "authorize\n(signed in)",
+              "discovery": "discovery", "jwks": "JWKS"}
     series = [
         ("ours, direct (1 process)", [col(results["ours"][e].get("direct") or [], "rps") for e in names]),
         ("ours, through Caddy", [col(results["ours"][e].get("proxy") or [], "rps") for e in names]),
         ("floor (cost model / bare handler)", [med(f["rps"] for f in fl[e]) for e in names]),
     ]
+    if results.get("variants", {}).get("ldap"):
+        series.insert(1, ("ours with LDAP, direct (1 process)",
+                          [col(variant_runs(results, "ldap", e, "direct"), "rps") for e in names]))
     if results.get("peer"):
         series.append(("peer: oidc-provider (1 Node process)",
                        [col(results["peer"].get(e) or [], "rps") for e in names]))
@@ -565,6 +754,7 @@ def render(results: dict, before: Optional[dict] = None) -> str:
         "peer_table": peer_table(results),
         "scaling_table": scaling_table(results),
         "targets": targets_md,
+        "where_users_run": where_users_run(results),
         "profile": profile_section(results),
         "changes_table": changes_table(results, before),
         "ab_table": ab_table(json.loads((HERE / "results-ab.json").read_text())
@@ -576,6 +766,7 @@ def render(results: dict, before: Optional[dict] = None) -> str:
         "k": str(len(sig)),
         "runs": str(results["method"]["runs"]),
         "connections": str(results["method"]["connections"]),
+        "people": str(results["method"].get("people") or "not recorded"),
         "flow_concurrency": str(results["method"].get("flow_concurrency", "")),
     }
     text = TEMPLATE.read_text()

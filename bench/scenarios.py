@@ -7,7 +7,14 @@ Single-use material is prepared outside the measured runs:
 - refresh tokens come from redeeming such codes at the token endpoint (each refresh
   token is rotated on use, so every request needs its own);
 - the access token for userinfo comes from one redemption (it stays valid for the
-  access-token lifetime; the revocation check runs on every request regardless).
+  access-token lifetime; the revocation check runs on every request regardless);
+- codes (and so refresh tokens) are spread round-robin over the bench's people (`people`:
+  the demo user, or the bench users in the users file or the directory), resolved once
+  through the group's own backend configuration, so that their subjects are the group's;
+- authorize (code minting for a signed-in user) sends the logon cookie of one real
+  sign-in at the identifier's logon API, for an implicitly trusted client on the
+  issuer's origin (no consent step), with `prompt=none`; every answer must be a redirect
+  carrying a code (`Spec.expect_location`).
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-from urllib.parse import quote
+from typing import Callable, Optional
+from urllib.parse import quote, urlencode
 
 from shared.grants import Grant
+from shared.session import LOGON_COOKIE
 from shared.store import Store
+from shared.topology import owner
 from shared.users.userfile import UsersFileBackend
 
 from . import load
@@ -34,13 +43,15 @@ TOKEN_PATH = "/konnect/v1/token"
 USERINFO_PATH = "/konnect/v1/userinfo"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/konnect/v1/jwks.json"
+AUTHORIZE_PATH = "/signin/v1/identifier/_/authorize"
+AUTHORIZE_CLIENT = "bench-rp"   # implicitly trusted: its redirect URI is on the issuer's origin
 SCOPES = ["openid", "profile", "email", "offline_access"]
 FORM = "application/x-www-form-urlencoded"
 REFRESH_PATTERN = r'"refresh_token":"([^"]+)"'
 LUA_REFRESH_PATTERN = '"refresh_token":"([^"]+)"'
 
 # What each scenario measures (the rows of the results table).
-ENDPOINTS = ("token_code", "token_refresh", "userinfo", "discovery", "jwks")
+ENDPOINTS = ("token_code", "token_refresh", "userinfo", "authorize", "discovery", "jwks")
 
 
 def pkce_pair() -> tuple:
@@ -71,21 +82,29 @@ class OurTarget:
 
     name = "ours"
 
-    def __init__(self, group, workdir: Path) -> None:
+    def __init__(self, group, workdir: Path, *, backend: Optional[Callable] = None) -> None:
+        """`backend()`: a user backend configured as the group's (default: its users file)."""
         self.group = group
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         demo = group.demo
         self.client_id, self.client_secret = demo["client_id"], demo["client_secret"]
-        self.username, self.password = demo["username"], demo["password"]
+        self.people = [(demo["username"], demo["password"])]
         self.redirect_uri = registered_redirect_uri(group, self.client_id)
         self.verifier, self.challenge = pkce_pair()
         self.basic = basic_auth(self.client_id, self.client_secret)
         self.redis_url = f"redis://{group.env['KONNECT_REDIS_LISTEN']}/0"
-        self._identity = None
+        self._backend = backend or (lambda: UsersFileBackend(str(Path(group.state) / "users.yaml")))
+        self._identities: Optional[list] = None
         self._access_token: Optional[str] = None
         self._access_minted = 0.0
+        self._logon: Optional[str] = None
         self._counter = 0
+
+    def use_people(self, names: list, password: str) -> None:
+        """Spread codes, refresh tokens and the sign-in over these users from now on."""
+        self.people = [(name, password) for name in names]
+        self._identities, self._access_token, self._logon = None, None, None
 
     # -- addresses ---------------------------------------------------------------------
 
@@ -104,31 +123,35 @@ class OurTarget:
         path.write_text("")
         return path
 
-    async def _identity_of_demo(self):
-        if self._identity is None:
-            users = UsersFileBackend(str(Path(self.group.state) / "users.yaml"))
+    async def _people(self) -> list:
+        """The identities of `people`, as the group's backend signs them in."""
+        if self._identities is None:
+            users = self._backend()
             try:
-                self._identity = await users.authenticate(self.username, self.password)
+                found = [await users.authenticate(name, password) for name, password in self.people]
             finally:
                 await users.close()
-            if self._identity is None:
-                raise RuntimeError("the demo user cannot sign in")
-        return self._identity
+            if None in found:
+                raise RuntimeError(f"a bench user cannot sign in: {self.people[found.index(None)][0]}")
+            self._identities = found
+        return self._identities
 
     async def _mint(self, n: int, concurrency: int = 64) -> list:
-        identity = await self._identity_of_demo()
+        people = await self._people()
         store = Store.from_url(self.redis_url, prefix="konnect:")
         now = int(time.time())
-        record = Grant(client_id=self.client_id, identity=identity, scopes=list(SCOPES),
-                       redirect_uri=self.redirect_uri, nonce="bench-nonce",
-                       code_challenge=self.challenge, code_challenge_method="S256",
-                       auth_time=now - 5, sid="bench-sid", created=now).to_record()
-        codes = [secrets.token_urlsafe(32) for _ in range(n)]
-        queue = list(codes)
+        records = [Grant(client_id=self.client_id, identity=identity, scopes=list(SCOPES),
+                         redirect_uri=self.redirect_uri, nonce="bench-nonce",
+                         code_challenge=self.challenge, code_challenge_method="S256",
+                         auth_time=now - 5, sid="bench-sid", created=now).to_record()
+                   for identity in people]
+        queue = [(secrets.token_urlsafe(32), records[i % len(records)]) for i in range(n)]
+        codes = [code for code, _ in queue]
 
         async def worker() -> None:
             while queue:
-                await store.put_code(queue.pop(), record, 900)
+                code, record = queue.pop()
+                await store.put_code(code, record, 900)
 
         try:
             await asyncio.gather(*(worker() for _ in range(min(concurrency, max(1, n)))))
@@ -206,6 +229,33 @@ class OurTarget:
                         record=(str(holder), r"^(.*)$"))
         return holder.read_text().strip()
 
+    def logon_cookie(self) -> str:
+        """The logon cookie of one real sign-in (the first of `people`) at the identifier's
+        logon API, on its own listener (preparation, not measurement)."""
+        if self._logon is None:
+            from .flow import Browser
+
+            async def sign_in() -> str:
+                b = Browser(self.group.issuer, lambda path: self.group.listen(owner(path)),
+                            ca=None, local_ip="127.0.0.1")
+                try:
+                    name, password = self.people[0]
+                    resp = await b.api("logon", {"state": "bench", "params": [name, password, "1"]})
+                    if resp.status != 200 or LOGON_COOKIE not in b.cookies:
+                        raise RuntimeError(f"bench sign-in failed: {resp.status} {resp.body[:200]!r}")
+                    return b.cookies[LOGON_COOKIE]
+                finally:
+                    await b.aclose()
+            self._logon = asyncio.run(sign_in())
+        return self._logon
+
+    def authorize_query(self) -> str:
+        return urlencode({"client_id": AUTHORIZE_CLIENT, "response_type": "code",
+                          "redirect_uri": self.group.issuer + "/bench/callback",
+                          "scope": "openid profile email", "state": "bench-state",
+                          "nonce": "bench-nonce", "code_challenge": self.challenge,
+                          "code_challenge_method": "S256", "prompt": "none"})
+
     # -- specs -----------------------------------------------------------------------------
 
     def spec(self, endpoint: str, via: str, *, feed: Optional[Path] = None) -> load.Spec:
@@ -219,6 +269,11 @@ class OurTarget:
         if endpoint == "userinfo":
             return load.Spec(endpoint, self.base(via, "userinfo") + USERINFO_PATH, "GET",
                              {"Authorization": "Bearer " + self.access_token()}, ca=self.ca)
+        if endpoint == "authorize":
+            return load.Spec(endpoint, self.base(via, "authorize") + AUTHORIZE_PATH + "?"
+                             + self.authorize_query(), "GET",
+                             {"Cookie": f"{LOGON_COOKIE}={self.logon_cookie()}"}, ca=self.ca,
+                             expect_location="code=")
         if endpoint == "discovery":
             return load.Spec(endpoint, self.base(via, "token") + DISCOVERY_PATH, ca=self.ca)
         if endpoint == "jwks":

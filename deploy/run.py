@@ -58,7 +58,9 @@ def ensure_state(state: Path, env: dict) -> dict:
     state.mkdir(parents=True, exist_ok=True)
     keys = state / "keys"
     if not (keys / keytool.LINK_NAME).exists():
-        keytool.generate(keys, "rsa", bits=2048)
+        keytool.generate(keys)  # the production keys: RSA-2048 and an EC access-token key
+    elif not (keys / keytool.ACCESS_TOKEN_LINK_NAME).exists():
+        keytool.generate(keys, access_token=True)  # a state made before there was one
     origin = demo_origin(env)
     demo_file = state / "demo.json"
     if demo_file.exists():
@@ -138,6 +140,14 @@ def prepare_environment(env: dict, state: Path) -> dict:
     proxy = env.setdefault("KONNECT_PROXY", "caddy")
     if proxy == "apache" and "KONNECT_TLS_CERT" not in env:
         dev_certificate(state / "tls", urlsplit(env["OIDC_ISSUER_IDENTIFIER"]).hostname or "")
+    if "KONNECTD_SIGNING_PRIVATE_KEY" not in env:  # our keys, not beside the caller's own
+        env.setdefault("KONNECTD_ACCESS_TOKEN_SIGNING_KEY",
+                       str(state / "keys" / keytool.ACCESS_TOKEN_LINK_NAME))
+    if env.get("KONNECTD_IDENTITY_MANAGER") == "ldap" and not any(
+            name in env for name in ("LDAP_SUB_ATTRIBUTES", "KONNECTD_LDAP_SUB_ATTRIBUTES")):
+        # subjects that no rename can pass to someone else (docs/operations.md, "LDAP
+        # subjects"); LDAP_SUB_ATTRIBUTES= (empty) keeps Konnect's DN subjects
+        env["LDAP_SUB_ATTRIBUTES"] = "entryUUID"
     defaults = {
         "KONNECTD_SIGNING_PRIVATE_KEY": str(state / "keys" / keytool.LINK_NAME),
         "KONNECTD_ENCRYPTION_SECRET": str(state / "keys" / keytool.SECRET_NAME),
@@ -238,6 +248,10 @@ def banner(env: dict, demo: dict) -> str:
             f"    demo user     {demo['username']} / {demo['password']}",
             f"    demo client   {demo['client_id']} / {demo['client_secret']}",
         ]
+    if env.get("KONNECTD_IDENTITY_MANAGER") == "ldap":
+        subjects = env.get("LDAP_SUB_ATTRIBUTES") or env.get("KONNECTD_LDAP_SUB_ATTRIBUTES")
+        lines.append(f"    ldap subjects {subjects or 'the entry DN'}   (LDAP_SUB_ATTRIBUTES; "
+                     "docs/operations.md)")
     lines += [
         f"    token procs   {env['TOKEN_PROCS']}",
         f"    state         {env['KONNECT_STATE_DIR']}",

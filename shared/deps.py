@@ -87,7 +87,8 @@ class Core:
             keyring = load_keyring(settings.signing_private_key,
                                    signing_kid=settings.signing_kid or None,
                                    signing_method=settings.signing_method,
-                                   validation_keys_path=settings.validation_keys_path)
+                                   validation_keys_path=settings.validation_keys_path,
+                                   access_token_key=settings.access_token_signing_key)
         except KeyLoadError as err:
             problems.append(str(err))
         try:

@@ -376,14 +376,19 @@ def _pin(crypto_key: Any, alg: Optional[str], signing_method: str) -> str:
 
 
 class Keyring:
-    """All keys of this OP: the signer, other signing keys, validation-only keys."""
+    """All keys of this OP: the signer, other signing keys, validation-only keys, and the
+    key that signs access tokens (`access_signer`: the signer unless one was configured
+    with `--access-token-signing-key`)."""
 
     def __init__(self, signer: SigningKey, signing: Sequence[SigningKey],
-                 validation: Sequence[VerificationKey], *, ephemeral: bool = False) -> None:
+                 validation: Sequence[VerificationKey], *, ephemeral: bool = False,
+                 access_signer: Optional[SigningKey] = None) -> None:
         self.signer = signer
+        self.access_signer = access_signer or signer
         self.ephemeral = ephemeral
         self._signing = {key.kid: key for key in signing}
         self._signing[signer.kid] = signer
+        self._signing[self.access_signer.kid] = self.access_signer
         self._verify: dict[str, VerificationKey] = {}
         for key in validation:
             self._verify[key.kid] = key
@@ -406,6 +411,13 @@ class Keyring:
             if alg and alg in self.can_sign:
                 return self.signer_for(alg)
         return self.signer
+
+    def access_token_signer(self, registered_alg: Optional[str] = None) -> SigningKey:
+        """A client's registered alg where we sign it (Konnect signs a client's access
+        tokens like its ID tokens), else the access-token key."""
+        if registered_alg and registered_alg in self.can_sign:
+            return self.signer_for(registered_alg)
+        return self.access_signer
 
     def signer_for(self, alg: Optional[str] = None) -> SigningKey:
         """The signer, or the first signing key pinned to `alg` (a client's registered alg)."""
@@ -436,11 +448,14 @@ def _signing_key(kid: str, key: Any, alg: str) -> SigningKey:
 
 def load_keyring(paths: Iterable[str], *, signing_kid: Optional[str] = None,
                  signing_method: str = "PS256", validation_keys_path: Optional[str] = None,
+                 access_token_key: Optional[str] = None,
                  logger: logging.Logger = log) -> Keyring:
     """Load every key; one `KeyLoadError` lists every problem.
 
     The signer is deterministic (fixing Konnect's quirk Q11): the key whose kid equals
     `signing_kid`, else the first key, which is then also known under `signing_kid`.
+    `access_token_key`: a key file that signs access tokens instead of the signer (an EC
+    key: ES256); published and verified like every signing key.
     """
     problems: list[str] = []
     signing: list[SigningKey] = []
@@ -452,6 +467,16 @@ def load_keyring(paths: Iterable[str], *, signing_kid: Optional[str] = None,
             signing.append(_signing_key(kid, key, _pin(key, alg, signing_method)))
         except KeyLoadError as err:
             problems.append(str(err))
+    access_signer = None
+    if access_token_key:
+        try:
+            kid, key, alg = load_key_file(access_token_key, private=True)
+            access_signer = _signing_key(kid, key, _pin(key, alg, signing_method))
+        except KeyLoadError as err:
+            problems.append(str(err))
+        if access_signer is not None and any(k.kid == access_signer.kid for k in signing):
+            problems.append(f"{access_token_key}: kid {access_signer.kid!r} is also a signing "
+                            "key's: the access-token key needs a kid of its own")
     validation: list[VerificationKey] = []
     if validation_keys_path:
         directory = Path(validation_keys_path)
@@ -481,7 +506,8 @@ def load_keyring(paths: Iterable[str], *, signing_kid: Optional[str] = None,
                        "will not survive a restart and other processes cannot verify them; "
                        "set --signing-private-key (make keys creates one)", kid)
         signer = _signing_key(kid, rsa.generate_private_key(65537, 2048), "PS256")
-        return Keyring(signer, _rs256_view(signer, []), validation, ephemeral=True)
+        return Keyring(signer, _rs256_view(signer, []), validation, ephemeral=True,
+                       access_signer=access_signer)
     chosen = next((k for k in signing if signing_kid and k.kid == signing_kid), signing[0])
     if chosen.alg != signing_method:
         if signing_method in family_algs(chosen.private):
@@ -492,7 +518,8 @@ def load_keyring(paths: Iterable[str], *, signing_kid: Optional[str] = None,
                            f"key {chosen.kid!r}: {reason}")
     if signing_kid and chosen.kid != signing_kid:
         chosen = _signing_key(signing_kid, chosen.private, chosen.alg)
-    return Keyring(chosen, signing + _rs256_view(chosen, signing), validation)
+    return Keyring(chosen, signing + _rs256_view(chosen, signing), validation,
+                   access_signer=access_signer)
 
 
 def _rs256_view(signer: SigningKey, signing: Sequence[SigningKey]) -> list[SigningKey]:

@@ -73,6 +73,7 @@ MAX_CLOCK_SKEW = 600            # RFC 7519 §4.1.4: "a few minutes" of leeway
 MAX_TIMEOUT = 600               # backend/Redis timeouts: 10 min; a request never waits longer
 MAX_BODY_SIZE = 16 * 1024 * 1024
 MAX_SESSION_TIMEOUT = 86400     # Kopano server session timeout: one day
+MAX_USER_CACHE_TTL = 60         # how stale a directory entry may be: "a few seconds" is the point
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -91,6 +92,10 @@ OPTIONS: tuple[Option, ...] = (
        env=("KONNECTD_SIGNING_KID",)),
     _o("signing_method", "choice", "PS256", "default JWS algorithm for tokens",
        choices=SIGNING_METHODS),
+    _o("access_token_signing_key", "path", None, "private key file (PEM or JWK .json) that "
+       "signs access tokens instead of the signing key, e.g. the EC P-256 key `keytool "
+       "generate` makes (ES256); published in the JWKS like the others (extension)",
+       extension=True),
     _o("validation_keys_path", "path", None, "directory of *.pem/*.json validation-only keys",
        env=("KONNECTD_VALIDATION_KEYS_PATH",)),
     _o("encryption_secret", "path", None, "file with exactly 32 random bytes "
@@ -158,6 +163,11 @@ OPTIONS: tuple[Option, ...] = (
        "(cookie: <backend-url> <cookie names>)", flag=False),
     _o("allow_dummy_backend", "bool", False, "allow the `dummy` identity manager, which "
        "signs anybody in as one fixed user: tests and demos only (extension)", extension=True),
+    _o("user_cache_ttl", "int", 5, "seconds a process may answer token, refresh, userinfo "
+       "and authorize requests from its copy of a directory entry (ldap, kc); a user "
+       "disabled or removed in the directory loses them within this time; sign-in always "
+       "asks the directory; 0: no cache (at most 60) (extension)", minimum=0,
+       maximum=MAX_USER_CACHE_TTL, extension=True),
     _o("users_file", "path", None, "YAML users file of the `users` backend (extension)",
        env=("KONNECTD_USERS_FILE",), extension=True),
     _o("code_expiration", "int", 60, "authorization code lifetime, seconds (at most 600: "
@@ -197,8 +207,9 @@ OPTIONS: tuple[Option, ...] = (
        env=("LDAP_UIDNUMBER_ATTRIBUTE",)),
     _o("ldap_sub_attributes", "list", (), "attributes forming the raw subject (default: the DN)",
        env=("LDAP_SUB_ATTRIBUTES",)),
-    _o("ldap_timeout", "int", 10, "LDAP connect and receive timeout, seconds; a logon or "
-       "lookup answers within three timeouts, else 503 (at most 600) (extension)",
+    _o("ldap_timeout", "int", 10, "LDAP deadline, seconds: a logon or lookup, with all its "
+       "round trips and the wait for a free connection, answers within it, else 503 (at "
+       "most 600) (extension)",
        minimum=1, maximum=MAX_TIMEOUT, extension=True),
     # --- Kopano server backend (kc, §4.2)
     _o("kopano_server_default_uri", "str", "file:///run/kopano/server.sock",

@@ -101,7 +101,7 @@ class Tokens:
         }
         if claims:
             payload["kc.authorizedClaims"] = dict(claims)
-        token = self.keyring.sign(payload, alg=self._alg(alg))
+        token = jose.sign(payload, self.keyring.access_token_signer(alg))
         return Minted(token, jti, payload["exp"])
 
     def kopano_sso_token(self, entry_id: str) -> str:

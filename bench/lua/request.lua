@@ -10,6 +10,10 @@
 --                  shows up as non-2xx responses, never as a silently easier benchmark
 --                  (and, unlike a replayed code, revokes nothing).
 --   BENCH_STOP_AT_END  "1": stop sending once the feed is used up (minting runs).
+--   BENCH_EXPECT_LOCATION  optional: every answer must be a redirect whose Location header
+--                  contains this text; other answers below 400 are counted
+--                  ("bench_unexpected=N" at the end) and reported as errors (wrk itself
+--                  counts the statuses >= 400).
 --   BENCH_RECORD   optional: append to this file the first capture of BENCH_PATTERN in
 --                  each response body (or in header BENCH_RECORD_HEADER): used to mint
 --                  refresh tokens and peer codes, never during a measured run.
@@ -23,6 +27,7 @@ local record_file = os.getenv("BENCH_RECORD")
 local pattern = os.getenv("BENCH_PATTERN")
 local record_header = os.getenv("BENCH_RECORD_HEADER")
 local stop_at_end = os.getenv("BENCH_STOP_AT_END") == "1"
+local expect_location = os.getenv("BENCH_EXPECT_LOCATION") or ""
 
 local header_templates = {}
 for line in string.gmatch(header_lines, "[^\n]+") do
@@ -69,6 +74,7 @@ request = function()
   return wrk.format(method, nil, headers, body ~= "" and body or nil)
 end
 
+unexpected = 0   -- global: read by done() through thread:get
 if record_file and record_file ~= "" and pattern then
   local out = assert(io.open(record_file, "a"))
   response = function(status, headers, body)
@@ -76,6 +82,14 @@ if record_file and record_file ~= "" and pattern then
     if record_header then source = headers[record_header] or "" end
     local value = string.match(source, pattern)
     if value then out:write(value, "\n"); out:flush() end
+  end
+elseif expect_location ~= "" then
+  response = function(status, headers, body)
+    local location = headers["Location"] or headers["location"] or ""
+    -- statuses >= 400 are wrk's own "Non-2xx or 3xx" count already
+    if status < 400 and (status < 300 or not string.find(location, expect_location, 1, true)) then
+      unexpected = unexpected + 1
+    end
   end
 end
 
@@ -85,10 +99,12 @@ setup = function(thread)
 end
 
 done = function(summary, latency, requests)
-  local total_used, total_size = 0, 0
+  local total_used, total_size, total_unexpected = 0, 0, 0
   for _, t in ipairs(threads) do
     total_used = total_used + (t:get("used") or 0)
     total_size = total_size + (t:get("size") or 0)
+    total_unexpected = total_unexpected + (t:get("unexpected") or 0)
   end
   io.write(string.format("bench_feed_used=%d bench_feed_size=%d\n", total_used, total_size))
+  io.write(string.format("bench_unexpected=%d\n", total_unexpected))
 end

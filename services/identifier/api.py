@@ -26,6 +26,7 @@ from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSIO
                             wait_past,
                             clear_cookie, consent_cookie_name, current_logon, new_sid,
                             new_state_key, seal_consent, set_cookie)
+from shared.users.base import MAX_PASSWORD, MAX_USERNAME
 from shared.web import BaseHandler
 
 from .signout import sign_out
@@ -192,7 +193,8 @@ class LogonHandler(APIHandler):
         username, password, mode = params[:3]
         if mode == "0" and password == "":
             return await self.continue_logon(username, hello, max_age)
-        if mode != "1" or not username or not password or len(username) > 256 or len(password) > 1024:
+        if mode != "1" or not username or not password or len(username) > MAX_USERNAME \
+                or len(password) > MAX_PASSWORD:
             return self.no()
         store = self.deps.store
         # Counted before the password is checked, so concurrent guesses cannot overshoot and

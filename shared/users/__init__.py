@@ -24,12 +24,13 @@ def make_backend(settings: Any) -> UserBackend:
             return UsersFileBackend(settings.users_file)
         except UsersFileError as err:
             raise BackendConfigError(str(err)) from None
-    if manager == "ldap":
-        from .ldap import LDAPBackend
-        return LDAPBackend.from_settings(settings)
-    if manager == "kc":
+    if manager in ("ldap", "kc"):  # a directory: its entries are cached briefly (cache.py)
+        from .cache import cached
+        if manager == "ldap":
+            from .ldap import LDAPBackend
+            return cached(LDAPBackend.from_settings(settings), settings.user_cache_ttl)
         from .kc import KCBackend
-        return KCBackend.from_settings(settings)
+        return cached(KCBackend.from_settings(settings), settings.user_cache_ttl)
     if manager == "cookie":
         from .cookie import CookieBackend
         return CookieBackend.from_settings(settings)

@@ -7,14 +7,45 @@ hashing) runs in a bounded thread pool or natively async. Every network call has
 from __future__ import annotations
 
 import abc
+import time
 from typing import Any, Mapping, Optional
 
 from ..errors import Unavailable
 from ..identity import Identity
 
 
+#: the longest username and password a sign-in may send (characters): anything longer is a
+#: failed logon before any backend work (the identifier's logon API and every backend)
+MAX_USERNAME = 256
+MAX_PASSWORD = 1024
+
+
 class BackendUnavailable(Unavailable):
     """The directory or server behind a backend cannot be reached (rendered as 503)."""
+
+
+class Deadline:
+    """The overall deadline of one backend call (monotonic clock), shared by the event
+    loop and the worker thread that does the call's round trips: the worker checks it
+    before each step and caps every socket timeout by the time left."""
+
+    def __init__(self, seconds: float, what: str) -> None:
+        self.expires = time.monotonic() + seconds
+        self.what = what
+        self.started = False  # a worker took the call (it did not wait out its time queued)
+
+    def remaining(self) -> float:
+        return self.expires - time.monotonic()
+
+    def check(self) -> float:
+        """The time left; BackendUnavailable when there is none."""
+        left = self.remaining()
+        if left <= 0:
+            raise BackendUnavailable(f"{self.what}: no answer in time")
+        return left
+
+    def socket_timeout(self, timeout: float) -> float:
+        return min(timeout, self.check())
 
 
 class UserBackend(abc.ABC):

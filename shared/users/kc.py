@@ -72,7 +72,7 @@ from lxml import etree
 from ..config import KC_SESSION_MARGIN
 from ..identity import Identity
 from ..sealed import SealError
-from .base import BackendUnavailable, UserBackend
+from .base import BackendUnavailable, Deadline, UserBackend
 
 log = logging.getLogger("konnect.users.kc")
 
@@ -137,19 +137,15 @@ def _exid_of(raw_sub: str) -> Optional[bytes]:
         return None
 
 
-class _Deadline:
-    """The one deadline of a backend call (a logon, a lookup), shared by the event loop and
-    the worker, whatever the number of SOAP requests and Redis round trips inside it.
-
-    The worker checks it before every SOAP request and caps each request's socket timeout
-    by the time left; the connections it sends on are tracked so that `abort` (from the
-    event loop, when the deadline passed or the caller went away) can shut them down and
-    wake a worker that is blocked reading.
-    """
+class _Deadline(Deadline):
+    """The one deadline of a backend call (a logon, a lookup), whatever the number of SOAP
+    requests and Redis round trips inside it (`Deadline`), plus: the connections the worker
+    sends on are tracked so that `abort` (from the event loop, when the deadline passed or
+    the caller went away) can shut them down and wake a worker that is blocked reading."""
 
     def __init__(self, seconds: float) -> None:
+        super().__init__(seconds, "kopano server")
         self.seconds = seconds
-        self.expires = time.monotonic() + seconds
         self._lock = threading.Lock()
         self._connections: set = set()
         self._aborted = False
@@ -157,17 +153,7 @@ class _Deadline:
     def remaining(self) -> float:
         if self._aborted:
             return 0.0
-        return self.expires - time.monotonic()
-
-    def check(self) -> float:
-        """The time left; BackendUnavailable when there is none."""
-        left = self.remaining()
-        if left <= 0:
-            raise BackendUnavailable("kopano server: no answer in time")
-        return left
-
-    def socket_timeout(self, timeout: float) -> float:
-        return min(timeout, self.check())
+        return super().remaining()
 
     async def wait(self, awaitable: Any) -> Any:
         """`awaitable` (a Redis round trip) within the time left, else BackendUnavailable."""

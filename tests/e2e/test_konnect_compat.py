@@ -460,7 +460,8 @@ def test_access_token_has_konnects_kc_claims(compat):
                      claims={"userinfo": {"email": None}})
     tokens = redeem(compat, "compat-trusted", flow)
     header, claims = verified(compat, tokens["access_token"])
-    assert header["alg"] == "PS256" and header["kid"] and header.get("typ") == "JWT"
+    # make run's production keys: access tokens ES256 (docs/operations.md, "Signing keys")
+    assert header["alg"] == "ES256" and header["kid"] and header.get("typ") == "JWT"
     assert claims["iss"] == compat.issuer
     assert claims["sub"] == konnect_subject(compat.uuid, USERS_BACKEND)
     assert claims["aud"] == "compat-trusted"   # a string, as Konnect

@@ -74,6 +74,14 @@ def settings_for(service: str, state: dict, redis_url: str, extra: Sequence[str]
     return load_settings(argv, {}, service=service)
 
 
+def ldap_flags(server, basedn: str) -> list[str]:
+    """The flags of the `ldap` identity manager on a test slapd (tests/support/servers.py),
+    bound as its admin."""
+    return ["--identity-manager", "ldap", "--ldap-uri", server.url,
+            "--ldap-binddn", server.admin_dn, "--ldap-bindpw", server.admin_password,
+            "--ldap-basedn", basedn]
+
+
 def make_core(service: str, state: dict, redis_url: str, extra: Sequence[str] = (),
               now=None) -> Core:
     settings = settings_for(service, state, redis_url, extra)
@@ -102,14 +110,3 @@ async def mint_code(core: Core, *, client_id: str = "web-rp",
                   sid="sid-1", created=int(core.now()))
     await core.store.put_code(code, grant.to_record(), core.settings.code_expiration)
     return code
-
-
-def one_origin(core: Core, *make_apps) -> "tornado.web.Application":
-    """The routes of several services' apps (`make_app` functions) in one Application on
-    one origin, as the proxy puts them under the issuer (their health checks left out)."""
-    import tornado.web
-    rules = []
-    for make in make_apps:
-        rules += [r for r in make(core.settings, core).wildcard_router.rules
-                  if r.matcher.regex.pattern != "/health-check$"]
-    return tornado.web.Application(rules)

@@ -363,7 +363,7 @@ class SlapdServer(_ServerProcess):
             f'rootdn "{self.admin_dn}"\n'
             f"rootpw {ssha(self.admin_password)}\n"
             f"directory {self.data_dir}\n"
-            "index objectClass,uid,mail eq\n"
+            "index objectClass,uid,mail,entryUUID eq\n"
             # passwords: usable for binding, readable by nobody but their owner
             "access to attrs=userPassword by self write by anonymous auth by * none\n"
             "access to * by users read by anonymous auth by * none\n"
@@ -463,6 +463,15 @@ class SlapdServer(_ServerProcess):
         finally:
             conn.unbind()
         return dn
+
+    def modify_entry(self, dn: str, **values) -> None:
+        """Replace attribute values of `dn` (as the admin): `modify_entry(dn, cn="New")`."""
+        conn = self.connect()
+        try:
+            conn.modify(dn, {name: [(ldap3.MODIFY_REPLACE, [value])]
+                             for name, value in values.items()})
+        finally:
+            conn.unbind()
 
     @contextlib.contextmanager
     def temporary_ou(self, name: str) -> Iterator[str]:

@@ -113,7 +113,10 @@ def ldap_env(server, basedn: str) -> dict:
     return {"KONNECTD_IDENTITY_MANAGER": "ldap", "LDAP_URI": server.url,
             "LDAP_BINDDN": server.admin_dn, "LDAP_BINDPW": server.admin_password,
             "LDAP_BASEDN": basedn, "LDAP_UIDNUMBER_ATTRIBUTE": "employeeNumber",
-            "LDAP_UUID_ATTRIBUTE": "carLicense"}
+            "LDAP_UUID_ATTRIBUTE": "carLicense",
+            # every request reads the directory here; the cache's bound (the default 5 s)
+            # is tested in tests/users/test_user_cache.py
+            "KONNECTD_USER_CACHE_TTL": "0"}
 
 
 def add_person(server, ou: str, uid: str, number: str = "4711", uuid: str = "b5b0-uuid") -> str:

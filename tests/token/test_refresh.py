@@ -24,7 +24,7 @@ from tests.support.browser import (
 )
 from tests.support.fixtures import DYNAMIC_REGISTRATION
 from tests.support.http import TRUSTED_AUTH, basic, code_form, introspect, post, token
-from tests.support.store import leftovers, redemption_marker
+from tests.support.store import leftovers
 from tests.support.op import (
     REGISTRY,
     SECRET,

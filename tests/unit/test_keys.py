@@ -306,10 +306,12 @@ def test_keytool_generate_keeps_an_existing_secret_and_moves_the_link(tmp_path):
     assert (tmp_path / first).exists()
 
 
-def test_keytool_default_is_rsa_4096(tmp_path):
-    result = keytool.generate(tmp_path)
+def test_keytool_default_is_rsa_2048_with_an_ec_access_token_key(tmp_path):
+    result = keytool.generate(tmp_path)  # the production keys (docs/operations.md)
     _, key, _ = load_key_file(result["key"])
-    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 4096
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    _, at_key, _ = load_key_file(result["access_token_link"])
+    assert isinstance(at_key, ec.EllipticCurvePrivateKey) and at_key.curve.name == "secp256r1"
 
 
 def test_keytool_refuses_weak_rsa(tmp_path):

@@ -9,13 +9,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 import tornado.httpserver
 
-from services.authorize.app import make_app as authorize_app
-from services.token.app import make_app as token_app
-from services.userinfo.app import make_app as userinfo_app
 from shared.config import ConfigError, load_settings
 from shared.deps import Core
 from shared.identity import public_subject
 from tests.support.http import basic
+from tests.support.fixtures import serve_on_one_origin
 from tests.support.op import ISSUER, make_state, settings_for
 
 SESSIONS = {"s-alice": {"sub": "alice", "name": "Alice Web", "email": "alice@web.test", "id": 7}}
@@ -66,11 +64,7 @@ def core(state, redis_url, webapp, io_loop):
 
 @pytest.fixture
 def app(core):
-    rules = []
-    for make in (authorize_app, token_app, userinfo_app):
-        rules += [r for r in make(core.settings, core).wildcard_router.rules
-                  if r.matcher.regex.pattern != "/health-check$"]
-    return tornado.web.Application(rules)
+    return serve_on_one_origin(core, ("authorize", "token", "userinfo"))
 
 
 def authorize_url(**params) -> str:

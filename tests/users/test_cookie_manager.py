@@ -14,12 +14,11 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 import pytest
 
 from services.authorize.app import make_app as authorize_app
-from services.token.app import make_app as token_app
-from services.userinfo.app import make_app as userinfo_app
 from shared import discovery
 from shared.deps import Core
 from shared.identity import public_subject
-from tests.support.op import ISSUER, SECRET, make_state, one_origin, settings_for
+from tests.support.fixtures import serve_on_one_origin
+from tests.support.op import ISSUER, SECRET, make_state, settings_for
 from tests.support.webapp import WebApp
 
 ALICE = {"sub": "alice", "name": "Alice Web", "email": "alice@web.test", "id": 7}
@@ -54,7 +53,7 @@ def core(state, redis_url, webapp, io_loop):
 
 @pytest.fixture
 def app(core):
-    return one_origin(core, authorize_app, token_app, userinfo_app)
+    return serve_on_one_origin(core, ("authorize", "token", "userinfo"))
 
 
 def authorize_path(**params) -> str:

@@ -237,7 +237,7 @@ async def test_make_backend_builds_kc_from_settings(kc):
         service="identifier")
     b = make_backend(settings)
     try:
-        assert isinstance(b, KCBackend) and b.manager == "kc" and b.provider == "identifier-kc"
+        assert isinstance(b.inner, KCBackend) and b.manager == "kc" and b.provider == "identifier-kc"
         assert (await b.authenticate("alice", "correct horse")).raw_sub == "Mg"
         assert (await b.lookup("Mg")).email == "alice@example.test"
     finally:

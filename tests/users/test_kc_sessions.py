@@ -57,7 +57,7 @@ def processes(state, redis_url, kc, io_loop):
         for _ in range(n):
             settings = settings_for("identifier", state, redis_url, [
                 "--identity-manager", "kc", "--kopano-server-default-uri", uri or kc.url,
-                "--kc-timeout", "5", *extra])
+                "--kc-timeout", "5", "--user-cache-ttl", "0", *extra])
             made.append(Core.with_users(settings))
         core = made[0]
         kc.trust_issuer(core.keyring.jwks(),

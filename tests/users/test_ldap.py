@@ -266,7 +266,8 @@ async def test_uidnumber_attribute_gives_the_numeric_id(make, people, slapd_serv
     assert (await backend.lookup(people["bob"])).numeric_id == 1003
     assert await backend.authenticate("dave", PASSWORD) is None  # Konnect: an invalid record
     assert await backend.authenticate("dora", PASSWORD) is None
-    assert await backend.authenticate("carol", PASSWORD) is None  # no number at all
+    carol = await backend.authenticate("carol", PASSWORD)  # no number at all: Konnect's id 0
+    assert carol.username == "carol" and carol.numeric_id is None
 
 
 @pytest.mark.gen_test
@@ -297,7 +298,7 @@ async def test_make_backend_builds_it_from_konnect_settings(slapd_server, ldap_o
                              env, service="identifier")
     backend = make_backend(settings)
     try:
-        assert isinstance(backend, LDAPBackend) and backend.manager == "ldap"
+        assert isinstance(backend.inner, LDAPBackend) and backend.manager == "ldap"  # cached
         alice = await backend.authenticate("alice", PASSWORD)
         assert (alice.raw_sub, alice.numeric_id, alice.uuid) == ("uid=alice", 1001, "uuid-alice")
     finally:
@@ -373,6 +374,7 @@ async def test_a_hung_directory_times_out(private_slapd, make):
     finally:
         private_slapd.resume()
     assert (await backend.authenticate("alice", PASSWORD)).username == "alice"
+    await backend.close()  # and with it the pooled service connections
     assert open_fds() <= fds
 
 
