@@ -15,19 +15,18 @@ has no CR/LF; non-ASCII is not portable) of at most 256 characters.
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 from typing import Any, Optional
 from urllib.parse import urlencode, urlsplit
 
 from shared import discovery, scopes as scopelib
-from shared.errors import INVALID_REQUEST, TOO_MANY_REQUESTS, OAuth2Error
+from shared.errors import ACCESS_DENIED, INVALID_REQUEST, TOO_MANY_REQUESTS, OAuth2Error
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
                             clear_cookie, consent_cookie_name, current_logon, new_sid,
                             new_state_key, seal_consent, set_cookie)
 from shared.web import BaseHandler
 
-from .signout import sign_out
+from .signout import fresh_auth_time, sign_out
 
 LOGON_WINDOW, LOGON_LIMIT = 300, 10
 LOGON_IP_LIMIT = 5 * LOGON_LIMIT  # failed sign-ins per client IP and window
@@ -138,6 +137,10 @@ class LogonHandler(APIHandler):
         hello = hello_request(self.body.get("hello"), "hello.")
         if mode != "1" or not username or not password or len(username) > 256 or len(password) > 1024:
             return self.no()
+        if getattr(self.deps.registry.authorities, "default", None) is not None:
+            # an SSO-only site (a `default` authority): no password sign-in to fall back to
+            raise OAuth2Error(ACCESS_DENIED, "password sign-in is disabled: this site signs "
+                              "in through its default authority", status=403)
         store = self.deps.store
         # Counted before the password is checked, so concurrent guesses cannot overshoot and
         # the scrypt work per window is bounded; a success gives its IP hit back below.
@@ -167,19 +170,7 @@ class LogonHandler(APIHandler):
                          "hello": await self.hello(logon, hello) if hello is not None else None})
 
     async def auth_time(self, sub: str) -> int:
-        """Now in whole seconds (the unit of auth_time, OIDC Core §2), but later than the
-        subject's not-before. A sign-out writes its second as the not-before and ends every
-        logon and token of that second (`Store.revoke_subject`), so a sign-in in the same
-        second as a sign-out waits for the next second: else the new logon and the tokens
-        issued from it in that second would be dead at once. Bounded: a not-before further
-        ahead (another host's clock) is not waited out."""
-        deps = self.deps
-        for _ in range(3):
-            now = deps.now()
-            if not await deps.store.is_revoked(sub=sub, iat=int(now)):
-                break
-            await asyncio.sleep(min(1.0, max(0.02, math.floor(now) + 1 - now)))
-        return int(deps.now())
+        return await fresh_auth_time(self.deps, sub)
 
 
 class LogoffHandler(APIHandler):

@@ -35,7 +35,8 @@ MESSAGES = {
            "endsession_text": "Do you want to sign out of all applications in this browser?",
            "endsession_client": "asks you to sign out.",
            "stay": "Stay signed in", "signed_out": "You are signed out. You can close this page.",
-           "continue_as": "Continue as", "use_another": "Use another account"},
+           "continue_as": "Continue as", "use_another": "Use another account",
+           "sign_in_with": "Sign in with", "or": "or"},
     "de": {"title_identifier": "Anmelden", "title_consent": "Zugriff erlauben?",
            "title_welcome": "Sie sind angemeldet", "title_goodbye": "Abmelden",
            "username": "Benutzername", "password": "Passwort", "sign_in": "Anmelden",
@@ -52,7 +53,8 @@ MESSAGES = {
            "endsession_client": "bittet Sie, sich abzumelden.",
            "stay": "Angemeldet bleiben",
            "signed_out": "Sie sind abgemeldet. Sie können diese Seite schließen.",
-           "continue_as": "Weiter als", "use_another": "Anderes Konto verwenden"},
+           "continue_as": "Weiter als", "use_another": "Anderes Konto verwenden",
+           "sign_in_with": "Anmelden mit", "or": "oder"},
 }
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -132,7 +134,26 @@ class SigninPage(PageHandler):
             if client is None:
                 raise OAuth2Error(INVALID_REQUEST, "unknown client")
             client_name = client.display_name
+        if self.view == "identifier" and await self.to_default_authority():
+            return
         self.show(client_name=client_name)
+
+    async def to_default_authority(self) -> bool:
+        """With a `default` authority the sign-in page is the authority's (SSO-only sites,
+        Konnect's handleIdentifier): the browser goes straight there."""
+        from . import authorities
+        default = authorities.upstreams(self.deps).default
+        if default is None or self.get_query_argument("flow", "") not in ("", "oidc", "oauth"):
+            return False
+        await authorities.start(self, default, authorities.original_query(self))
+        return True
+
+    def authority_links(self) -> list:
+        """(name, URL) of each authority the sign-in page offers beside the password form."""
+        from . import authorities
+        query = authorities.original_query(self)
+        return [(a.display_name, authorities.START_PATH + "?" + urlencode(
+            {"authority_id": a.id, **query})) for a in authorities.upstreams(self.deps).offered()]
 
     # HEAD: GET's status and headers without the body (RFC 9110 §9.3.2; a GET-only resource
     # should answer it, §9.1). Tornado sends Content-Length and drops the body for HEAD.
@@ -171,4 +192,5 @@ class SigninPage(PageHandler):
                     scope_words=words, confirm=confirm, stay=stay,
                     done=self.get_query_argument("done", "") == "1", languages=LANGUAGES, lang_query=lang_query,
                     nonce=nonce, branding=branding(self.deps.settings),
+                    authority_links=self.authority_links() if self.view == "identifier" else [],
                     messages_json=json.dumps(t).replace("</", "<\\/"))

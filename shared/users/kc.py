@@ -347,6 +347,11 @@ class KCBackend(UserBackend):
     async def lookup(self, raw_sub: str) -> Optional[Identity]:
         return await self._run(self._lookup, raw_sub)
 
+    async def resolve(self, username: str) -> Optional[Identity]:
+        if not username:
+            return None
+        return await self._run(self._resolve, username)
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -411,6 +416,22 @@ class KCBackend(UserBackend):
         finally:
             if sid:
                 self._logoff(sid)
+
+    def _resolve(self, username: str) -> Optional[Identity]:
+        """resolveUsername and getUser on the global session (no user password)."""
+        if not self._global_user:
+            raise BackendUnavailable("kc resolve needs a global session (KOPANO_SERVER_USERNAME)")
+        resolved = self._on_session(0, "resolveUsername", lpszUsername=username)
+        if resolved.er in _NOT_THERE:
+            return None
+        self._check(resolved.er, "resolveUsername")
+        found = self._on_session(0, "getUser", sUserId=resolved.sUserId)
+        if found.er in _NOT_THERE:
+            return None
+        self._check(found.er, "getUser")
+        if found.lpsUser is None or found.lpsUser.ulIsNonActive:
+            return None
+        return self._identity(found.lpsUser, abeid_exid(resolved.sUserId), username)
 
     def _lookup(self, raw_sub: str) -> Optional[Identity]:
         if not self._global_user:

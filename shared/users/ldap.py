@@ -247,6 +247,13 @@ class LDAPBackend(UserBackend):
             return None
         return await self._call(self._lookup, raw_sub)
 
+    async def resolve(self, username: str) -> Optional[Identity]:
+        if not username:
+            return None
+        username = unicodedata.normalize("NFC", username)
+        entry = await self._call(self._find, username)
+        return None if entry is None else self._identity(entry)
+
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -261,6 +268,16 @@ class LDAPBackend(UserBackend):
     # -- in the thread pool -----------------------------------------------------------------
 
     def _authenticate(self, username: str, password: str) -> Optional[Identity]:
+        entry = self._find(username)
+        if entry is None:
+            return None
+        identity = self._identity(entry)
+        if identity is None or not self._password_ok(entry[0], password):
+            return None
+        return identity
+
+    def _find(self, username: str) -> Optional[Any]:
+        """The one entry whose login attribute is `username`, or None."""
         login = self.attributes.login
         search = f"(&{self.filter}({login}={escape_filter_chars(username)}))"
         with self._service() as conn:
@@ -275,10 +292,7 @@ class LDAPBackend(UserBackend):
             log.warning("ldap logon refused: %s of %s does not equal %r", login, entry[0],
                         username)
             return None
-        identity = self._identity(entry)
-        if identity is None or not self._password_ok(entry[0], password):
-            return None
-        return identity
+        return entry
 
     def _lookup(self, raw_sub: str) -> Optional[Identity]:
         if self._sub_names:

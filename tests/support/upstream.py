@@ -1,0 +1,133 @@
+"""Two process groups as `make run` starts them: an upstream OpenID Provider (our own OP,
+on `https://127.0.0.1:<port>`) and the OP under test (`https://localhost:<port>`), whose
+registry names the upstream in its `authorities:` list. Different host names, so the two
+OPs' cookies (same names, same paths) stay apart as they do for real sites; the
+downstream trusts the upstream's Caddy CA through `SSL_CERT_FILE` (OpenSSL's default
+verify paths, which the authorities' fetches use)."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import secrets
+from pathlib import Path
+from typing import Optional
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import requests
+import yaml
+
+from shared.users.passwords import hash_password
+
+from .agent import authorize_again
+from .group import Group
+
+CALLBACK = "/signin/v1/identifier/oauth2/cb"
+
+
+def write_state(group: Group, *, clients: list, users: dict, authorities: Optional[list] = None) -> dict:
+    """The group's dev state before its first start: the demo client and user (which
+    `make run` would write) plus `clients`, `users` (name -> password) and `authorities`."""
+    state = group.state
+    state.mkdir(parents=True, exist_ok=True)
+    demo = {"client_id": "konnect-demo", "client_secret": secrets.token_urlsafe(24),
+            "username": "demo", "password": secrets.token_urlsafe(9)}
+    (state / "demo.json").write_text(json.dumps(demo))
+    host = urlsplit(group.issuer).hostname
+    origin = f"https://{host}:{group.env['KONNECT_DEMO_PORT']}"
+    doc = {"clients": [{"id": demo["client_id"], "name": "Konnect demo app",
+                        "secret": demo["client_secret"],
+                        "redirect_uris": [origin + "/callback"],
+                        "post_logout_redirect_uris": [origin + "/"]}, *clients]}
+    if authorities:
+        doc["authorities"] = authorities
+    (state / "identifier-registration.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    everyone = {"demo": demo["password"], **users}
+    entries = [{"username": name, "password": hash_password(password), "name": name.title(),
+                "email": f"{name}@example.test", "id": 1000 + i, "uuid": secrets.token_hex(16)}
+               for i, (name, password) in enumerate(everyone.items())]
+    (state / "users.yaml").write_text(yaml.safe_dump({"users": entries}))
+    return demo
+
+
+def upstream_group(state: Path) -> Group:
+    group = Group(state)
+    port = urlsplit(group.issuer).port
+    group.issuer = f"https://127.0.0.1:{port}"
+    group.env["OIDC_ISSUER_IDENTIFIER"] = group.issuer
+    return group
+
+
+def downstream_group(state: Path, upstream: Group) -> Group:
+    return Group(state, extra_env={"SSL_CERT_FILE": upstream.ca})
+
+
+def upstream_client(client_id: str, downstream: Group, *, secret: Optional[str] = None) -> dict:
+    """The registration of the OP under test at the upstream OP (docs/operations.md)."""
+    entry = {"id": client_id, "name": f"{client_id} (downstream)",
+             "redirect_uris": [downstream.issuer + CALLBACK],
+             "post_logout_redirect_uris": [downstream.issuer + CALLBACK]}
+    if secret:
+        entry["secret"] = secret
+    return entry
+
+
+def query_of(url: str) -> dict:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+_FORM = re.compile(r'<form[^>]*method=["\']?post["\']?[^>]*action="([^"]+)"', re.I)
+_INPUT = re.compile(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', re.I)
+
+
+class Browser:
+    """A person's browser across both OPs, done with `requests`: follows redirects, posts
+    `form_post` pages, and signs in on the upstream's sign-in page with `credentials`
+    (what its script does: the JSON API, then the authorization request again)."""
+
+    def __init__(self, *cas: str) -> None:
+        self.session = requests.Session()
+        self.session.trust_env = False
+        bundle = Path(cas[0]).with_name("browser-ca-bundle.pem")
+        bundle.write_text("".join(Path(ca).read_text() for ca in cas))
+        self.session.verify = str(bundle)
+        self.steps: list = []
+
+    def run(self, url: str, *, upstream: Optional[Group] = None, credentials=("", ""),
+            stop_at: str = "", max_steps: int = 25) -> requests.Response:
+        """Go to `url`; stop at the first URL starting with `stop_at` (not fetched: the
+        response is None then, and `self.steps[-1]` is that URL) or at a page."""
+        method, data = "GET", None
+        for _ in range(max_steps):
+            self.steps.append(url)
+            if stop_at and url.startswith(stop_at):
+                return None
+            parts = urlsplit(url)
+            if upstream is not None and url.startswith(upstream.issuer) \
+                    and parts.path == "/signin/v1/identifier":
+                resp = self.session.post(
+                    upstream.issuer + "/signin/v1/identifier/_/logon", timeout=15,
+                    json={"state": "s", "params": [credentials[0], credentials[1], "1"]},
+                    headers={"Kopano-Konnect-XSRF": "1", "Origin": upstream.issuer})
+                if resp.status_code != 200:
+                    return resp
+                url = authorize_again(upstream.issuer, url)
+                continue
+            resp = self.session.request(method, url, data=data, allow_redirects=False,
+                                        timeout=15)
+            method, data = "GET", None
+            if resp.status_code in (301, 302, 303, 307, 308):
+                url = urljoin(url, resp.headers["Location"])
+                continue
+            form = _FORM.search(resp.text) if resp.status_code == 200 else None
+            if form and "document.forms[0].submit()" in resp.text:  # form_post (auto-submit)
+                url = html.unescape(form.group(1))
+                method = "POST"
+                data = {html.unescape(k): html.unescape(v) for k, v in _INPUT.findall(resp.text)}
+                continue
+            return resp
+        raise AssertionError(f"too many steps: {self.steps}")
+
+    def cookie(self, name: str) -> Optional[str]:
+        return next((c.value for c in self.session.cookies if c.name == name), None)
