@@ -37,7 +37,7 @@ def write_state(group: Group, *, clients: list, users: dict, authorities: Option
     host = urlsplit(group.issuer).hostname
     origin = f"https://{host}:{group.env['KONNECT_DEMO_PORT']}"
     doc = {"clients": [{"id": demo["client_id"], "name": "Konnect demo app",
-                        "secret": demo["client_secret"],
+                        "secret": demo["client_secret"], "trusted": True,  # no consent page
                         "redirect_uris": [origin + "/callback"],
                         "post_logout_redirect_uris": [origin + "/"]}, *clients]}
     if authorities:
@@ -51,8 +51,16 @@ def write_state(group: Group, *, clients: list, users: dict, authorities: Option
     return demo
 
 
+class IPGroup(Group):
+    """A group whose issuer (and so its demo app) is on 127.0.0.1."""
+
+    @property
+    def demo_url(self) -> str:
+        return f"https://127.0.0.1:{self.env['KONNECT_DEMO_PORT']}"
+
+
 def upstream_group(state: Path) -> Group:
-    group = Group(state)
+    group = IPGroup(state)
     port = urlsplit(group.issuer).port
     group.issuer = f"https://127.0.0.1:{port}"
     group.env["OIDC_ISSUER_IDENTIFIER"] = group.issuer
