@@ -86,7 +86,7 @@ class Upstreams:
         saml = [a for a in self.entries.values() if a.authority_type == SAML2]
         if saml:
             from shared.authorities.saml2 import SAML2Authority
-            self.saml2 = SAML2Authority(saml[0], issuer=deps.settings.iss, now=deps.now)
+            self.saml2 = SAML2Authority(saml[0], issuer=deps.settings.iss, now=deps.now, skew=skew)
 
     def get(self, authority_id: Any) -> Optional[Authority]:
         return self.entries.get(authority_id) if isinstance(authority_id, str) else None

@@ -20,8 +20,8 @@ from shared.keys import load_keyring
 from shared.keytool import LINK_NAME
 from shared.users.userfile import UsersFileBackend
 from tests.support.group import free_port
-from tests.support.upstream import (CALLBACK, Browser, downstream_group, query_of,
-                                    upstream_client, upstream_group, write_state)
+from tests.support.upstream import (CALLBACK, Browser, apart, authorize_url, logged, downstream_group, query_of,
+                                    redeem, upstream_client, upstream_group, write_state)
 
 SECRET = secrets.token_urlsafe(24)
 START = "/signin/v1/identifier/oauth2/start"
@@ -37,9 +37,9 @@ def op(tmp_path_factory):
     """The upstream OP, the OP under test with non-default authorities, and an SSO-only OP
     under test (a `default` authority)."""
     base = tmp_path_factory.mktemp("oidc-upstream")
-    up = upstream_group(base / "up")
-    down = downstream_group(base / "down", up)
-    sso = downstream_group(base / "sso", up)
+    up = apart(lambda: upstream_group(base / "up"))
+    down = apart(lambda: downstream_group(base / "down", up), up)
+    sso = apart(lambda: downstream_group(base / "sso", up), up, down)
     dead = f"https://127.0.0.1:{free_port()}"
     up_users = {"ext-bob": "bob-upstream-pw"}
     write_state(up, users=up_users, clients=[
@@ -75,25 +75,6 @@ def op(tmp_path_factory):
 
 def browser(op):
     return Browser(op["up"].ca, op["down"].ca, op["sso"].ca)
-
-
-def authorize_url(group, **extra):
-    demo = group.demo
-    origin = f"https://localhost:{group.env['KONNECT_DEMO_PORT']}"
-    query = {"client_id": demo["client_id"], "redirect_uri": origin + "/callback",
-             "response_type": "code", "scope": "openid profile", "state": "rp-state",
-             "nonce": "rp-nonce", **extra}
-    return group.issuer + "/signin/v1/identifier/_/authorize?" + urlencode(query), origin
-
-
-def redeem(group, code, origin):
-    demo = group.demo
-    resp = requests.post(group.issuer + "/konnect/v1/token", verify=group.ca, timeout=15,
-                         data={"grant_type": "authorization_code", "code": code,
-                               "redirect_uri": origin + "/callback"},
-                         auth=(demo["client_id"], demo["client_secret"]))
-    assert resp.status_code == 200, resp.text
-    return jose.unverified_claims(resp.json()["id_token"])
 
 
 def password_sub(group, username, password):
@@ -163,7 +144,7 @@ def test_a_wrong_issuer_in_discovery_is_an_error_page_not_a_sign_in(op):
     b = browser(op)
     page = b.run(f"{down.issuer}{START}?authority_id=wrong-iss")
     assert page.status_code == 502 and "cannot be reached" in page.text
-    assert "is not the configured iss" in down.output()
+    assert logged(down, "is not the configured iss")
 
 
 def test_an_unreachable_upstream_is_a_clear_error_page(op):
@@ -231,7 +212,7 @@ def test_an_id_token_the_upstream_signed_for_something_else_is_refused(op, claim
     token = upstream_token(op, **{"nonce": sent["nonce"], **claims})
     resp = answer(op, b, sent["state"], token)
     assert resp.status_code == 403 and "did not succeed" in resp.text
-    assert reason in op["down"].output()
+    assert logged(op["down"], reason)
     assert not any(c.name == "__Secure-KKT" for c in b.session.cookies)
 
 

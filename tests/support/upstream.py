@@ -13,11 +13,12 @@ import re
 import secrets
 from pathlib import Path
 from typing import Optional
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import requests
 import yaml
 
+from shared import jose
 from shared.users.passwords import hash_password
 
 from .agent import authorize_again
@@ -59,6 +60,27 @@ class IPGroup(Group):
         return f"https://127.0.0.1:{self.env['KONNECT_DEMO_PORT']}"
 
 
+def ports_of(group: Group) -> set:
+    """Every port a group will listen on (free when it was made, but not yet taken)."""
+    found = {urlsplit(group.issuer).port}
+    for name, value in group.env.items():
+        if name.startswith("KONNECT_") and (name.endswith(("_LISTEN", "_PORT"))):
+            found.add(int(value.rpartition(":")[2]))
+    return found
+
+
+def apart(make, *others: Group, tries: int = 20):
+    """`make()` again until its group shares no port with `others` (free_port hands out
+    what is free now; groups made before any starts could be handed the same one)."""
+    taken = set().union(*(ports_of(g) for g in others)) if others else set()
+    for _ in range(tries):
+        group = make()
+        if not ports_of(group) & taken and len(ports_of(group)) == len(
+                [1 for n in group.env if n.startswith("KONNECT_") and n.endswith(("_LISTEN", "_PORT"))]) + 1:
+            return group
+    raise RuntimeError("no distinct free ports")
+
+
 def upstream_group(state: Path) -> Group:
     group = IPGroup(state)
     port = urlsplit(group.issuer).port
@@ -79,6 +101,27 @@ def upstream_client(client_id: str, downstream: Group, *, secret: Optional[str] 
     if secret:
         entry["secret"] = secret
     return entry
+
+
+def authorize_url(group, **extra):
+    """The demo RP's authorization request at `group` (code flow), and its origin."""
+    demo = group.demo
+    origin = f"https://localhost:{group.env['KONNECT_DEMO_PORT']}"
+    query = {"client_id": demo["client_id"], "redirect_uri": origin + "/callback",
+             "response_type": "code", "scope": "openid profile", "state": "rp-state",
+             "nonce": "rp-nonce", **extra}
+    return group.issuer + "/signin/v1/identifier/_/authorize?" + urlencode(query), origin
+
+
+def redeem(group, code, origin):
+    """The ID token claims for the demo RP's `code`."""
+    demo = group.demo
+    resp = requests.post(group.issuer + "/konnect/v1/token", verify=group.ca, timeout=15,
+                         data={"grant_type": "authorization_code", "code": code,
+                               "redirect_uri": origin + "/callback"},
+                         auth=(demo["client_id"], demo["client_secret"]))
+    assert resp.status_code == 200, resp.text
+    return jose.unverified_claims(resp.json()["id_token"])
 
 
 def query_of(url: str) -> dict:
@@ -139,3 +182,14 @@ class Browser:
 
     def cookie(self, name: str) -> Optional[str]:
         return next((c.value for c in self.session.cookies if c.name == name), None)
+
+
+def logged(group: Group, text: str, timeout: float = 10.0) -> bool:
+    """Whether `text` reaches the group's log (supervisord copies it over with a delay)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in group.output():
+            return True
+        time.sleep(0.1)
+    return False
