@@ -33,7 +33,7 @@ import hmac
 import logging
 import secrets
 from typing import Any, Optional
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from shared import discovery
 from shared.authorities.fetch import UpstreamError
@@ -318,6 +318,27 @@ async def upstream_sign_out(handler: Any, logon: Optional[Logon], target: str) -
     set_cookie(handler, flow_cookie_name(state), deps.sealer.seal("authority-flow", flow, FLOW_TTL),
                path=FLOW_PATH, max_age=FLOW_TTL)
     return url
+
+
+async def sign_out_origin(deps: Any, logon: Optional[Logon]) -> str:
+    """The origin `upstream_sign_out` will send this logon's browser to, or "": a form
+    whose answer redirects there must name it in CSP form-action (browsers apply it to
+    the redirects after a form's submission)."""
+    if logon is None or not logon.authority:
+        return ""
+    ups = upstreams(deps)
+    authority = ups.get(logon.authority)
+    if authority is None or not authority.end_session_enabled:
+        return ""
+    try:
+        if authority.authority_type == OIDC:
+            url = (await ups.oidc[authority.id].metadata()).end_session_endpoint
+        else:
+            url = await ups.saml2.logout_location()
+    except (UpstreamError, AuthorityResponseError):
+        return ""
+    parts = urlsplit(url or "")
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
 
 
 def routes(deps: Any) -> list:

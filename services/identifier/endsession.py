@@ -29,7 +29,7 @@ from shared.sealed import SealError
 from shared.session import LOGON_COOKIE, Logon
 from shared.tokens import TokenError
 
-from .authorities import upstream_sign_out
+from .authorities import sign_out_origin, upstream_sign_out
 from .pages import SigninPage
 from .signout import sign_out
 
@@ -94,10 +94,12 @@ class EndSessionHandler(SigninPage):
             return await self._done(uri, state, logon)
         confirm = deps.sealer.seal("endsession", {"uri": uri, "state": state,
                                                   "sub": logon.identity.sub}, CONFIRM_TTL)
-        # CSP form-action also governs where the form's answer redirects to.
+        # CSP form-action also governs where the form's answer redirects to: the RP, and
+        # the authority the user signed in through when the sign-out goes there first.
+        origins = ["{0.scheme}://{0.netloc}".format(urlsplit(uri)) if uri else "",
+                   await sign_out_origin(deps, logon)]
         self.show(client_name=client.display_name if client else "", confirm=confirm,
-                  stay=uri or "/signin/v1/welcome",
-                  form_origin="{0.scheme}://{0.netloc}".format(urlsplit(uri)) if uri else "")
+                  stay=uri or "/signin/v1/welcome", form_origin=" ".join(o for o in origins if o))
 
     async def confirmed(self, token: str) -> None:
         """The user pressed "Sign out" on the confirmation page (a form of our own origin:

@@ -182,21 +182,26 @@ class SAML2Authority:
                 facts["session_not_on_or_after"] = statement.session_not_on_or_after
         return facts
 
+    async def logout_location(self) -> str:
+        """The IdP's HTTP-Redirect single logout service, or ""."""
+        client = await self.client()
+        try:
+            destinations = client.metadata.single_logout_service(
+                self.idp_entity_id, BINDING_HTTP_REDIRECT, "idpsso")
+        except Exception:  # pysaml2: no such service or binding in the metadata
+            destinations = []
+        return destinations[0]["location"] if destinations else ""
+
     async def logout_request(self, ref: Any, state: str) -> tuple[Optional[str], str]:
         """SP-initiated single logout (SAML 2.0 Profiles §4.4.4.1, HTTP-Redirect): the URL
         and the RelayState, or (None, state) when the IdP has no such service or the sign-in
         left no NameID."""
         if not isinstance(ref, dict) or not ref.get("name_id"):
             return None, state
-        client = await self.client()
-        try:
-            destinations = client.metadata.single_logout_service(
-                self.idp_entity_id, BINDING_HTTP_REDIRECT, "idpsso")
-        except Exception:
-            destinations = []
-        if not destinations:
+        destination = await self.logout_location()
+        if not destination:
             return None, state
-        destination = destinations[0]["location"]
+        client = await self.client()
         name_id = NameID(text=ref["name_id"], format=ref.get("name_id_format") or None)
         sessions = [ref["session_index"]] if ref.get("session_index") else None
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import secrets
 import time
 from urllib.parse import urlencode
 
@@ -19,58 +18,17 @@ from shared import jose
 from shared.keys import load_keyring
 from shared.keytool import LINK_NAME
 from shared.users.userfile import UsersFileBackend
-from tests.support.group import free_port
-from tests.support.upstream import (CALLBACK, Browser, apart, authorize_url, logged, downstream_group, query_of,
-                                    redeem, upstream_client, upstream_group, write_state)
+from tests.support.upstream import (CALLBACK, Browser, authorize_url, end_session_url, logged,
+                                    oidc_sites, query_of, redeem, redeem_tokens)
 
-SECRET = secrets.token_urlsafe(24)
 START = "/signin/v1/identifier/oauth2/start"
-
-
-def authority(id_, up, client_id, **extra):
-    return {"id": id_, "name": f"Upstream {id_}", "authority_type": "oidc", "iss": up.issuer,
-            "client_id": client_id, "client_secret": SECRET, **extra}
+pytestmark = pytest.mark.group
 
 
 @pytest.fixture(scope="module")
 def op(tmp_path_factory):
-    """The upstream OP, the OP under test with non-default authorities, and an SSO-only OP
-    under test (a `default` authority)."""
-    base = tmp_path_factory.mktemp("oidc-upstream")
-    up = apart(lambda: upstream_group(base / "up"))
-    down = apart(lambda: downstream_group(base / "down", up), up)
-    sso = apart(lambda: downstream_group(base / "sso", up), up, down)
-    dead = f"https://127.0.0.1:{free_port()}"
-    up_users = {"ext-bob": "bob-upstream-pw"}
-    write_state(up, users=up_users, clients=[
-        {**upstream_client("down-code", down, secret=SECRET), "trusted": True},
-        {**upstream_client("down-implicit", down, secret=SECRET), "trusted": True},
-        {**upstream_client("down-other", down, secret=SECRET), "trusted": True},
-        {**upstream_client("sso", sso, secret=SECRET), "trusted": True}])
-    write_state(down, users={"bob": "bob-local-pw"}, clients=[], authorities=[
-        authority("code", up, "down-code", response_type="code", end_session_enabled=True),
-        authority("implicit", up, "down-implicit"),
-        authority("other", up, "down-other"),
-        authority("alias", up, "down-code", response_type="code", identity_alias_required=True,
-                  identity_aliases={"ext-bob": "bob"}),
-        authority("wrong-iss", up, "down-code", iss=up.issuer + "/"),
-        {**authority("dead", up, "down-code"), "iss": dead}])
-    write_state(sso, users={}, clients=[], authorities=[
-        authority("only", up, "sso", response_type="code", default=True)])
-    up.start()
-    try:
-        down.start()
-        try:
-            sso.start()
-        except Exception:
-            down.stop()
-            raise
-    except Exception:
-        up.stop()
-        raise
-    yield {"up": up, "down": down, "sso": sso}
-    for group in (sso, down, up):
-        group.stop()
+    with oidc_sites(tmp_path_factory.mktemp("oidc-upstream")) as sites:
+        yield sites
 
 
 def browser(op):
@@ -295,3 +253,36 @@ def test_prompt_login_is_passed_to_the_upstream_and_prompt_none_never_hops(op):
     url, origin = authorize_url(sso, prompt="login")
     b.run(url, stop_at=up.issuer)
     assert query_of(b.steps[-1])["prompt"] == "login"
+
+
+def test_signing_out_here_signs_out_at_the_upstream_and_comes_back(op):
+    """`end_session_enabled`: our end session sends the browser to the upstream's
+    end-session endpoint (id_token_hint, our callback as post_logout_redirect_uri), and
+    its answer brings it back to where the RP asked to go."""
+    up, down = op["up"], op["down"]
+    b, page, origin = through(op, "code", "demo", up.demo["password"])
+    assert page is None
+    tokens = redeem_tokens(down, query_of(b.steps[-1])["code"], origin)
+    assert api_hello(b, up).status_code == 200  # signed in at the upstream too
+    b.steps.clear()
+    b.run(end_session_url(down, tokens["id_token"], origin), stop_at=origin)
+    assert b.steps[-1] == origin + "/?state=bye"
+    assert any(s.startswith(up.issuer + "/signin/v1/identifier/_/endsession?") for s in b.steps)
+    assert any(s.startswith(down.issuer + CALLBACK + "?") for s in b.steps)
+    assert api_hello(b, up).status_code == 204 and api_hello(b, down).status_code == 204
+
+
+def test_without_end_session_enabled_the_upstream_session_stays(op):
+    up, down = op["up"], op["down"]
+    b, page, origin = through(op, "implicit", "demo", up.demo["password"])
+    tokens = redeem_tokens(down, query_of(b.steps[-1])["code"], origin)
+    b.steps.clear()
+    b.run(end_session_url(down, tokens["id_token"], origin), stop_at=origin)
+    assert not any(s.startswith(up.issuer) for s in b.steps)
+    assert api_hello(b, up).status_code == 200 and api_hello(b, down).status_code == 204
+
+
+def api_hello(b, group):
+    return b.session.post(group.issuer + "/signin/v1/identifier/_/hello", json={"state": "s"},
+                          headers={"Kopano-Konnect-XSRF": "1", "Origin": group.issuer},
+                          timeout=15)

@@ -14,38 +14,19 @@ from urllib.parse import urlencode, urljoin
 import pytest
 import requests
 
-from tests.support.simplesamlphp import SimpleSAMLphp
-from tests.support.upstream import Browser, authorize_url, logged, query_of, redeem, write_state
-from tests.support.group import Group
+from tests.support.simplesamlphp import ACS, saml_site
+from tests.support.upstream import (Browser, authorize_url, end_session_url, logged, query_of,
+                                    redeem, redeem_tokens)
 
 START = "/signin/v1/identifier/oauth2/start?authority_id=idp"
-ACS = "/signin/v1/identifier/saml2/acs"
+pytestmark = pytest.mark.group
 LIFETIME = 3  # seconds an assertion of the IdP lives (and the OP's clock skew is 1 s)
 
 
 @pytest.fixture(scope="module")
 def op(tmp_path_factory):
-    base = tmp_path_factory.mktemp("saml2-upstream")
-    down = Group(base / "down", extra_env={"KONNECTD_CLOCK_SKEW": "1"})
-    sp = down.issuer + "/signin/v1/identifier/saml2/metadata"
-    idp = SimpleSAMLphp(users={"alice": ("alice-idp-pw", {"uid": ["alice"]}),
-                               "mallory": ("mallory-idp-pw", {"uid": ["mallory"]})},
-                        sp_entity_id=sp, acs=down.issuer + ACS,
-                        slo=down.issuer + "/signin/v1/identifier/_/saml2/slo",
-                        assertion_lifetime=LIFETIME)
-    write_state(down, users={"alice": "alice-local-pw"}, clients=[], authorities=[{
-        "id": "idp", "name": "SimpleSAMLphp", "authority_type": "saml2", "discover": True,
-        "trusted": True, "insecure": True, "metadata_endpoint": idp.metadata_url,
-        "identity_claim_name": "uid", "end_session_enabled": True}])
-    idp.start()
-    try:
-        down.start()
-    except Exception:
-        idp.stop()
-        raise
-    yield {"down": down, "idp": idp}
-    down.stop()
-    idp.stop()
+    with saml_site(tmp_path_factory.mktemp("saml2-upstream"), lifetime=LIFETIME) as site:
+        yield site
 
 
 _FORM = re.compile(r'<form[^>]*action="([^"]*)"', re.I)
@@ -206,3 +187,47 @@ def test_garbage_answers_are_pages_not_errors(op):
         relay = query_of(b.steps[-1])["RelayState"]
         resp = post(b, op["down"].issuer + ACS, {"SAMLResponse": body, "RelayState": relay})
         assert resp.status_code == 403 and not signed_in(b)
+
+
+def signed_in_through_idp(op, b):
+    """The demo RP's authorization request, signed in at the IdP as alice: the tokens."""
+    down = op["down"]
+    url, origin = authorize_url(down)
+    b.run(url)
+    start = down.issuer + START + "&" + urlencode(query_of(b.steps[-1]))
+    target, fields = to_idp_answer(op, b, "alice", "alice-idp-pw", start)
+    resp = post(b, target, fields)
+    b.run(urljoin(target, resp.headers["Location"]), stop_at=origin)
+    return redeem_tokens(down, query_of(b.steps[-1])["code"], origin), origin
+
+
+def idp_session(op, b):
+    """Whether the IdP still knows this browser: a new sign-in goes straight back
+    (single sign-on) instead of showing its login page."""
+    page = b.run(op["down"].issuer + START, stop_at=op["down"].issuer + ACS)
+    return page is None or 'name="password"' not in page.text
+
+
+def test_signing_out_here_is_a_single_logout_at_the_idp(op):
+    down = op["down"]
+    b = Browser(down.ca)
+    tokens, origin = signed_in_through_idp(op, b)
+    assert idp_session(op, b)  # single sign-on at the IdP until the logout
+    b.steps.clear()
+    page = b.run(end_session_url(down, tokens["id_token"], origin), stop_at=origin)
+    assert page is None, (page.status_code, page.text[:300], b.steps)
+    assert b.steps[-1] == origin + "/?state=bye"
+    assert any("/saml2/idp/SingleLogoutService.php?SAMLRequest=" in s for s in b.steps)
+    assert any(s.startswith(down.issuer + "/signin/v1/identifier/_/saml2/slo?SAMLResponse=")
+               for s in b.steps)
+    assert not signed_in(b)
+    b2 = Browser(down.ca)
+    b2.session.cookies.update(b.session.cookies)
+    assert not idp_session(op, b2)
+
+
+def test_an_idp_initiated_logout_request_is_a_page(op):
+    b = Browser(op["down"].ca)
+    resp = b.session.get(op["down"].issuer + "/signin/v1/identifier/_/saml2/slo",
+                         params={"SAMLRequest": "x"}, timeout=15, allow_redirects=False)
+    assert resp.status_code == 400 and "Traceback" not in resp.text

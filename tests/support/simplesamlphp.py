@@ -20,12 +20,13 @@ import signal
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import requests
 
-from .group import free_port
+from .group import Group, free_port
 
 WWW = "/usr/share/simplesamlphp/www"
 MODULES = "/usr/lib/apache2/modules"
@@ -211,3 +212,34 @@ Alias /simplesaml {WWW}
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+ACS = "/signin/v1/identifier/saml2/acs"
+
+
+@contextmanager
+def saml_site(base: Path, *, lifetime: int = 300):
+    """SimpleSAMLphp (users alice and mallory, uid attributes; assertions living `lifetime`
+    seconds) and the OP under test (`down`, local user alice, clock skew 1 s) with it as
+    the non-default authority `idp` (trusted, end_session_enabled)."""
+    from .upstream import write_state
+    down = Group(base / "down", extra_env={"KONNECTD_CLOCK_SKEW": "1"})
+    idp = SimpleSAMLphp(users={"alice": ("alice-idp-pw", {"uid": ["alice"]}),
+                               "mallory": ("mallory-idp-pw", {"uid": ["mallory"]})},
+                        sp_entity_id=down.issuer + "/signin/v1/identifier/saml2/metadata",
+                        acs=down.issuer + ACS,
+                        slo=down.issuer + "/signin/v1/identifier/_/saml2/slo",
+                        assertion_lifetime=lifetime)
+    write_state(down, users={"alice": "alice-local-pw"}, clients=[], authorities=[{
+        "id": "idp", "name": "SimpleSAMLphp", "authority_type": "saml2", "discover": True,
+        "trusted": True, "insecure": True, "metadata_endpoint": idp.metadata_url,
+        "identity_claim_name": "uid", "end_session_enabled": True}])
+    idp.start()
+    try:
+        down.start()
+        try:
+            yield {"down": down, "idp": idp}
+        finally:
+            down.stop()
+    finally:
+        idp.stop()

@@ -12,6 +12,7 @@ import json
 import re
 import secrets
 from pathlib import Path
+from contextlib import contextmanager
 from typing import Optional
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
@@ -22,7 +23,7 @@ from shared import jose
 from shared.users.passwords import hash_password
 
 from .agent import authorize_again
-from .group import Group
+from .group import Group, free_port
 
 CALLBACK = "/signin/v1/identifier/oauth2/cb"
 
@@ -113,15 +114,26 @@ def authorize_url(group, **extra):
     return group.issuer + "/signin/v1/identifier/_/authorize?" + urlencode(query), origin
 
 
-def redeem(group, code, origin):
-    """The ID token claims for the demo RP's `code`."""
+def redeem_tokens(group, code, origin) -> dict:
+    """The token response for the demo RP's `code`."""
     demo = group.demo
     resp = requests.post(group.issuer + "/konnect/v1/token", verify=group.ca, timeout=15,
                          data={"grant_type": "authorization_code", "code": code,
                                "redirect_uri": origin + "/callback"},
                          auth=(demo["client_id"], demo["client_secret"]))
     assert resp.status_code == 200, resp.text
-    return jose.unverified_claims(resp.json()["id_token"])
+    return resp.json()
+
+
+def redeem(group, code, origin):
+    """The ID token claims for the demo RP's `code`."""
+    return jose.unverified_claims(redeem_tokens(group, code, origin)["id_token"])
+
+
+def end_session_url(group, id_token: str, origin: str) -> str:
+    """The demo RP's RP-initiated logout at `group` (back to its origin, state `bye`)."""
+    return group.issuer + "/signin/v1/identifier/_/endsession?" + urlencode(
+        {"id_token_hint": id_token, "post_logout_redirect_uri": origin + "/", "state": "bye"})
 
 
 def query_of(url: str) -> dict:
@@ -193,3 +205,56 @@ def logged(group: Group, text: str, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+SECRET = secrets.token_urlsafe(24)
+
+
+def authority(id_: str, up: Group, client_id: str, **extra) -> dict:
+    return {"id": id_, "name": f"Upstream {id_}", "authority_type": "oidc", "iss": up.issuer,
+            "client_id": client_id, "client_secret": SECRET, **extra}
+
+
+@contextmanager
+def oidc_sites(base: Path):
+    """The upstream OP (`up`, users demo and ext-bob), the OP under test with non-default
+    authorities (`down`: code, implicit, other, alias, wrong-iss, dead; local users demo
+    and bob) and an SSO-only OP under test (`sso`: its `default` authority `only`)."""
+    up = apart(lambda: upstream_group(base / "up"))
+    down = apart(lambda: downstream_group(base / "down", up), up)
+    sso = apart(lambda: downstream_group(base / "sso", up), up, down)
+    dead = f"https://127.0.0.1:{free_port()}"
+    up_users = {"ext-bob": "bob-upstream-pw"}
+    write_state(up, users=up_users, clients=[
+        {**upstream_client("down-code", down, secret=SECRET), "trusted": True},
+        {**upstream_client("down-implicit", down, secret=SECRET), "trusted": True},
+        {**upstream_client("down-other", down, secret=SECRET), "trusted": True},
+        {**upstream_client("sso", sso, secret=SECRET), "trusted": True}])
+    write_state(down, users={"bob": "bob-local-pw"}, clients=[], authorities=[
+        authority("code", up, "down-code", response_type="code", end_session_enabled=True),
+        authority("implicit", up, "down-implicit"),
+        authority("other", up, "down-other"),
+        authority("alias", up, "down-code", response_type="code", identity_alias_required=True,
+                  identity_aliases={"ext-bob": "bob"}),
+        authority("wrong-iss", up, "down-code", iss=up.issuer + "/"),
+        {**authority("dead", up, "down-code"), "iss": dead}])
+    write_state(sso, users={}, clients=[], authorities=[
+        authority("only", up, "sso", response_type="code", default=True)])
+    up.start()
+    try:
+        down.start()
+        try:
+            sso.start()
+        except Exception:
+            down.stop()
+            raise
+    except Exception:
+        up.stop()
+        raise
+    try:
+        yield {"up": up, "down": down, "sso": sso}
+    finally:
+        for group in (sso, down, up):
+            group.stop()
+
+
