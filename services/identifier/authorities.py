@@ -33,7 +33,9 @@ import hmac
 import logging
 import secrets
 from typing import Any, Optional
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
+
+from tornado.escape import xhtml_escape
 
 from shared import discovery
 from shared.authorities.fetch import UpstreamError
@@ -320,25 +322,18 @@ async def upstream_sign_out(handler: Any, logon: Optional[Logon], target: str) -
     return url
 
 
-async def sign_out_origin(deps: Any, logon: Optional[Logon]) -> str:
-    """The origin `upstream_sign_out` will send this logon's browser to, or "": a form
-    whose answer redirects there must name it in CSP form-action (browsers apply it to
-    the redirects after a form's submission)."""
-    if logon is None or not logon.authority:
-        return ""
-    ups = upstreams(deps)
-    authority = ups.get(logon.authority)
-    if authority is None or not authority.end_session_enabled:
-        return ""
-    try:
-        if authority.authority_type == OIDC:
-            url = (await ups.oidc[authority.id].metadata()).end_session_endpoint
-        else:
-            url = await ups.saml2.logout_location()
-    except (UpstreamError, AuthorityResponseError):
-        return ""
-    parts = urlsplit(url or "")
-    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
+def trampoline(handler: Any, url: str) -> None:
+    """Go on to `url` from a page of our own instead of a redirect (Konnect's trampolin):
+    browsers apply the CSP form-action of the page whose form started a sign-out (the RP's)
+    to every redirect after it, so a redirect chain into the authority's origin would be
+    blocked there. A meta refresh is a new navigation from our origin; the link is for
+    browsers that do not follow it."""
+    target = xhtml_escape(url)
+    handler.set_header("Content-Type", "text/html; charset=utf-8")
+    handler.finish("<!doctype html><html lang=en><head><meta charset=utf-8>"
+                   f"<meta http-equiv=refresh content=\"0;url={target}\"><title>Signing out</title>"
+                   f"</head><body><main><p><a href=\"{target}\">Continue signing out</a></p>"
+                   "</main></body></html>")
 
 
 def routes(deps: Any) -> list:

@@ -29,7 +29,7 @@ from shared.sealed import SealError
 from shared.session import LOGON_COOKIE, Logon
 from shared.tokens import TokenError
 
-from .authorities import sign_out_origin, upstream_sign_out
+from .authorities import trampoline, upstream_sign_out
 from .pages import SigninPage
 from .signout import sign_out
 
@@ -94,12 +94,11 @@ class EndSessionHandler(SigninPage):
             return await self._done(uri, state, logon)
         confirm = deps.sealer.seal("endsession", {"uri": uri, "state": state,
                                                   "sub": logon.identity.sub}, CONFIRM_TTL)
-        # CSP form-action also governs where the form's answer redirects to: the RP, and
-        # the authority the user signed in through when the sign-out goes there first.
-        origins = ["{0.scheme}://{0.netloc}".format(urlsplit(uri)) if uri else "",
-                   await sign_out_origin(deps, logon)]
+        # CSP form-action also governs where the form's answer redirects to (a sign-out
+        # that goes on to an authority does so from a page of ours: `trampoline`).
         self.show(client_name=client.display_name if client else "", confirm=confirm,
-                  stay=uri or "/signin/v1/welcome", form_origin=" ".join(o for o in origins if o))
+                  stay=uri or "/signin/v1/welcome",
+                  form_origin="{0.scheme}://{0.netloc}".format(urlsplit(uri)) if uri else "")
 
     async def confirmed(self, token: str) -> None:
         """The user pressed "Sign out" on the confirmation page (a form of our own origin:
@@ -140,4 +139,7 @@ class EndSessionHandler(SigninPage):
             target = self.deps.settings.signed_out_uri or "/signin/v1/goodbye?done=1"
         # a sign-in through an authority with end_session_enabled: signed out there too,
         # and back to the target from its answer (services/identifier/authorities.py)
-        self.redirect(await upstream_sign_out(self, logon, target) or target)
+        upstream = await upstream_sign_out(self, logon, target)
+        if upstream:
+            return trampoline(self, upstream)
+        self.redirect(target)

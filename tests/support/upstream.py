@@ -141,6 +141,7 @@ def query_of(url: str) -> dict:
 
 
 _FORM = re.compile(r'<form[^>]*method=["\']?post["\']?[^>]*action="([^"]+)"', re.I)
+_REFRESH = re.compile(r'<meta http-equiv=refresh content="0;url=([^"]+)"', re.I)
 _INPUT = re.compile(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', re.I)
 
 
@@ -182,6 +183,10 @@ class Browser:
             method, data = "GET", None
             if resp.status_code in (301, 302, 303, 307, 308):
                 url = urljoin(url, resp.headers["Location"])
+                continue
+            refresh = _REFRESH.search(resp.text) if resp.status_code == 200 else None
+            if refresh:  # a trampoline page (services/identifier/authorities.py)
+                url = urljoin(url, html.unescape(refresh.group(1)))
                 continue
             form = _FORM.search(resp.text) if resp.status_code == 200 else None
             if form and "document.forms[0].submit()" in resp.text:  # form_post (auto-submit)
