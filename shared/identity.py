@@ -50,6 +50,9 @@ class Identity:
         services log on with, and the raw subject travels in `kc.i.us`; every other
         backend puts the raw subject in `kc.i.id`. `raw_sub_of` reads either form.
         """
+        if self.backend == "guest":  # Konnect's client-controlled guests
+            from .users.guest import kc_identity
+            return kc_identity(self)
         entry_id = self.extra.get("entry_id") if self.backend == "identifier-kc" else None
         if entry_id:
             result = {"kc.i.id": entry_id, "kc.i.us": self.raw_sub, "kc.i.un": self.username}
@@ -70,7 +73,8 @@ class Identity:
     def to_record(self) -> dict:
         record = {name: getattr(self, name) for name in _FIELDS}
         record["extra"] = dict(self.extra)  # shallow: the record is serialized at once
-        record = {k: v for k, v in record.items() if v not in (None, "", {}, False)}
+        record = {k: v for k, v in record.items()
+                  if v not in (None, "", {}, False) or k in ("raw_sub", "backend", "username")}
         if self.email_verified:
             record["email_verified"] = True
         return record

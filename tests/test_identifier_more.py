@@ -129,7 +129,6 @@ def test_disabled_identifier_client_serves_the_api_but_no_pages(state, redis_url
 @pytest.mark.parametrize("extra,needle", [
     (["--uri-base-path", "/idp"], "not supported"),
     (["--sign-in-uri", "https://app.example/login"], "only used by the cookie"),
-    (["--allow-client-guests"], "not supported"),
 ])
 def test_konnect_flags_we_do_not_honour_are_refused_not_ignored(extra, needle):
     from shared.config import ConfigError

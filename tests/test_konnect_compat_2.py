@@ -8,7 +8,8 @@ ISS = ["--iss", "https://idp.example.test"]
 # konnect.md §3.2: every `konnectd serve` flag, with a value Konnect accepts for kc/ldap.
 # Left out on purpose (docs/konnect-compatibility.md): --iss (above), --signing-private-key,
 # --validation-keys-path, --encryption-secret, --identifier-*-conf, --identifier-client-path
-# (files that must exist), --uri-base-path and --allow-client-guests (refused: not built),
+# (files that must exist), --uri-base-path (refused: not built), --allow-client-guests
+# (tests/authorities/test_guests.py),
 # --sign-in-uri, --authorization-endpoint-uri, --endsession-endpoint-uri (cookie manager only).
 KONNECT_SERVE_FLAGS = [
     ["--listen", "127.0.0.1:8777"], ["--signing-kid", "k1"], ["--signing-method", "PS256"],
