@@ -116,7 +116,8 @@ def unreachable(authority: Authority, err: Exception) -> OAuth2Error:
 def refused(authority: Optional[Authority], reason: str, error: str = ACCESS_DENIED) -> OAuth2Error:
     name = authority.display_name if authority else "the sign-in service"
     return OAuth2Error(error, f"The sign-in through {name} did not succeed. Please try again.",
-                       status=403 if error == ACCESS_DENIED else 400, detail=f"authority {authority.id if authority else '?'}: {reason}")
+                       status=403 if error == ACCESS_DENIED else 400,
+                       detail=f"authority {authority.id if authority else '?'}: {reason}")
 
 
 def original_query(handler: Any) -> dict:

@@ -152,6 +152,11 @@ class SAML2Authority:
         if response is None or response.assertion is None:
             raise AuthorityResponseError("no assertion")
         assertion = response.assertion
+        try:  # pysaml2 keeps every subject in an in-memory cache: ours is the logon cookie
+            if assertion.subject is not None and assertion.subject.name_id is not None:
+                client.users.remove_person(assertion.subject.name_id)
+        except Exception:  # not cached: nothing to forget
+            pass
         if response.in_response_to != flow["rid"]:
             raise AuthorityResponseError("InResponseTo is not this browser's request")
         if assertion.signature is None and not getattr(response.response, "signature", None):

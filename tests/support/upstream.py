@@ -220,11 +220,46 @@ def authority(id_: str, up: Group, client_id: str, **extra) -> dict:
             "client_id": client_id, "client_secret": SECRET, **extra}
 
 
+def start_all(*groups: Group) -> None:
+    """Start `groups` in order; on a failure stop those started and raise with the lines of
+    the failing group's log that name a problem (the group's own error shows only the
+    beginning and end of its log)."""
+    started = []
+    try:
+        for group in groups:
+            group.start()
+            started.append(group)
+    except RuntimeError as err:
+        for group in reversed(started):
+            group.stop()
+        failing = groups[len(started)]
+        lines = [line for line in failing.output().splitlines()
+                 if re.search(r"level=(error|critical)|Traceback|Error|exited", line)]
+        raise RuntimeError(f"{err}\n-- problems in its log:\n" + "\n".join(lines[-40:])) from None
+
+
 @contextmanager
-def oidc_sites(base: Path):
+def oidc_sites(base: Path, tries: int = 2):
     """The upstream OP (`up`, users demo and ext-bob), the OP under test with non-default
     authorities (`down`: code, implicit, other, alias, wrong-iss, dead; local users demo
-    and bob) and an SSO-only OP under test (`sso`: its `default` authority `only`)."""
+    and bob) and an SSO-only OP under test (`sso`: its `default` authority `only`).
+    Started again on fresh ports once if a group cannot start (another process on this
+    machine may take a port `free_port` handed out)."""
+    for attempt in range(tries):
+        try:
+            groups = _oidc_sites(base / f"try{attempt}")
+            break
+        except RuntimeError:
+            if attempt == tries - 1:
+                raise
+    try:
+        yield groups
+    finally:
+        for group in (groups["sso"], groups["down"], groups["up"]):
+            group.stop()
+
+
+def _oidc_sites(base: Path) -> dict:
     up = apart(lambda: upstream_group(base / "up"))
     down = apart(lambda: downstream_group(base / "down", up), up)
     sso = apart(lambda: downstream_group(base / "sso", up), up, down)
@@ -245,21 +280,7 @@ def oidc_sites(base: Path):
         {**authority("dead", up, "down-code"), "iss": dead}])
     write_state(sso, users={}, clients=[], authorities=[
         authority("only", up, "sso", response_type="code", default=True)])
-    up.start()
-    try:
-        down.start()
-        try:
-            sso.start()
-        except Exception:
-            down.stop()
-            raise
-    except Exception:
-        up.stop()
-        raise
-    try:
-        yield {"up": up, "down": down, "sso": sso}
-    finally:
-        for group in (sso, down, up):
-            group.stop()
+    start_all(up, down, sso)
+    return {"up": up, "down": down, "sso": sso}
 
 
