@@ -18,6 +18,8 @@ from shared import scopes as scopelib
 from shared.errors import INVALID_REQUEST, OAuth2Error
 from shared.web import PageHandler
 
+from . import authorities
+
 LANGUAGES = (("en", "English"), ("de", "Deutsch"))
 MESSAGES = {
     "en": {"title_identifier": "Sign in", "title_consent": "Allow access?",
@@ -141,7 +143,6 @@ class SigninPage(PageHandler):
     async def to_default_authority(self) -> bool:
         """With a `default` authority the sign-in page is the authority's (SSO-only sites,
         Konnect's handleIdentifier): the browser goes straight there."""
-        from . import authorities
         default = authorities.upstreams(self.deps).default
         if default is None or self.get_query_argument("flow", "") not in ("", "oidc", "oauth"):
             return False
@@ -150,7 +151,6 @@ class SigninPage(PageHandler):
 
     def authority_links(self) -> list:
         """(name, URL) of each authority the sign-in page offers beside the password form."""
-        from . import authorities
         query = authorities.original_query(self)
         return [(a.display_name, authorities.START_PATH + "?" + urlencode(
             {"authority_id": a.id, **query})) for a in authorities.upstreams(self.deps).offered()]

@@ -12,6 +12,7 @@ whose site never had local passwords.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit
@@ -162,6 +163,8 @@ def _entry(entry: Any, issuer: str) -> tuple[Optional[Authority], list[str]]:
         else:
             problem = _https_problem("metadata_endpoint", values["metadata_endpoint"], insecure)
             problems += [problem] if problem else []
+        if not shutil.which("xmlsec1"):  # pysaml2 verifies every signature with it
+            problems.append("saml2 needs xmlsec1 on the PATH (Debian package xmlsec1)")
         values["entity_id"] = values["entity_id"] or issuer.rstrip("/") + SAML2_METADATA_PATH
         values["identity_claim_name"] = values["identity_claim_name"] or "uid"
         values["scopes"] = tuple(scopes or ())

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import shutil
 import time
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs
@@ -50,7 +51,7 @@ ACS_PATH = "/signin/v1/identifier/saml2/acs"
 SLO_PATH = "/signin/v1/identifier/_/saml2/slo"
 MAX_MESSAGE = 256 * 1024  # a SAMLResponse larger than this is refused before parsing
 BASIC = "urn:oasis:names:tc:SAML:2.0:attrname-format:basic"
-XMLSEC = "/usr/bin/xmlsec1"
+XMLSEC = shutil.which("xmlsec1") or "/usr/bin/xmlsec1"
 
 
 class SAML2Authority:
