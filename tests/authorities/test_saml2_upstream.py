@@ -231,3 +231,28 @@ def test_an_idp_initiated_logout_request_is_a_page(op):
     resp = b.session.get(op["down"].issuer + "/signin/v1/identifier/_/saml2/slo",
                          params={"SAMLRequest": "x"}, timeout=15, allow_redirects=False)
     assert resp.status_code == 400 and "Traceback" not in resp.text
+
+
+@pytest.fixture(scope="module")
+def sso(tmp_path_factory):
+    with saml_site(tmp_path_factory.mktemp("saml2-sso"), default=True) as site:
+        yield site
+
+
+def test_a_default_saml2_authority_is_the_sign_in_page(sso):
+    """An SSO-only site: the authorization request goes straight to the IdP's login page,
+    and the password form here is never offered nor accepted."""
+    down, idp = sso["down"], sso["idp"]
+    b = Browser(down.ca)
+    url, origin = authorize_url(down)
+    target, fields = to_idp_answer(sso, b, "alice", "alice-idp-pw", url)
+    assert not any(s.startswith(down.issuer + "/signin/v1/identifier?") and s == b.steps[-1]
+                   for s in b.steps)
+    assert any(s.startswith(idp.base) for s in b.steps)
+    resp = post(b, target, fields)
+    b.run(urljoin(target, resp.headers["Location"]), stop_at=origin)
+    assert "code" in query_of(b.steps[-1])
+    logon = b.session.post(down.issuer + "/signin/v1/identifier/_/logon", timeout=15,
+                           json={"state": "s", "params": ["alice", "alice-local-pw", "1"]},
+                           headers={"Kopano-Konnect-XSRF": "1", "Origin": down.issuer})
+    assert logon.status_code == 403

@@ -218,10 +218,10 @@ ACS = "/signin/v1/identifier/saml2/acs"
 
 
 @contextmanager
-def saml_site(base: Path, *, lifetime: int = 300):
+def saml_site(base: Path, *, lifetime: int = 300, default: bool = False):
     """SimpleSAMLphp (users alice and mallory, uid attributes; assertions living `lifetime`
     seconds) and the OP under test (`down`, local user alice, clock skew 1 s) with it as
-    the non-default authority `idp` (trusted, end_session_enabled)."""
+    the authority `idp` (trusted, end_session_enabled; `default` as asked)."""
     from .upstream import write_state
     down = Group(base / "down", extra_env={"KONNECTD_CLOCK_SKEW": "1"})
     idp = SimpleSAMLphp(users={"alice": ("alice-idp-pw", {"uid": ["alice"]}),
@@ -233,7 +233,7 @@ def saml_site(base: Path, *, lifetime: int = 300):
     write_state(down, users={"alice": "alice-local-pw"}, clients=[], authorities=[{
         "id": "idp", "name": "SimpleSAMLphp", "authority_type": "saml2", "discover": True,
         "trusted": True, "insecure": True, "metadata_endpoint": idp.metadata_url,
-        "identity_claim_name": "uid", "end_session_enabled": True}])
+        "identity_claim_name": "uid", "end_session_enabled": True, "default": default}])
     idp.start()
     try:
         down.start()
