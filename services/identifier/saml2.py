@@ -3,12 +3,19 @@ work is shared/authorities/saml2.py's, the hop's rules authorities.py's."""
 
 from __future__ import annotations
 
+import asyncio
+
 from shared.authorities.fetch import UpstreamError
 from shared.authorities.oidc import AuthorityResponseError
 from shared.authorities.registry import SAML2
 from shared.errors import INVALID_REQUEST, OAuth2Error
+from shared.session import LOGON_COOKIE, Logon
 
-from .authorities import AuthorityPage, finish, refused, take_flow, unreachable, upstreams
+from .authorities import (AuthorityPage, finish, log, refused, take_flow, unreachable,
+                          upstreams)
+from .signout import sign_out
+
+GOODBYE = "/signin/v1/goodbye"
 
 
 class MetadataHandler(AuthorityPage):
@@ -48,12 +55,17 @@ class ACSHandler(AuthorityPage):
 
 class SLOHandler(AuthorityPage):
     """Single logout, HTTP-Redirect: the IdP's LogoutResponse to our request (then on to
-    where the sign-out was going). IdP-initiated LogoutRequests are not handled."""
+    where the sign-out was going), or a LogoutRequest the IdP started (Konnect's
+    writeSAMLSingleLogoutServiceRequest): signed by the IdP and for the NameID (and
+    session) of this browser's logon, the logon ends here when the authority is `trusted`
+    and the IdP gets our LogoutResponse; anything else goes to the sign-out page, where the
+    user decides."""
 
     async def get(self) -> None:
+        if self.param("SAMLRequest") is not None:
+            return await self.idp_logout()
         if self.param("SAMLResponse") is None:
-            raise OAuth2Error(INVALID_REQUEST, "Single logout requests from the identity "
-                              "provider are not supported; sign out here instead.")
+            raise OAuth2Error(INVALID_REQUEST, "Neither a logout request nor a response.")
         flow = await take_flow(self, self.param("RelayState"), "endsession")
         saml = upstreams(self.deps).saml2
         try:
@@ -61,3 +73,25 @@ class SLOHandler(AuthorityPage):
         except (UpstreamError, AuthorityResponseError) as err:
             raise refused(saml.authority, f"single logout: {err}") from None
         self.redirect(flow.get("target") or "/signin/v1/goodbye?done=1")
+
+    async def idp_logout(self) -> None:
+        saml = upstreams(self.deps).saml2
+        params = {k: self.param(k) for k in ("SAMLRequest", "RelayState", "SigAlg", "Signature")}
+        try:
+            request = await saml.idp_logout_request(params)
+        except (UpstreamError, AuthorityResponseError) as err:
+            log.info("authority %s: idp logout refused: %s", saml.authority.id, err)
+            return self.redirect(GOODBYE)
+        logon = await Logon.open_live(self.deps.sealer, self.deps.store, self.get_cookie(LOGON_COOKIE))
+        ref = logon.authority_ref if logon is not None and isinstance(logon.authority_ref, dict) else {}
+        mine = logon is not None and logon.authority == saml.authority.id \
+            and ref.get("name_id") == request["name_id"] \
+            and (not request["session_indexes"] or ref.get("session_index") in request["session_indexes"])
+        if logon is not None and not mine:  # another user's or another sign-in's request
+            log.info("authority %s: idp logout for another sign-in", saml.authority.id)
+            return self.redirect(GOODBYE)
+        if not saml.authority.trusted:  # Konnect: only a trusted IdP signs users out here
+            return self.redirect(GOODBYE)
+        await sign_out(self, logon)
+        log.info("authority %s: signed out by the idp", saml.authority.id)
+        self.redirect(await asyncio.to_thread(request["answer"], params.get("RelayState")))

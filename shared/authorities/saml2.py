@@ -38,7 +38,7 @@ from saml2.metadata import create_metadata_string
 from saml2.response import StatusError
 from saml2.s_utils import UnknownPrincipal, UnsupportedBinding
 from saml2.saml import NAMEID_FORMAT_TRANSIENT, NameID
-from saml2.sigver import SignatureError
+from saml2.sigver import RSACrypto, SignatureError
 
 from .fetch import UpstreamError, fetch
 from .oidc import AuthorityResponseError
@@ -51,6 +51,7 @@ ACS_PATH = "/signin/v1/identifier/saml2/acs"
 SLO_PATH = "/signin/v1/identifier/_/saml2/slo"
 MAX_MESSAGE = 256 * 1024  # a SAMLResponse larger than this is refused before parsing
 BASIC = "urn:oasis:names:tc:SAML:2.0:attrname-format:basic"
+SHA1 = "http://www.w3.org/2000/09/xmldsig#rsa-sha1"
 XMLSEC = shutil.which("xmlsec1") or "/usr/bin/xmlsec1"
 
 
@@ -91,6 +92,9 @@ class SAML2Authority:
             conf["metadata"] = {"inline": [idp_metadata]}
         config = SPConfig()
         config.load(conf)
+        # pysaml2 checks the signature of a LogoutRequest by HTTP-Redirect only when this
+        # (IdP-side) switch is on: the IdP's logout requests must be signed
+        config.setattr("idp", "want_authn_requests_signed", True)
         return config
 
     def sp_metadata(self) -> str:
@@ -109,6 +113,10 @@ class SAML2Authority:
                 text = data.decode("utf-8")
                 config = await asyncio.to_thread(self._config, text)
                 client = Saml2Client(config=config)
+                # the detached signatures of the HTTP-Redirect binding are checked through
+                # this backend, which pysaml2 only makes for an SP with a key of its own;
+                # it verifies with the IdP's certificate and needs no key of ours
+                client.sec.sec_backend = RSACrypto(None)
                 idps = list(client.metadata.identity_providers())
             except Exception as err:  # pysaml2 raises many kinds for bad metadata
                 raise UpstreamError(f"saml2 metadata unusable: {type(err).__name__}") from None
@@ -220,6 +228,44 @@ class SAML2Authority:
             return dict(info["headers"])["Location"]
 
         return await asyncio.to_thread(build), state
+
+    async def idp_logout_request(self, params: dict) -> dict:
+        """An IdP-initiated LogoutRequest by HTTP-Redirect (SAML 2.0 Profiles §4.4.3.2),
+        its detached signature verified with the IdP's certificate (SAML 2.0 Bindings
+        §3.4.4.1): `name_id`, `session_indexes`, `destination`, and `answer(relay_state)`
+        building the HTTP-Redirect URL of our LogoutResponse (Success)."""
+        message = params.get("SAMLRequest") or ""
+        if not message or len(message) > MAX_MESSAGE:
+            raise AuthorityResponseError("no or an oversized SAMLRequest")
+        if not params.get("Signature") or not params.get("SigAlg"):
+            raise AuthorityResponseError("the logout request is not signed")
+        if params["SigAlg"] == SHA1 and not self.authority.insecure:  # as Konnect
+            raise AuthorityResponseError("the logout request is signed with RSA-SHA1")
+        client = await self.client()
+        try:
+            request = await asyncio.to_thread(
+                client.parse_logout_request, message, BINDING_HTTP_REDIRECT,
+                params.get("RelayState"), params["SigAlg"], params["Signature"])
+        except Exception as err:  # bad signature, XML, schema: all refused alike
+            raise AuthorityResponseError(f"logout request refused: {type(err).__name__}") from None
+        if request is None or request.message is None:
+            raise AuthorityResponseError("logout request refused")
+        body = request.message
+        if body.issuer is None or body.issuer.text != self.idp_entity_id:
+            raise AuthorityResponseError("the logout request's issuer is not the IdP")
+        if body.destination and body.destination != self.slo:
+            raise AuthorityResponseError("the logout request is for another destination")
+
+        def answer(relay_state: Optional[str]) -> str:
+            response = client.create_logout_response(body, [BINDING_HTTP_REDIRECT], sign=False)
+            destination = client.response_args(body, [BINDING_HTTP_REDIRECT])["destination"]
+            info = client.apply_binding(BINDING_HTTP_REDIRECT, str(response), destination,
+                                        relay_state=relay_state, response=True)
+            return dict(info["headers"])["Location"]
+
+        return {"name_id": body.name_id.text if body.name_id is not None else "",
+                "session_indexes": [i.text for i in body.session_index or []],
+                "answer": answer}
 
     async def logout_answer(self, query: str) -> str:
         """Check the IdP's LogoutResponse (HTTP-Redirect) to our request: its status."""

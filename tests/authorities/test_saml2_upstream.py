@@ -226,10 +226,13 @@ def test_signing_out_here_is_a_single_logout_at_the_idp(op):
     assert not idp_session(op, b2)
 
 
-def test_an_idp_initiated_logout_request_is_a_page(op):
+def test_a_garbage_logout_request_goes_to_the_sign_out_page(op):
     b = Browser(op["down"].ca)
-    resp = b.session.get(op["down"].issuer + "/signin/v1/identifier/_/saml2/slo",
-                         params={"SAMLRequest": "x"}, timeout=15, allow_redirects=False)
+    for params in ({"SAMLRequest": "x"}, {"SAMLRequest": "x", "SigAlg": "y", "Signature": "z"}):
+        resp = b.session.get(op["down"].issuer + "/signin/v1/identifier/_/saml2/slo",
+                             params=params, timeout=15, allow_redirects=False)
+        assert resp.status_code == 302 and resp.headers["Location"] == "/signin/v1/goodbye"
+    resp = b.session.get(op["down"].issuer + "/signin/v1/identifier/_/saml2/slo", timeout=15)
     assert resp.status_code == 400 and "Traceback" not in resp.text
 
 
@@ -256,3 +259,40 @@ def test_a_default_saml2_authority_is_the_sign_in_page(sso):
                            json={"state": "s", "params": ["alice", "alice-local-pw", "1"]},
                            headers={"Kopano-Konnect-XSRF": "1", "Origin": down.issuer})
     assert logon.status_code == 403
+
+
+def hello(b, down):
+    return b.session.post(down.issuer + "/signin/v1/identifier/_/hello", json={"state": "s"},
+                          headers={"Kopano-Konnect-XSRF": "1", "Origin": down.issuer},
+                          timeout=15).status_code
+
+
+def test_a_logout_the_idp_starts_signs_out_here_only_when_signed(op):
+    """IdP-initiated single logout (Konnect's SLO handler): SimpleSAMLphp's signed
+    LogoutRequest for this browser's sign-in ends the logon and gets our LogoutResponse;
+    the same request without its signature changes nothing."""
+    down, idp = op["down"], op["idp"]
+    b = Browser(down.ca)
+    signed_in_through_idp(op, b)
+    assert hello(b, down) == 200
+    slo = down.issuer + "/signin/v1/identifier/_/saml2/slo"
+    done = idp.base + "index.php?logged-out=1"
+    b.steps.clear()
+    b.run(idp.base + "saml2/idp/SingleLogoutService.php?" + urlencode({"ReturnTo": done}),
+          stop_at=slo)
+    request = b.steps[-1]
+    assert "SAMLRequest=" in request and "Signature=" in request
+    parts = request.split("?", 1)[1].split("&")
+    unsigned = "&".join(p for p in parts if not p.startswith(("Signature=", "SigAlg=")))
+    forged = "&".join(p if not p.startswith("Signature=") else "Signature=" + "A" * 344
+                      for p in parts)
+    for query in (unsigned, forged):
+        resp = b.session.get(slo + "?" + query, allow_redirects=False, timeout=15)
+        assert resp.status_code == 302 and resp.headers["Location"] == "/signin/v1/goodbye"
+        assert hello(b, down) == 200  # still signed in
+    resp = b.session.get(request, allow_redirects=False, timeout=15)
+    assert resp.status_code == 302 and "SAMLResponse=" in resp.headers["Location"]
+    assert resp.headers["Location"].startswith(idp.base)
+    assert hello(b, down) == 204
+    b.run(resp.headers["Location"], stop_at=done)
+    assert b.steps[-1] == done

@@ -116,7 +116,7 @@ class SimpleSAMLphp:
             "<?php\n$config = " + _php({"admin": ["core:AdminPassword"],
                                         "users": {0: "exampleauth:UserPass", **users}}) + ";\n")
         idp = {"host": "__DEFAULT__", "privatekey": "idp.key", "certificate": "idp.crt",
-               "auth": "users", "saml20.sign.assertion": True,
+               "auth": "users", "saml20.sign.assertion": True, "sign.logout": True,
                "assertion.lifetime": self.assertion_lifetime, "saml20.sign.response": False,
                "attributes.NameFormat": "urn:oasis:names:tc:SAML:2.0:attrname-format:basic",
                "NameIDFormat": "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"}
