@@ -12,6 +12,7 @@ whose site never had local passwords.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
@@ -160,6 +161,12 @@ def _entry(entry: Any, issuer: str) -> tuple[Optional[Authority], list[str]]:
                             "is fetched from metadata_endpoint")
         if not values["metadata_endpoint"]:
             problems.append("metadata_endpoint is required for saml2")
+        elif values["metadata_endpoint"].startswith("file://"):
+            # the IdP's metadata kept by the operator (an IdP that does not publish it)
+            path = values["metadata_endpoint"][len("file://"):]
+            if not path.startswith("/") or not os.path.isfile(path):
+                problems.append("metadata_endpoint file:// must name an existing file by "
+                                "its absolute path")
         else:
             problem = _https_problem("metadata_endpoint", values["metadata_endpoint"], insecure)
             problems += [problem] if problem else []

@@ -136,3 +136,12 @@ def test_identity_claim_values_that_are_no_usernames_are_refused():
     a = found.get("a")
     assert [a.local_username(v) for v in (None, 7, "", "x" * 257, ["a"])] == [None] * 5
     assert a.local_username("x") == "x"  # an empty alias is no alias (Konnect)
+
+
+def test_saml2_metadata_may_be_a_file_the_operator_keeps(tmp_path):
+    kept = tmp_path / "idp-metadata.xml"
+    kept.write_text("<md:EntityDescriptor/>")
+    entry = "authorities:\n  - id: s\n    authority_type: saml2\n    metadata_endpoint: "
+    assert load(entry + f"file://{kept}\n").get("s").metadata_endpoint == f"file://{kept}"
+    assert "must name an existing file" in problems(entry + f"file://{tmp_path}/missing.xml\n")
+    assert "must name an existing file" in problems(entry + "file://relative.xml\n")

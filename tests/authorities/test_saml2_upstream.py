@@ -238,13 +238,14 @@ def test_a_garbage_logout_request_goes_to_the_sign_out_page(op):
 
 @pytest.fixture(scope="module")
 def sso(tmp_path_factory):
-    with saml_site(tmp_path_factory.mktemp("saml2-sso"), default=True) as site:
+    with saml_site(tmp_path_factory.mktemp("saml2-sso"), default=True, metadata_file=True) as site:
         yield site
 
 
 def test_a_default_saml2_authority_is_the_sign_in_page(sso):
-    """An SSO-only site: the authorization request goes straight to the IdP's login page,
-    and the password form here is never offered nor accepted."""
+    """An SSO-only site (the IdP's metadata from a file here): the authorization request
+    goes straight to the IdP's login page, and the password form here is never offered
+    nor accepted."""
     down, idp = sso["down"], sso["idp"]
     b = Browser(down.ca)
     url, origin = authorize_url(down)

@@ -218,10 +218,12 @@ ACS = "/signin/v1/identifier/saml2/acs"
 
 
 @contextmanager
-def saml_site(base: Path, *, lifetime: int = 300, default: bool = False):
+def saml_site(base: Path, *, lifetime: int = 300, default: bool = False,
+              metadata_file: bool = False):
     """SimpleSAMLphp (users alice and mallory, uid attributes; assertions living `lifetime`
     seconds) and the OP under test (`down`, local user alice, clock skew 1 s) with it as
-    the authority `idp` (trusted, end_session_enabled; `default` as asked)."""
+    the authority `idp` (trusted, end_session_enabled; `default` as asked; the IdP's
+    metadata from a file the operator keeps with `metadata_file`)."""
     from .upstream import write_state
     down = Group(base / "down", extra_env={"KONNECTD_CLOCK_SKEW": "1"})
     idp = SimpleSAMLphp(users={"alice": ("alice-idp-pw", {"uid": ["alice"]}),
@@ -230,12 +232,17 @@ def saml_site(base: Path, *, lifetime: int = 300, default: bool = False):
                         acs=down.issuer + ACS,
                         slo=down.issuer + "/signin/v1/identifier/_/saml2/slo",
                         assertion_lifetime=lifetime)
-    write_state(down, users={"alice": "alice-local-pw"}, clients=[], authorities=[{
-        "id": "idp", "name": "SimpleSAMLphp", "authority_type": "saml2", "discover": True,
-        "trusted": True, "insecure": True, "metadata_endpoint": idp.metadata_url,
-        "identity_claim_name": "uid", "end_session_enabled": True, "default": default}])
     idp.start()
     try:
+        metadata = idp.metadata_url
+        if metadata_file:
+            kept = base / "idp-metadata.xml"
+            kept.write_bytes(requests.get(idp.metadata_url, timeout=10).content)
+            metadata = f"file://{kept}"
+        write_state(down, users={"alice": "alice-local-pw"}, clients=[], authorities=[{
+            "id": "idp", "name": "SimpleSAMLphp", "authority_type": "saml2", "discover": True,
+            "trusted": True, "insecure": True, "metadata_endpoint": metadata,
+            "identity_claim_name": "uid", "end_session_enabled": True, "default": default}])
         down.start()
         try:
             yield {"down": down, "idp": idp}
