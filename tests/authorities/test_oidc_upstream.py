@@ -58,11 +58,12 @@ def through(op, authority_id, username, password, *, group="down", **extra):
     return b, page, origin
 
 
-@pytest.mark.parametrize("authority_id", ["code", "implicit"])
+@pytest.mark.parametrize("authority_id", ["code", "implicit", "explicit"])
 def test_sign_in_through_the_upstream_gives_the_local_users_own_subject(op, authority_id):
-    """The code flow (PKCE, client_secret_basic) and Konnect's default `id_token` response
-    type (form_post): the upstream's `preferred_username` names the local user, whose
-    subject is the one a password sign-in of that user at our OP gets."""
+    """The code flow (PKCE, client_secret_basic), Konnect's default `id_token` response
+    type (form_post), and the same without discovery (the entry's authorization_endpoint
+    and jwks, as Konnect's example): the upstream's `preferred_username` names the local
+    user, whose subject is the one a password sign-in of that user at our OP gets."""
     up, down = op["up"], op["down"]
     b, page, origin = through(op, authority_id, "demo", up.demo["password"])
     assert page is None, (page.status_code, b.steps[-3:])

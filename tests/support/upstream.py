@@ -19,7 +19,8 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 import requests
 import yaml
 
-from shared import jose
+from shared import jose, keytool
+from shared.keys import load_keyring
 from shared.users.passwords import hash_password
 
 from .agent import authorize_again
@@ -241,7 +242,8 @@ def start_all(*groups: Group) -> None:
 @contextmanager
 def oidc_sites(base: Path, tries: int = 2):
     """The upstream OP (`up`, users demo and ext-bob), the OP under test with non-default
-    authorities (`down`: code, implicit, other, alias, wrong-iss, dead; local users demo
+    authorities (`down`: code, implicit, other, alias, wrong-iss, explicit (no discovery),
+    dead; local users demo
     and bob) and an SSO-only OP under test (`sso`: its `default` authority `only`).
     Started again on fresh ports once if a group cannot start (another process on this
     machine may take a port `free_port` handed out)."""
@@ -265,6 +267,10 @@ def _oidc_sites(base: Path) -> dict:
     sso = apart(lambda: downstream_group(base / "sso", up), up, down)
     dead = f"https://127.0.0.1:{free_port()}"
     up_users = {"ext-bob": "bob-upstream-pw"}
+    # the upstream's key made now (as `make run` would at its first start), so that an
+    # entry can name its keys without discovery, as Konnect's example does
+    keytool.generate(up.state / "keys", "rsa", bits=2048)
+    jwks = load_keyring([str(up.state / "keys" / keytool.LINK_NAME)]).jwks()
     write_state(up, users=up_users, clients=[
         {**upstream_client("down-code", down, secret=SECRET), "trusted": True},
         {**upstream_client("down-implicit", down, secret=SECRET), "trusted": True},
@@ -277,6 +283,8 @@ def _oidc_sites(base: Path) -> dict:
         authority("alias", up, "down-code", response_type="code", identity_alias_required=True,
                   identity_aliases={"ext-bob": "bob"}),
         authority("wrong-iss", up, "down-code", iss=up.issuer + "/"),
+        authority("explicit", up, "down-implicit", discover=False, jwks=jwks,
+                  authorization_endpoint=up.issuer + "/signin/v1/identifier/_/authorize"),
         {**authority("dead", up, "down-code"), "iss": dead}])
     write_state(sso, users={}, clients=[], authorities=[
         authority("only", up, "sso", response_type="code", default=True)])
