@@ -26,6 +26,17 @@ missing=()
 for bin in "${!need[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("${need[$bin]}")
 done
+if [ "$purpose" = test ]; then
+  # file -> Debian package: the SAML2 tests run SimpleSAMLphp under Apache with mod_php
+  # (tests/support/simplesamlphp.py); pysaml2 verifies signatures with xmlsec1
+  declare -A files=([/usr/bin/xmlsec1]=xmlsec1 [/usr/share/simplesamlphp/www/index.php]=simplesamlphp
+                    [/usr/lib/apache2/modules/libphp8.2.so]=libapache2-mod-php
+                    [/etc/php/8.2/mods-available/dom.ini]=php-xml
+                    [/etc/php/8.2/mods-available/mbstring.ini]=php-mbstring)
+  for file in "${!files[@]}"; do
+    [ -e "$file" ] || missing+=("${files[$file]}")
+  done
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing Debian packages: ${missing[*]}"

@@ -35,7 +35,8 @@ MAX_URI = 2048
 # A static client's secret shorter than this is warned about at load (security.md IN-07;
 # RFC 6819 §5.1.4.2.2: secrets with enough entropy); not refused, Konnect files keep working.
 MIN_SECRET = 16
-# Top-level keys of the registry file: `clients`, and Konnect's `authorities` (read past).
+# Top-level keys of the registry file: `clients`, and Konnect's `authorities`
+# (shared/authorities/registry.py).
 _TOP_LEVEL = frozenset({"clients", "authorities"})
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
@@ -304,7 +305,7 @@ def _origin_problems(origin: str) -> list[str]:
     return []
 
 
-def _jwks_problems(keys: list) -> list[str]:
+def jwks_problems(keys: list) -> list[str]:
     """Every registered key must be a usable public signing key (RFC 7517 §4, §5): one that
     `client_key` refuses was skipped silently when a request object or private_key_jwt
     assertion came, and a key with private members (RFC 7518 §6.2.2, §6.3.2, §6.4) puts a
@@ -385,7 +386,7 @@ def _validate(entry: Any) -> tuple[Optional[Client], list[str]]:
     if jwks is not None and (not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list)):
         problems.append("jwks must be a mapping with a 'keys' list")
     elif jwks is not None:
-        problems += _jwks_problems(jwks["keys"])
+        problems += jwks_problems(jwks["keys"])
     if values["token_endpoint_auth_method"] == "private_key_jwt" and not jwks:
         problems.append("private_key_jwt needs jwks")
     if problems:
@@ -478,6 +479,7 @@ class ClientRegistry:
     def __init__(self, clients: Mapping[str, Client] | None = None, *, issuer: str = "") -> None:
         self._clients: dict[str, Client] = dict(clients or {})
         self.issuer_origin = origin_of(issuer) if issuer else ""
+        self.authorities: Any = ()  # the `authorities:` list (authorities.registry.Authorities)
 
     @classmethod
     def from_document(cls, doc: Any, *, issuer: str, source: str = "registry") -> "ClientRegistry":
@@ -488,11 +490,13 @@ class ClientRegistry:
         unknown = sorted(set(map(str, doc)) - _TOP_LEVEL)
         if unknown:  # `client:` for `clients:` loaded an empty registry without a word
             raise RegistryError([f"{source}: unknown top-level key(s) " + ", ".join(unknown)
-                                 + " (expected 'clients')"])
+                                 + " (expected 'clients', 'authorities')"])
+        from .authorities.registry import parse_authorities  # it uses jwks_problems of ours
+        authorities, problems = parse_authorities(doc.get("authorities"), issuer=issuer)
+        problems = [f"{source}: {p}" for p in problems]
         entries = doc.get("clients") or []
         if not isinstance(entries, list):
             raise RegistryError([f"{source}: 'clients' must be a list"])
-        problems: list[str] = []
         clients: dict[str, Client] = {}
         seen: set = set()
         for i, entry in enumerate(entries):
@@ -513,7 +517,9 @@ class ClientRegistry:
                                 len(client.secret), MIN_SECRET)
         if problems:
             raise RegistryError(problems)
-        return cls(clients, issuer=issuer)
+        registry = cls(clients, issuer=issuer)
+        registry.authorities = authorities
+        return registry
 
     @classmethod
     def load(cls, path: Optional[str], *, issuer: str,
@@ -577,5 +583,6 @@ class ClientRegistry:
     def with_client(self, client: Client) -> "ClientRegistry":
         copy = ClientRegistry(self._clients, issuer="")
         copy.issuer_origin = self.issuer_origin
+        copy.authorities = self.authorities
         copy._clients[client.id] = replace(client)
         return copy

@@ -268,9 +268,6 @@ def validate(s) -> list[str]:
         except ValueError:
             problems.append(f"trusted_proxy has value {proxy!r}: not an IP address or CIDR")
     problems += _check_redis_url(s.redis_url)
-    if s.allow_client_guests:
-        problems.append("allow_client_guests: Konnect's client-controlled guests are not "
-                        "supported")
     if s.uri_base_path:
         problems.append(f"uri_base_path has value {s.uri_base_path!r}: a path prefix is not "
                         "supported; serve the OP at the root of its own host name")

@@ -54,6 +54,9 @@ class Identity:
         to replay the web application's answer (`cookie.v`, `cookie.al`, `cookie.ua`).
         `raw_sub_of` reads either form.
         """
+        if self.backend == "guest":  # Konnect's client-controlled guests
+            from .users.guest import kc_identity
+            return kc_identity(self)
         if self.backend == "cookie":
             result = {"kc.i.id": self.raw_sub}
             result.update({k: v for k, v in self.extra.items() if k.startswith("cookie.")})
@@ -82,7 +85,8 @@ class Identity:
     def to_record(self) -> dict:
         record = {name: getattr(self, name) for name in _FIELDS}
         record["extra"] = dict(self.extra)  # shallow: the record is serialized at once
-        record = {k: v for k, v in record.items() if v not in (None, "", {}, False)}
+        record = {k: v for k, v in record.items()
+                  if v not in (None, "", {}, False) or k in ("raw_sub", "backend", "username")}
         if self.email_verified:
             record["email_verified"] = True
         return record

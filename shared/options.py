@@ -123,8 +123,8 @@ OPTIONS: tuple[Option, ...] = (
        cfg="trusted_proxies"),
     _o("allow_scope", "list", (), "replace the list of supported scopes; repeatable",
        cfg="allowed_scopes"),
-    _o("allow_client_guests", "bool", False, "allow client controlled guests (Konnect; not "
-       "supported here: refused)"),
+    _o("allow_client_guests", "bool", False, "allow sign in of client controlled guest users "
+       "(Konnect: a signed request object with scope konnect/guestok names the guest)"),
     _o("allow_dynamic_client_registration", "bool", False, "enable /konnect/v1/register"),
     _o("access_token_expiration", "int", 600, "access token lifetime, seconds (0: the "
        "default; at most 10 years, as every token lifetime: a bound against typos, larger "

@@ -42,11 +42,17 @@ class Logon:
     # the key of this logon's browser state (`browser_state`); "" for a logon that is not
     # the identifier's own (the cookie identity manager), whose sid is then the key
     state_key: str = ""
+    # a sign-in through an external authority (shared/authorities): its id, and what
+    # signing out there needs (the upstream's ID token, or the SAML2 NameID and session)
+    authority: str = ""
+    authority_ref: Any = None
 
     def seal(self, sealer: Sealer) -> str:
         doc = {"identity": self.identity.to_record(), "auth_time": self.auth_time, "sid": self.sid}
         if self.state_key:
             doc["bsk"] = self.state_key
+        if self.authority:
+            doc["ext"] = {"a": self.authority, "r": self.authority_ref}
         return sealer.seal("logon", doc, LOGON_TTL)
 
     @classmethod
@@ -57,8 +63,10 @@ class Logon:
         try:
             doc = sealer.unseal("logon", value)
             key = doc.get("bsk", "")
+            ext = doc.get("ext") if isinstance(doc.get("ext"), dict) else {}
             return cls(Identity.from_record(doc["identity"]), int(doc["auth_time"]),
-                       str(doc["sid"]), key if isinstance(key, str) else "")
+                       str(doc["sid"]), key if isinstance(key, str) else "",
+                       str(ext.get("a") or ""), ext.get("r"))
         except (SealError, KeyError, TypeError, ValueError, AttributeError):
             return None
 

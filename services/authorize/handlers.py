@@ -14,7 +14,7 @@ from urllib.parse import urlencode, urlsplit
 
 from tornado.escape import xhtml_escape
 
-from shared import discovery, scopes as scopelib
+from shared import discovery, jose, scopes as scopelib
 from shared.errors import (ACCESS_DENIED, CONSENT_REQUIRED, INTERACTION_REQUIRED,
                            INVALID_REQUEST, LOGIN_REQUIRED, OAuth2Error, add_params,
                            response_location)
@@ -22,8 +22,9 @@ from shared.clients import serialized_origin
 from shared.grants import Grant
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
                             browser_state, clear_cookie, consent_cookie_name, current_logon,
-                            open_consent, session_state, set_cookie)
+                            new_sid, open_consent, session_state, set_cookie)
 from shared.tokens import TokenError, random_token
+from shared.users import guest as guests
 from shared.web import PageHandler
 
 from .request import AuthRequest, parse, requested_subs, verified_client
@@ -76,12 +77,18 @@ class AuthorizeHandler(PageHandler):
     async def authorize(self) -> None:
         deps = self.deps
         get = self.param
+        signed_request = False
         if get("request") is not None:
+            signed_request = _signed(get("request"))
             get = await self._request_object(get)
         client, redirect_uri = await verified_client(get, deps.lookup_client)
         self._dynamic_client = client.dynamic
         req = parse(get, client, redirect_uri, deps.settings.iss)  # form_post: write_error
         logon = await self._cookie_logon(req) if self._cookie_manager else await self._logon(req)
+        if logon is None and signed_request and deps.settings.allow_client_guests:
+            guest = self._guest(req)
+            if guest is not None:
+                return await self._respond(req, guest, self._guest_scopes(req))
         if logon is None:
             if "none" in req.prompt:
                 raise self._redirect_error(req, LOGIN_REQUIRED, "the user is not signed in")
@@ -168,6 +175,28 @@ class AuthorizeHandler(PageHandler):
         if logon is None:  # disabled or removed since the sign-in: no session
             return None
         return self._check_hint(req, logon)
+
+    def _guest(self, req: AuthRequest):
+        """A guest the client vouches for (shared/users/guest.py), or None: the request
+        asks for `konnect/guestok` and its request object, verified with the client's
+        registered keys (`_request_object`), names the guest in its claims request."""
+        if guests.GUEST_OK not in req.scopes:
+            return None
+        identity = guests.from_claims_request(req.claims)
+        if identity is None:
+            return None
+        logon = Logon(identity=identity, auth_time=int(self.deps.now()), sid=new_sid())
+        return self._check_hint(req, logon)
+
+    def _guest_scopes(self, req: AuthRequest) -> list:
+        if "consent" in req.prompt:  # Konnect: consent is not supported for guests
+            raise self._redirect_error(req, INTERACTION_REQUIRED,
+                                       "consent is not supported for guests")
+        scopes = guests.approved_scopes(req.client, req.scopes)
+        if scopes is None:
+            raise self._redirect_error(req, INVALID_REQUEST, "the client does not authorize "
+                                       "the konnect/guestok scope")
+        return scopes
 
     def _check_hint(self, req: AuthRequest, logon: Logon):
         """The logon, unless the request names another user: an `id_token_hint` (OIDC Core
@@ -295,6 +324,15 @@ class AuthorizeHandler(PageHandler):
                     f"</head><body><form method=post action=\"{xhtml_escape(target)}\">{inputs}"
                     f"<noscript><button type=submit>Continue</button></noscript></form>"
                     f"<script nonce=\"{nonce}\">document.forms[0].submit()</script></body></html>")
+
+
+def _signed(request_object: str) -> bool:
+    """Whether a request object is signed (not `alg: none`); `_request_object` verifies it
+    with the client's keys before anything relies on this."""
+    try:
+        return jose.unverified_header(request_object).get("alg") not in (None, "none")
+    except jose.JoseError:
+        return False
 
 
 def _wants_auth_time(req: AuthRequest) -> bool:

@@ -21,15 +21,14 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from shared import discovery, scopes as scopelib
-from shared.errors import INVALID_REQUEST, TOO_MANY_REQUESTS, OAuth2Error
+from shared.errors import ACCESS_DENIED, INVALID_REQUEST, TOO_MANY_REQUESTS, OAuth2Error
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
-                            wait_past,
                             clear_cookie, consent_cookie_name, current_logon, new_sid,
                             new_state_key, seal_consent, set_cookie)
 from shared.users.base import MAX_PASSWORD, MAX_USERNAME
 from shared.web import BaseHandler
 
-from .signout import sign_out
+from .signout import fresh_auth_time, sign_out
 
 LOGON_WINDOW, LOGON_LIMIT = 300, 10
 LOGON_IP_LIMIT = 5 * LOGON_LIMIT  # failed sign-ins per client IP and window
@@ -196,6 +195,10 @@ class LogonHandler(APIHandler):
         if mode != "1" or not username or not password or len(username) > MAX_USERNAME \
                 or len(password) > MAX_PASSWORD:
             return self.no()
+        if getattr(self.deps.registry.authorities, "default", None) is not None:
+            # an SSO-only site (a `default` authority): no password sign-in to fall back to
+            raise OAuth2Error(ACCESS_DENIED, "password sign-in is disabled: this site signs "
+                              "in through its default authority", status=403)
         store = self.deps.store
         # Counted before the password is checked, so concurrent guesses cannot overshoot and
         # the scrypt work per window is bounded; a success gives its IP hit back below.
@@ -237,11 +240,7 @@ class LogonHandler(APIHandler):
                          "hello": await self.hello(logon, hello) if hello is not None else None})
 
     async def auth_time(self, sub: str) -> int:
-        """Now in whole seconds (the unit of auth_time, OIDC Core §2), after the subject's
-        not-before: a sign-in in a sign-out's second waits for the next (`wait_past`)."""
-        deps = self.deps
-        await wait_past(deps.now, await deps.store.subject_not_before(sub))
-        return int(deps.now())
+        return await fresh_auth_time(self.deps, sub)
 
 
 class LogoffHandler(APIHandler):

@@ -7,6 +7,7 @@ import tornado.web
 from shared import service
 from shared.deps import Core
 
+from . import authorities
 from .api import ConsentHandler, HelloHandler, LogoffHandler, LogonHandler
 from .endsession import EndSessionHandler
 from .pages import BRANDING_PATH, SigninPage
@@ -56,6 +57,7 @@ def make_app(settings, deps: Core):
         (API + "logoff", LogoffHandler, args),
         (API + "consent", ConsentHandler, args),
         (API + "endsession", EndSessionHandler, args),
+        *authorities.routes(deps),
     ], deps, template_path=os.path.join(HERE, "templates"),
         static_path=os.path.join(HERE, "static"), static_url_prefix="/signin/v1/static/",
         static_handler_class=StaticHandler)

@@ -33,6 +33,7 @@ from shared.sealed import SealError
 from shared.session import LOGON_COOKIE, Logon
 from shared.tokens import TokenError
 
+from .authorities import trampoline, upstream_sign_out
 from .pages import SigninPage
 from .signout import sign_out
 
@@ -94,13 +95,14 @@ class EndSessionHandler(SigninPage):
             # id_token_hint is the proof of the RP). The signed-out page instead, as the
             # authorization endpoint shows an error page to such a client before sign-in.
             await sign_out(self, logon)
-            return self._done(None, None)
+            return await self._done(None, None, logon)
         if logon is None or (client is not None and client.trusted and hint_claims and uri):
             await sign_out(self, logon)
-            return self._done(uri, state)
+            return await self._done(uri, state, logon)
         confirm = deps.sealer.seal("endsession", {"uri": uri, "state": state,
                                                   "sub": logon.identity.sub}, CONFIRM_TTL)
-        # CSP form-action also governs where the form's answer redirects to.
+        # CSP form-action also governs where the form's answer redirects to (a sign-out
+        # that goes on to an authority does so from a page of ours: `trampoline`).
         self.show(client_name=client.display_name if client else "", confirm=confirm,
                   stay=uri or "/signin/v1/welcome",
                   form_origin="{0.scheme}://{0.netloc}".format(urlsplit(uri)) if uri else "")
@@ -125,7 +127,7 @@ class EndSessionHandler(SigninPage):
             raise OAuth2Error(INVALID_REQUEST, "the sign-out confirmation is for another "
                               "sign-in; try again", detail="endsession confirmation sub mismatch")
         await sign_out(self, logon)
-        self._done(doc.get("uri"), doc.get("state"))
+        await self._done(doc.get("uri"), doc.get("state"), logon)
 
     def _hint(self) -> Optional[dict]:
         raw = self.param("id_token_hint")
@@ -136,7 +138,15 @@ class EndSessionHandler(SigninPage):
         except TokenError:
             raise OAuth2Error(INVALID_REQUEST, "id_token_hint is invalid") from None
 
-    def _done(self, uri: Optional[str], state: Optional[str]) -> None:
+    async def _done(self, uri: Optional[str], state: Optional[str],
+                    logon: Optional[Logon] = None) -> None:
         if uri:
-            return self.redirect(add_params(uri, [("state", state)] if state else []))
-        self.redirect(self.deps.settings.signed_out_uri or "/signin/v1/goodbye?done=1")
+            target = add_params(uri, [("state", state)] if state else [])
+        else:
+            target = self.deps.settings.signed_out_uri or "/signin/v1/goodbye?done=1"
+        # a sign-in through an authority with end_session_enabled: signed out there too,
+        # and back to the target from its answer (services/identifier/authorities.py)
+        upstream = await upstream_sign_out(self, logon, target)
+        if upstream:
+            return trampoline(self, upstream)
+        self.redirect(target)

@@ -19,6 +19,8 @@ from shared import discovery, scopes as scopelib
 from shared.errors import INVALID_REQUEST, OAuth2Error
 from shared.web import PageHandler
 
+from . import authorities
+
 I18N = os.path.join(os.path.dirname(__file__), "i18n")
 
 
@@ -120,7 +122,24 @@ class SigninPage(PageHandler):
             if client is None:
                 raise OAuth2Error(INVALID_REQUEST, "unknown client")
             client_name = client.display_name
+        if self.view == "identifier" and await self.to_default_authority():
+            return
         self.show(client_name=client_name)
+
+    async def to_default_authority(self) -> bool:
+        """With a `default` authority the sign-in page is the authority's (SSO-only sites,
+        Konnect's handleIdentifier): the browser goes straight there."""
+        default = authorities.upstreams(self.deps).default
+        if default is None or self.get_query_argument("flow", "") not in ("", "oidc", "oauth"):
+            return False
+        await authorities.start(self, default, authorities.original_query(self))
+        return True
+
+    def authority_links(self) -> list:
+        """(name, URL) of each authority the sign-in page offers beside the password form."""
+        query = authorities.original_query(self)
+        return [(a.display_name, authorities.START_PATH + "?" + urlencode(
+            {"authority_id": a.id, **query})) for a in authorities.upstreams(self.deps).offered()]
 
     # HEAD: GET's status and headers without the body (RFC 9110 §9.3.2; a GET-only resource
     # should answer it, §9.1). Tornado sends Content-Length and drops the body for HEAD.
@@ -162,4 +181,5 @@ class SigninPage(PageHandler):
                     scope_words=words, confirm=confirm, stay=stay,
                     done=self.get_query_argument("done", "") == "1", languages=LANGUAGES, lang_query=lang_query,
                     nonce=nonce, branding=branding(self.deps.settings),
+                    authority_links=self.authority_links() if self.view == "identifier" else [],
                     messages_json=json.dumps(t).replace("</", "<\\/"))

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from shared.errors import Unavailable
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, LOGON_TTL, SESSION_PATH,
-                            Logon, clear_cookie)
+                            Logon, clear_cookie, wait_past)
 
 log = logging.getLogger("konnect.identifier")
 
@@ -40,3 +40,12 @@ async def sign_out(handler: Any, logon: Optional[Logon]) -> None:
         await _end_backend_session(deps, logon)
     clear_cookie(handler, LOGON_COOKIE, path=API_PATH)
     clear_cookie(handler, BROWSER_STATE_COOKIE, path=SESSION_PATH)
+
+
+async def fresh_auth_time(deps: Any, sub: str) -> int:
+    """Now in whole seconds (the unit of auth_time, OIDC Core §2), after the subject's
+    not-before: a sign-in (of any kind) in a sign-out's second waits for the next
+    (`shared.session.wait_past`), else the new logon and what is issued from it in that
+    second would be dead at once."""
+    await wait_past(deps.now, await deps.store.subject_not_before(sub))
+    return int(deps.now())

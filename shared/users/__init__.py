@@ -14,6 +14,14 @@ class BackendConfigError(Exception):
 
 
 def make_backend(settings: Any) -> UserBackend:
+    backend = _backend(settings)
+    if getattr(settings, "allow_client_guests", False):
+        from .guest import GuestAware
+        return GuestAware(backend)
+    return backend
+
+
+def _backend(settings: Any) -> UserBackend:
     manager = settings.identity_manager
     if manager == "users":
         from .userfile import UsersFileBackend, UsersFileError

@@ -61,6 +61,13 @@ class UserBackend(abc.ABC):
     async def lookup(self, raw_sub: str) -> Optional[Identity]:
         """The current identity for a raw subject, or None if the user is gone or disabled."""
 
+    async def resolve(self, username: str) -> Optional[Identity]:
+        """The identity of an enabled user by username, without a password: for a sign-in
+        an external authority vouched for (Konnect's identifier backends'
+        ResolveUserByUsername). None when there is no such (enabled) user. Backends that
+        cannot look users up by name return None."""
+        return None
+
     async def current(self, raw_sub: str, kc_identity: Mapping[str, Any]) -> Optional[Identity]:
         """The user behind a token (its `kc.identity`) as the backend knows them now: for
         userinfo and refresh. Most backends simply look the subject up."""

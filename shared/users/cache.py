@@ -79,6 +79,9 @@ class CachedBackend(UserBackend):
     def bind(self, core: Any) -> None:
         self.inner.bind(core)
 
+    async def resolve(self, username: str) -> Optional[Identity]:
+        return await self.inner.resolve(username)  # an authority's sign-in: always asked
+
     async def end_session(self, identity: Identity) -> None:
         await self.inner.end_session(identity)
 

@@ -445,6 +445,17 @@ class KCBackend(UserBackend):
         if sid:
             await self._run(deadline, self._logoff, sid)
 
+    async def resolve(self, username: str) -> Optional[Identity]:
+        """A user an external authority vouched for, by name: as in Konnect
+        (identifier/backends/kc.go `ResolveUserByUsername`) only on a global session."""
+        if not username:
+            return None
+        if self.per_user:
+            raise BackendUnavailable("kc backend: resolving a user by name (an external "
+                                     "authority's sign-in) needs a global session "
+                                     "(KOPANO_SERVER_USERNAME), as in Konnect")
+        return await self._run(_Deadline(self.deadline), self._resolve_global, username)
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -547,6 +558,15 @@ class KCBackend(UserBackend):
         finally:
             if sid and not keep:
                 self._logoff(sid)
+
+    def _resolve_global(self, username: str) -> Optional[Identity]:
+        """resolveUsername and getUser on the global session (no user password)."""
+        resolved = self._on_session(0, "resolveUsername", lpszUsername=username)
+        if resolved.er in _NOT_THERE:
+            return None
+        self._check(resolved.er, "resolveUsername")
+        found = self._on_session(0, "getUser", sUserId=resolved.sUserId)
+        return self._found(found, abeid_exid(resolved.sUserId))
 
     def _lookup_global(self, exid: bytes) -> Optional[Identity]:
         found = self._on_session(0, "getUser", sUserId=make_abeid(exid))

@@ -283,6 +283,15 @@ class LDAPBackend(UserBackend):
             return None
         return await self._call(self._lookup, raw_sub)
 
+    async def resolve(self, username: str) -> Optional[Identity]:
+        if not username:
+            return None
+        username = unicodedata.normalize("NFC", username)
+        if not _sendable(username, "-"):  # what an upstream sent is untrusted input too
+            return None
+        entry = await self._call(self._find, username)
+        return None if entry is None else self._identity(entry)
+
     async def close(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -317,6 +326,16 @@ class LDAPBackend(UserBackend):
 
     def _authenticate(self, deadline: Deadline, username: str,
                       password: str) -> Optional[Identity]:
+        entry = self._find(deadline, username)
+        if entry is None:
+            return None
+        identity = self._identity(entry)
+        if identity is None or not self._password_ok(deadline, entry[0], password):
+            return None
+        return identity
+
+    def _find(self, deadline: Deadline, username: str) -> Optional[Any]:
+        """The one entry whose login attribute is `username`, or None."""
         login = self.attributes.login
         search = f"(&{self.filter}({login}={escape_filter_chars(username)}))"
         entries = self._on_service(deadline, lambda conn: self._search(
@@ -331,10 +350,7 @@ class LDAPBackend(UserBackend):
             log.warning("ldap logon refused: %s of %s does not equal %r", login, entry[0],
                         username)
             return None
-        identity = self._identity(entry)
-        if identity is None or not self._password_ok(deadline, entry[0], password):
-            return None
-        return identity
+        return entry
 
     def _lookup(self, deadline: Deadline, raw_sub: str) -> Optional[Identity]:
         if self._sub_names:

@@ -177,6 +177,14 @@ class UsersFileBackend(UserBackend):
         ok = await loop.run_in_executor(self._executor, verify_password, password or "", encoded)
         return _identity(entry) if ok and usable and password else None
 
+    async def resolve(self, username: str) -> Optional[Identity]:
+        self._refresh()
+        key = username_key(username or "")
+        entry = self._users.get(key)
+        if entry is None or entry.get("disabled"):
+            return None
+        return self._identities[key]
+
     async def lookup(self, raw_sub: str) -> Optional[Identity]:
         self._refresh()
         name = self._by_raw_sub.get(raw_sub)

@@ -40,7 +40,8 @@ def _run(service, *args, env=None):
 
 # konnect.md §3.2: every `konnectd serve` flag, with a value Konnect accepts for kc/ldap.
 # Left out on purpose (docs/konnect-compatibility.md): --iss (above), --signing-private-key,
-# (files that must exist), --uri-base-path and --allow-client-guests (refused: not built),
+# (files that must exist), --uri-base-path (refused: not built), --allow-client-guests
+# (tests/authorities/test_guests.py),
 KONNECT_SERVE_FLAGS = [
     ["--listen", "127.0.0.1:8777"], ["--signing-kid", "k1"], ["--signing-method", "PS256"],
     ["--signed-out-uri", "/signin/v1/goodbye"],
@@ -397,7 +398,6 @@ def test_pprof_flags_are_accepted_with_konnects_defaults():
 @pytest.mark.parametrize("extra,needle", [
     (["--uri-base-path", "/idp"], "not supported"),
     (["--sign-in-uri", "https://app.example/login"], "only used by the cookie"),
-    (["--allow-client-guests"], "not supported"),
 ])
 def test_konnect_flags_we_do_not_honour_are_refused_not_ignored(extra, needle):
     from shared.config import ConfigError
