@@ -10,15 +10,15 @@ from __future__ import annotations
 import hashlib
 import secrets
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from tornado.escape import xhtml_escape
 
 from shared import discovery, scopes as scopelib
 from shared.errors import (ACCESS_DENIED, CONSENT_REQUIRED, INVALID_REQUEST, LOGIN_REQUIRED,
                            OAuth2Error, add_params, response_location)
-from shared.clients import serialized_origin
 from shared.grants import Grant
+from shared.origins import origin_of, serialized_origin
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
                             browser_state, clear_cookie, consent_cookie_name, current_logon,
                             open_consent, session_state, set_cookie)
@@ -264,9 +264,9 @@ class AuthorizeHandler(PageHandler):
     def _form_post(self, target: str, params: list) -> None:
         """OAuth 2.0 Form Post Response Mode §2: an auto-submitting page, CSP with a nonce."""
         nonce = secrets.token_urlsafe(16)
-        origin = "{0.scheme}://{0.netloc}".format(urlsplit(target))
         self.set_header("Content-Security-Policy",
-                        f"default-src 'none'; script-src 'nonce-{nonce}'; form-action {origin}; "
+                        f"default-src 'none'; script-src 'nonce-{nonce}'; "
+                        f"form-action {origin_of(target)}; "
                         "frame-ancestors 'none'; base-uri 'none'")
         inputs = "".join(f'<input type="hidden" name="{xhtml_escape(k)}" value="{xhtml_escape(v)}">'
                          for k, v in params)

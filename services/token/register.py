@@ -21,11 +21,11 @@ from typing import Any, Optional
 
 from shared import discovery
 from shared.clients import (ALGS, AUTH_METHODS, DYNAMIC_PREFIX, Client, RegistryError,
-                            dynamic_record, is_op_path, may_reach_origin, parse_entry,
-                            redirect_uri_problem, uri_problem)
+                            dynamic_record, parse_entry, redirect_uri_problem, uri_problem)
 from shared.errors import (INVALID_CLIENT_METADATA, INVALID_REDIRECT_URI, METHOD_NOT_ALLOWED,
                            TOO_MANY_REQUESTS, OAuth2Error)
 from shared.keys import KeyLoadError, client_key
+from shared.origins import into_op
 from shared.web import BaseHandler
 
 MAX_BODY = 16 * 1024
@@ -115,23 +115,17 @@ def _check_jwks(jwks: Any) -> Optional[dict]:
     return {"keys": [dict(jwk) for jwk in jwks["keys"]]}
 
 
-def _into_op(uri: str, issuer: str) -> bool:
-    """A URI on the issuer's origin, however it is spelled (`clients.normal_origin`: case,
-    percent-encoding, IDNA, default or zero-padded port, any loopback name for a loopback
-    issuer), whose path is or reaches one of the OP's endpoints (`is_op_path`)."""
-    return bool(issuer) and is_op_path(uri) and may_reach_origin(uri, issuer)
-
-
 def parse_registration(body: dict, *, client_id: str, signing_algs: list,
                        issuer: str = "") -> Client:
     """The client described by a registration request, or the OAuth2Error to answer.
 
     Unknown members are ignored (RFC 7591 §2); `redirect_uris` problems are
     `invalid_redirect_uri`, every other problem `invalid_client_metadata` (§3.3). A
-    redirect URI into the OP's own endpoints (`_into_op`) is refused: a response sent there
-    would be carried on by the OP to wherever that request points (RFC 9700 §4.11, §4.1);
-    so is a post-logout redirect URI into them (OIDC RP-Initiated Logout 1.0 §3: the OP
-    redirects the browser there after signing out; it must not land back in an OP action).
+    redirect URI into the OP's own endpoints (`origins.into_op`: its origin however
+    spelled, its path however encoded) is refused: a response sent there would be carried
+    on by the OP to wherever that request points (RFC 9700 §4.11, §4.1); so is a
+    post-logout redirect URI into them (OIDC RP-Initiated Logout 1.0 §3: the OP redirects
+    the browser there after signing out; it must not land back in an OP action).
     """
     for name, why in REFUSED.items():
         if body.get(name) is not None:
@@ -149,14 +143,14 @@ def parse_registration(body: dict, *, client_id: str, signing_algs: list,
         raise OAuth2Error(INVALID_REDIRECT_URI, "redirect_uris is required")
     for i, uri in enumerate(redirect_uris):
         problem = redirect_uri_problem(app_type, False, uri, hint=False)
-        if not problem and _into_op(uri, issuer):
+        if not problem and into_op(uri, issuer):
             problem = "must not point at the OpenID Provider's own endpoints"
         if problem:
             raise OAuth2Error(INVALID_REDIRECT_URI, f"redirect_uris[{i}] {problem}")
     post_logout = _strings(body, "post_logout_redirect_uris", MAX_URIS)
     for i, uri in enumerate(post_logout):
         problem = redirect_uri_problem(app_type, False, uri, hint=False)
-        if not problem and _into_op(uri, issuer):
+        if not problem and into_op(uri, issuer):
             problem = "must not point at the OpenID Provider's own endpoints"
         if problem:
             raise _metadata_error(f"post_logout_redirect_uris[{i}] {problem}")
