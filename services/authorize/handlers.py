@@ -239,10 +239,8 @@ class AuthorizeHandler(PageHandler):
             params += [("access_token", access.token), ("token_type", "Bearer"),
                        ("expires_in", str(deps.tokens.access_ttl))]
         if "id_token" in types:
-            extra = {} if access else scopelib.claims_for(scopes, {
-                "name": identity.name, "given_name": identity.given_name,
-                "family_name": identity.family_name, "preferred_username": identity.username,
-                "email": identity.email, "email_verified": identity.email_verified})
+            extra = {} if access else scopelib.claims_for(scopes,
+                                                          scopelib.standard_claims(identity))
             auth_time = logon.auth_time if req.max_age is not None or _wants_auth_time(req) else None
             # the token endpoint's and userinfo's `sub` too (OIDC Core §3.3.3.6, §5.3.2)
             params.append(("id_token", deps.tokens.id_token(

@@ -127,9 +127,7 @@ def _id_token_claims(claims: Optional[dict], scopes: list, identity: Any) -> dic
     wanted = (claims or {}).get("id_token") or {}
     if not isinstance(wanted, dict):
         return {}
-    values = {"name": identity.name, "given_name": identity.given_name,
-              "family_name": identity.family_name, "preferred_username": identity.username,
-              "email": identity.email, "email_verified": identity.email_verified}
+    values = scopelib.standard_claims(identity)
     out = {}
     for claim in wanted:
         if claim in values and scopelib.SCOPE_OF_CLAIM.get(claim, "profile") in scopes \

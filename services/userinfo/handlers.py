@@ -52,9 +52,7 @@ def userinfo_claims(identity: Identity, claims: dict, *, as_asked: bool = False)
     was authorized as asked (`as_asked`: a trusted client, konnect.md §6.9)."""
     scopes = claims.get("kc.authorizedScopes") or []
     out: dict[str, Any] = {"sub": scopelib.subject(identity, scopes)}
-    values = {"name": identity.name, "given_name": identity.given_name,
-              "family_name": identity.family_name, "preferred_username": identity.username,
-              "email": identity.email, "email_verified": identity.email_verified}
+    values = scopelib.standard_claims(identity)
     out.update(scopelib.claims_for(scopes, values))
     if "konnect/id" in scopes:
         if identity.numeric_id:
