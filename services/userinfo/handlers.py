@@ -18,7 +18,7 @@ from shared.clients import is_dynamic_id
 from shared.errors import INSUFFICIENT_SCOPE, INVALID_REQUEST, INVALID_TOKEN, OAuth2Error
 from shared.identity import Identity
 from shared.tokens import TokenError, is_revoked
-from shared.web import BaseHandler
+from shared.web import FORM, CORSHandler
 
 
 def _invalid_token(detail: str) -> OAuth2Error:
@@ -82,17 +82,8 @@ def claims_authorized_as_asked(client: Any, client_id: Any) -> bool:
     return isinstance(client_id, str) and not is_dynamic_id(client_id)
 
 
-class UserInfoHandler(BaseHandler):
-    def set_default_headers(self) -> None:
-        super().set_default_headers()
-        self.set_header("Access-Control-Allow-Origin", "*")  # CORS "allow all", as Konnect
-
-    def options(self) -> None:
-        self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
-        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
-        self.set_header("Access-Control-Max-Age", "600")
-        self.set_status(204)
-        self.finish()
+class UserInfoHandler(CORSHandler):
+    cors_headers = ("Authorization", "Content-Type")
 
     def _bearer(self) -> str:
         if "access_token" in self.request.query_arguments:
@@ -151,7 +142,6 @@ class UserInfoHandler(BaseHandler):
         await self._answer()
 
     async def post(self) -> None:
-        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if self.request.body and ctype != "application/x-www-form-urlencoded":
-            raise OAuth2Error(INVALID_REQUEST, "expected application/x-www-form-urlencoded")
+        if self.request.body:
+            self.require_media_type(FORM)
         await self._answer()
