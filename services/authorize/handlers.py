@@ -15,8 +15,9 @@ from urllib.parse import urlencode
 from tornado.escape import xhtml_escape
 
 from shared import discovery, scopes as scopelib
-from shared.errors import (ACCESS_DENIED, CONSENT_REQUIRED, INVALID_REQUEST, LOGIN_REQUIRED,
-                           OAuth2Error, add_params, response_location)
+from shared.errors import (ACCESS_DENIED, CONSENT_REQUIRED, INVALID_REQUEST,
+                           INVALID_REQUEST_OBJECT, LOGIN_REQUIRED, OAuth2Error, add_params,
+                           response_location)
 from shared.grants import Grant
 from shared.origins import origin_of, serialized_origin
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
@@ -25,8 +26,8 @@ from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSIO
 from shared.tokens import TokenError, random_token
 from shared.web import PageHandler
 
-from .request import AuthRequest, parse, requested_subs, verified_client
-from .request_object import RequestObjectError, invalid, merged_params, open_request_object
+from .request import AuthRequest, parse, redirect_error, requested_subs, verified_client
+from .request_object import RequestObjectError, merged_params, open_request_object
 
 SIGNIN_PATH = "/signin/v1/identifier"
 CHOOSE_PATH = "/signin/v1/chooseaccount"
@@ -46,11 +47,7 @@ class AuthorizeHandler(PageHandler):
         await self.authorize()
 
     def _redirect_error(self, req: AuthRequest, error: str, description: str) -> OAuth2Error:
-        err = OAuth2Error(error, description, redirect_uri=req.redirect_uri,
-                          state=req.state or None, fragment=req.fragment,
-                          issuer=self.deps.settings.iss)
-        err.response_mode = req.response_mode
-        return err
+        return req.error(error, description, self.deps.settings.iss)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Authorization errors for a verified redirect_uri, in the request's response mode.
@@ -67,7 +64,7 @@ class AuthorizeHandler(PageHandler):
         if isinstance(err, OAuth2Error) and err.redirect_uri:
             if self._dynamic_client and not self._signed_in:
                 err.redirect_uri = None  # rendered as a page by the base class
-            elif getattr(err, "response_mode", "") == "form_post":
+            elif err.response_mode == "form_post":
                 self.set_status(200)
                 return self._form_post(err.redirect_uri, err.location_params())
         super().write_error(status_code, **kwargs)
@@ -110,12 +107,12 @@ class AuthorizeHandler(PageHandler):
         except RequestObjectError as err:
             redirect_uri = get("redirect_uri")
             if client.redirect_uri_ok(redirect_uri):
-                error = invalid(str(err), redirect_uri=redirect_uri, state=get("state") or None,
-                                fragment=(get("response_type") or "code") != "code",
-                                issuer=deps.settings.iss)
-                error.response_mode = get("response_mode") or ""
-                raise error from None
-            raise invalid(str(err)) from None
+                raise redirect_error(INVALID_REQUEST_OBJECT, str(err), redirect_uri=redirect_uri,
+                                     state=get("state") or "",
+                                     response_type=get("response_type") or "",
+                                     response_mode=get("response_mode") or "",
+                                     issuer=deps.settings.iss) from None
+            raise OAuth2Error(INVALID_REQUEST_OBJECT, str(err)) from None
 
     @property
     def _cookie_manager(self) -> bool:
@@ -255,9 +252,9 @@ class AuthorizeHandler(PageHandler):
         params += [("scope", " ".join(scopes)),
                    ("session_state", session_state(req.client.id, origin, state)),
                    ("iss", deps.settings.iss)]
-        if req.response_mode == "form_post":
+        if req.mode == "form_post":
             return self._form_post(req.redirect_uri, params)
-        self.redirect(response_location(req.redirect_uri, params, fragment=req.fragment))
+        self.redirect(response_location(req.redirect_uri, params, fragment=req.mode == "fragment"))
 
     def _form_post(self, target: str, params: list) -> None:
         """OAuth 2.0 Form Post Response Mode §2: an auto-submitting page, CSP with a nonce."""
