@@ -76,8 +76,7 @@ class Core:
         if problems:
             raise StartupError(problems)
         core.users = users
-        if hasattr(users, "bind_sealer"):
-            users.bind_sealer(core.sealer)  # the cookie backend seals forwarded cookies
+        users.bind_sealer(core.sealer)
         return core
 
     @classmethod

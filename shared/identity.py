@@ -57,8 +57,10 @@ class Identity:
             result = {"kc.i.id": self.raw_sub, "kc.i.un": self.username}
         if self.name:
             result["kc.i.dn"] = self.name
-        if self.backend == "cookie":  # what userinfo needs to replay the backend call
-            result.update({k: v for k, v in self.extra.items() if k.startswith("cookie.")})
+        # a backend's own extras, named after it ("cookie.v"), travel too: what its
+        # `UserBackend.current` needs to replay the backend call at userinfo and refresh
+        own = self.backend + "."
+        result.update({k: v for k, v in self.extra.items() if k.startswith(own)})
         return result
 
     @staticmethod

@@ -77,11 +77,11 @@ class AuthorizeHandler(PageHandler):
         client, redirect_uri = await verified_client(get, deps.lookup_client)
         self._dynamic_client = client.dynamic
         req = parse(get, client, redirect_uri, deps.settings.iss)  # form_post: write_error
-        logon = await self._cookie_logon(req) if self._cookie_manager else await self._logon(req)
+        logon = await (self._web_app_logon(req) if self._signs_in_elsewhere else self._logon(req))
         if logon is None:
             if "none" in req.prompt:
                 raise self._redirect_error(req, LOGIN_REQUIRED, "the user is not signed in")
-            if self._cookie_manager:
+            if self._signs_in_elsewhere:
                 return self._to_web_app_sign_in(req)
             if "select_account" in req.prompt and "login" not in req.prompt \
                     and await current_logon(deps.users, await Logon.open_live(
@@ -115,12 +115,13 @@ class AuthorizeHandler(PageHandler):
             raise OAuth2Error(INVALID_REQUEST_OBJECT, str(err)) from None
 
     @property
-    def _cookie_manager(self) -> bool:
-        return getattr(self.deps.users, "manager", "") == "cookie"
+    def _signs_in_elsewhere(self) -> bool:
+        return self.deps.users.signs_in_elsewhere
 
-    async def _cookie_logon(self, req: AuthRequest):
-        """The cookie identity manager (shared/users/cookie.py): ask the web application
-        whether this browser is signed in there."""
+    async def _web_app_logon(self, req: AuthRequest):
+        """A backend whose users sign in at a web application (`signs_in_elsewhere`: the
+        cookie manager, shared/users/cookie.py): ask it whether this browser is signed in
+        there."""
         if req.prompt & {"login", "select_account"}:
             return None
         cookie = self.request.headers.get("Cookie", "")
@@ -194,7 +195,7 @@ class AuthorizeHandler(PageHandler):
         wanted = [s for s in req.scopes if s in supported]
         if req.client.trusted and "consent" not in req.prompt:
             return wanted
-        if self._cookie_manager:  # no consent page without the identifier's own logon
+        if self._signs_in_elsewhere:  # no consent page without the identifier's own logon
             raise self._redirect_error(req, CONSENT_REQUIRED, "the cookie identity manager "
                                        "serves trusted clients only")
         decision = None
