@@ -37,12 +37,15 @@ MIN_SECRET = 16
 _TOP_LEVEL = frozenset({"clients", "authorities"})
 ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+APPLICATION_TYPES = ("web", "native")
 _LISTS = ("redirect_uris", "origins", "trusted_scopes", "post_logout_redirect_uris",
           "contacts", "grant_types", "response_types")
 _STRINGS = ("secret", "name", "uri", "token_endpoint_auth_method",
             "token_endpoint_auth_signing_alg", "request_object_signing_alg",
             "id_token_signed_response_alg", "userinfo_signed_response_alg")
 _BOOLS = ("trusted", "insecure")
+_ALG_FIELDS = ("request_object_signing_alg", "id_token_signed_response_alg",
+               "userinfo_signed_response_alg", "token_endpoint_auth_signing_alg")
 _KNOWN = {"id", "application_type", "jwks", *_LISTS, *_STRINGS, *_BOOLS}
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
@@ -204,19 +207,49 @@ def _origin_problems(origin: str) -> list[str]:
     return []
 
 
-def _jwks_problems(keys: list) -> list[str]:
+# The rules of one metadata field each, shared by the registry file and dynamic
+# registration (services/token/register.py): a problem as text, or None / [] if none.
+
+def application_type_problem(value: Any) -> Optional[str]:
+    return None if value in APPLICATION_TYPES else "application_type must be web or native"
+
+
+def alg_problem(name: str, value: str) -> Optional[str]:
+    """A signing algorithm a client registers (JWS, RFC 7518 §3.1): never none or HS*."""
+    if value and value not in ALGS:
+        return f"{name} {value!r} is not supported (" + ", ".join(ALGS) + ")"
+    return None
+
+
+def auth_method_problem(method: str, jwks: Any) -> Optional[str]:
+    """`token_endpoint_auth_method` (OIDC Core §9): a method we support; private_key_jwt
+    needs the keys its assertions are verified with."""
+    if method and method not in AUTH_METHODS:
+        return "token_endpoint_auth_method must be one of " + ", ".join(AUTH_METHODS)
+    if method == "private_key_jwt" and not jwks:
+        return "private_key_jwt needs jwks"
+    return None
+
+
+def jwks_problems(jwks: Any) -> list[str]:
     """Every registered key must be a usable public signing key (RFC 7517 §4, §5): one that
     `client_key` refuses was skipped silently when a request object or private_key_jwt
     assertion came, and a key with private members (RFC 7518 §6.2.2, §6.3.2, §6.4) puts a
     secret in the registry. A set without keys verifies nothing. Two keys with one `kid`
     (or two without) are refused: `client_key_lookup` keeps the last, so the other never
     verified anything, and a `kid` must pick one key (RFC 7517 §4.5, RFC 7515 §4.1.4)."""
+    if not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list):
+        return ["jwks must be a mapping with a 'keys' list"]
+    keys = jwks["keys"]
     if not keys:
         return ["jwks has no keys"]
     problems: list[str] = []
     kids: set = set()
     for i, jwk in enumerate(keys):
-        if isinstance(jwk, Mapping) and any(m in jwk for m in _PRIVATE_JWK_MEMBERS):
+        if not isinstance(jwk, Mapping):
+            problems.append(f"jwks.keys[{i}] must be a mapping")
+            continue
+        if any(m in jwk for m in _PRIVATE_JWK_MEMBERS):
             problems.append(f"jwks.keys[{i}] must be a public key (it has private members)")
             continue
         try:
@@ -261,14 +294,11 @@ def _validate(entry: Any) -> tuple[Optional[Client], list[str]]:
             problems.append(f"{name} must be true or false")
         values[name] = value is True
     app_type = entry.get("application_type") or "web"
-    if app_type not in ("web", "native"):
-        problems.append("application_type must be web or native")
-    for name in ("request_object_signing_alg", "id_token_signed_response_alg",
-                 "userinfo_signed_response_alg", "token_endpoint_auth_signing_alg"):
-        if values[name] and values[name] not in ALGS:
-            problems.append(f"{name} {values[name]!r} is not supported")
-    if values["token_endpoint_auth_method"] and values["token_endpoint_auth_method"] not in AUTH_METHODS:
-        problems.append("token_endpoint_auth_method must be one of " + ", ".join(AUTH_METHODS))
+    jwks = entry.get("jwks")
+    problems += [p for p in (application_type_problem(app_type),
+                             *(alg_problem(name, values[name]) for name in _ALG_FIELDS),
+                             auth_method_problem(values["token_endpoint_auth_method"], jwks))
+                 if p]
     if not values["redirect_uris"]:
         problems.append("redirect_uris is required (at least one)")
     for i, uri in enumerate(values["redirect_uris"]):
@@ -281,13 +311,8 @@ def _validate(entry: Any) -> tuple[Optional[Client], list[str]]:
             problems.append(f"post_logout_redirect_uris[{i}] {problem}")
     for i, origin in enumerate(values["origins"]):
         problems += [f"origins[{i}] {p}" for p in _origin_problems(origin)]
-    jwks = entry.get("jwks")
-    if jwks is not None and (not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list)):
-        problems.append("jwks must be a mapping with a 'keys' list")
-    elif jwks is not None:
-        problems += _jwks_problems(jwks["keys"])
-    if values["token_endpoint_auth_method"] == "private_key_jwt" and not jwks:
-        problems.append("private_key_jwt needs jwks")
+    if jwks is not None:
+        problems += jwks_problems(jwks)
     if problems:
         return None, problems
     if app_type == "web" and not values["origins"]:
