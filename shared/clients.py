@@ -7,8 +7,9 @@ one exception for native clients: a registered http loopback URI matches any por
 loopback host (RFC 8252 §7.3, §8.3). Secrets compare in constant time.
 
 Dynamically registered clients (services/token/register.py) are validated by the same
-`parse_entry`, stored in Redis as `dynamic_record` and read back by `client_from_record`
-(`Core.lookup_client` does the lookup); their ids carry `DYNAMIC_PREFIX`.
+per-field rules (`*_problem(s)`) and `parse_entry`, stored in Redis as `dynamic_record` and
+read back by `client_from_record` (`Core.lookup_client` does the lookup); their ids carry
+`DYNAMIC_PREFIX`. Origins and where a URI leads are shared/origins.py's.
 """
 
 from __future__ import annotations
