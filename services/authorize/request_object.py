@@ -121,4 +121,3 @@ def merged_params(get: Callable[..., Optional[str]], claims: dict) -> Callable[.
         return get(name, default)
 
     return get_merged
-
