@@ -7,26 +7,25 @@ one exception for native clients: a registered http loopback URI matches any por
 loopback host (RFC 8252 §7.3, §8.3). Secrets compare in constant time.
 
 Dynamically registered clients (services/token/register.py) are validated by the same
-`parse_entry`, stored in Redis as `dynamic_record` and read back by `client_from_record`
-(`Core.lookup_client` does the lookup); their ids carry `DYNAMIC_PREFIX`.
+per-field rules (`*_problem(s)`) and `parse_entry`, stored in Redis as `dynamic_record` and
+read back by `client_from_record` (`Core.lookup_client` does the lookup); their ids carry
+`DYNAMIC_PREFIX`. Origins and where a URI leads are shared/origins.py's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Mapping, Optional
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import yaml
 
-from .config import is_loopback_host
 from .keys import KeyLoadError, client_key
-from .topology import EXACT_ROUTES, PREFIX_ROUTES
+from .origins import is_loopback_host, is_op_path, origin_of
 
 log = logging.getLogger("konnect.clients")
 
@@ -38,15 +37,17 @@ MIN_SECRET = 16
 # Top-level keys of the registry file: `clients`, and Konnect's `authorities`
 # (shared/authorities/registry.py).
 _TOP_LEVEL = frozenset({"clients", "authorities"})
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+APPLICATION_TYPES = ("web", "native")
 _LISTS = ("redirect_uris", "origins", "trusted_scopes", "post_logout_redirect_uris",
           "contacts", "grant_types", "response_types")
 _STRINGS = ("secret", "name", "uri", "token_endpoint_auth_method",
             "token_endpoint_auth_signing_alg", "request_object_signing_alg",
             "id_token_signed_response_alg", "userinfo_signed_response_alg")
 _BOOLS = ("trusted", "insecure")
+_ALG_FIELDS = ("request_object_signing_alg", "id_token_signed_response_alg",
+               "userinfo_signed_response_alg", "token_endpoint_auth_signing_alg")
 _KNOWN = {"id", "application_type", "jwks", *_LISTS, *_STRINGS, *_BOOLS}
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
@@ -96,103 +97,6 @@ def uri_problem(uri: Any) -> Optional[str]:
 def is_dynamic_id(client_id: Any) -> bool:
     """True for an id this server could have issued at dynamic registration."""
     return isinstance(client_id, str) and bool(_DYNAMIC_ID.match(client_id))
-
-
-def origin_of(uri: str) -> str:
-    parts = urlsplit(uri)
-    return f"{parts.scheme}://{parts.netloc}".lower()
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_IPV4_PART = re.compile(r"0[xX][0-9a-fA-F]*|[0-9]+")
-_NOT_IN_HOST = re.compile(r"[\x00-\x20/\\@?#%\[\]<>^|]")
-
-
-def _ipv4_part(part: str) -> int:
-    if part[:2].lower() == "0x":
-        return int(part[2:] or "0", 16)
-    return int(part, 8) if len(part) > 1 and part[0] == "0" else int(part)  # "09": ValueError
-
-
-def serialized_origin(uri: str) -> str:
-    """The origin of `uri` as a browser serialises it (RFC 6454 §6.1, §4; WHATWG URL): the
-    check-session iframe hashes the RP's `event.origin` (OIDC Session Management 1.0 §3,
-    §4.2), so `session_state` must hash the same string. Scheme and host lowercased, a
-    non-ASCII host IDNA-encoded, IPv6 in brackets, the scheme's default port dropped.
-    Loopback names are NOT folded (`localhost` and `127.0.0.1` are different origins to
-    the browser), nor is a trailing dot removed."""
-    parts = urlsplit(uri)
-    scheme, host = parts.scheme.lower(), (parts.hostname or "")
-    if not parts.netloc:
-        return f"{scheme}:"
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            pass  # registration would not take such a host; hash it as written
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is None or port == _DEFAULT_PORTS.get(scheme):
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
-
-
-def normal_origin(uri: str) -> Optional[str]:
-    """`uri`'s origin as a browser reaches it (RFC 6454 §4; WHATWG URL host parsing), or
-    None when it cannot be worked out: scheme lowercased; host percent-decoded (RFC 3986
-    §3.2.2), lowercased, IDNA-encoded, without userinfo or a trailing dot; IPv4 also from
-    the short, hex and octal forms browsers accept; every loopback or unspecified address
-    and `*.localhost` (RFC 6761 §6.3) as `localhost` (RFC 8252 §8.3: all of them reach this
-    machine); the port an integer, the scheme's default filled in (RFC 3986 §6.2.3)."""
-    try:
-        parts = urlsplit(uri)
-        scheme, port, host = parts.scheme.lower(), parts.port, parts.hostname or ""
-        if not parts.netloc:  # no authority (a private-use scheme): an origin of its own
-            return f"{scheme}:"
-        for _ in range(4):
-            decoded = unquote(host, errors="strict")
-            if decoded == host:
-                break
-            host = decoded
-        else:
-            return None
-        host = host.lower().rstrip(".")
-        if not host or _NOT_IN_HOST.search(host):
-            return None
-        labels = host.split(".")
-        if ":" in host:  # an IPv6 literal (urlsplit took off the brackets)
-            address = ipaddress.IPv6Address(host)
-        elif _IPV4_PART.fullmatch(labels[-1]):  # WHATWG: a host ending in a number is IPv4
-            if len(labels) > 4 or not all(_IPV4_PART.fullmatch(n) for n in labels):
-                return None
-            numbers = [_ipv4_part(n) for n in labels]
-            if any(n > 255 for n in numbers[:-1]) or numbers[-1] >= 256 ** (5 - len(numbers)):
-                return None
-            address = ipaddress.IPv4Address(
-                numbers[-1] + sum(n << (8 * (3 - i)) for i, n in enumerate(numbers[:-1])))
-        else:
-            address, host = None, host.encode("idna").decode("ascii")
-    except (ValueError, UnicodeError):
-        return None
-    if address is not None:
-        mapped = getattr(address, "ipv4_mapped", None) or address
-        host = "localhost" if mapped.is_loopback or mapped.is_unspecified else \
-            (f"[{address.compressed}]" if address.version == 6 else str(address))
-    elif host.endswith(".localhost"):
-        host = "localhost"
-    port = port if port is not None else _DEFAULT_PORTS.get(scheme)
-    return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
-
-
-def may_reach_origin(uri: str, origin: str) -> bool:
-    """Whether `uri` may lead to `origin` (both as `normal_origin`). Fails closed: a URI
-    whose origin cannot be worked out counts as reaching it (for refusals only)."""
-    mine, theirs = normal_origin(uri), normal_origin(origin)
-    return mine is None or mine == theirs
 
 
 @dataclass(frozen=True)
@@ -305,19 +209,49 @@ def _origin_problems(origin: str) -> list[str]:
     return []
 
 
-def jwks_problems(keys: list) -> list[str]:
+# The rules of one metadata field each, shared by the registry file and dynamic
+# registration (services/token/register.py): a problem as text, or None / [] if none.
+
+def application_type_problem(value: Any) -> Optional[str]:
+    return None if value in APPLICATION_TYPES else "application_type must be web or native"
+
+
+def alg_problem(name: str, value: str) -> Optional[str]:
+    """A signing algorithm a client registers (JWS, RFC 7518 §3.1): never none or HS*."""
+    if value and value not in ALGS:
+        return f"{name} {value!r} is not supported (" + ", ".join(ALGS) + ")"
+    return None
+
+
+def auth_method_problem(method: str, jwks: Any) -> Optional[str]:
+    """`token_endpoint_auth_method` (OIDC Core §9): a method we support; private_key_jwt
+    needs the keys its assertions are verified with."""
+    if method and method not in AUTH_METHODS:
+        return "token_endpoint_auth_method must be one of " + ", ".join(AUTH_METHODS)
+    if method == "private_key_jwt" and not jwks:
+        return "private_key_jwt needs jwks"
+    return None
+
+
+def jwks_problems(jwks: Any) -> list[str]:
     """Every registered key must be a usable public signing key (RFC 7517 §4, §5): one that
     `client_key` refuses was skipped silently when a request object or private_key_jwt
     assertion came, and a key with private members (RFC 7518 §6.2.2, §6.3.2, §6.4) puts a
     secret in the registry. A set without keys verifies nothing. Two keys with one `kid`
     (or two without) are refused: `client_key_lookup` keeps the last, so the other never
     verified anything, and a `kid` must pick one key (RFC 7517 §4.5, RFC 7515 §4.1.4)."""
+    if not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list):
+        return ["jwks must be a mapping with a 'keys' list"]
+    keys = jwks["keys"]
     if not keys:
         return ["jwks has no keys"]
     problems: list[str] = []
     kids: set = set()
     for i, jwk in enumerate(keys):
-        if isinstance(jwk, Mapping) and any(m in jwk for m in _PRIVATE_JWK_MEMBERS):
+        if not isinstance(jwk, Mapping):
+            problems.append(f"jwks.keys[{i}] must be a mapping")
+            continue
+        if any(m in jwk for m in _PRIVATE_JWK_MEMBERS):
             problems.append(f"jwks.keys[{i}] must be a public key (it has private members)")
             continue
         try:
@@ -362,14 +296,11 @@ def _validate(entry: Any) -> tuple[Optional[Client], list[str]]:
             problems.append(f"{name} must be true or false")
         values[name] = value is True
     app_type = entry.get("application_type") or "web"
-    if app_type not in ("web", "native"):
-        problems.append("application_type must be web or native")
-    for name in ("request_object_signing_alg", "id_token_signed_response_alg",
-                 "userinfo_signed_response_alg", "token_endpoint_auth_signing_alg"):
-        if values[name] and values[name] not in ALGS:
-            problems.append(f"{name} {values[name]!r} is not supported")
-    if values["token_endpoint_auth_method"] and values["token_endpoint_auth_method"] not in AUTH_METHODS:
-        problems.append("token_endpoint_auth_method must be one of " + ", ".join(AUTH_METHODS))
+    jwks = entry.get("jwks")
+    problems += [p for p in (application_type_problem(app_type),
+                             *(alg_problem(name, values[name]) for name in _ALG_FIELDS),
+                             auth_method_problem(values["token_endpoint_auth_method"], jwks))
+                 if p]
     if not values["redirect_uris"]:
         problems.append("redirect_uris is required (at least one)")
     for i, uri in enumerate(values["redirect_uris"]):
@@ -382,13 +313,8 @@ def _validate(entry: Any) -> tuple[Optional[Client], list[str]]:
             problems.append(f"post_logout_redirect_uris[{i}] {problem}")
     for i, origin in enumerate(values["origins"]):
         problems += [f"origins[{i}] {p}" for p in _origin_problems(origin)]
-    jwks = entry.get("jwks")
-    if jwks is not None and (not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list)):
-        problems.append("jwks must be a mapping with a 'keys' list")
-    elif jwks is not None:
-        problems += jwks_problems(jwks["keys"])
-    if values["token_endpoint_auth_method"] == "private_key_jwt" and not jwks:
-        problems.append("private_key_jwt needs jwks")
+    if jwks is not None:
+        problems += jwks_problems(jwks)
     if problems:
         return None, problems
     if app_type == "web" and not values["origins"]:
@@ -443,36 +369,6 @@ def client_from_record(record: Any, *, now: float) -> Optional[Client]:
     jwks = record.get("jwks")
     return Client(id=record["id"], jwks=dict(jwks) if isinstance(jwks, Mapping) else None,
                   dynamic=True, trusted=False, insecure=False, **values)
-
-
-# Paths the OP itself serves (shared/topology.py routes them): an implicitly trusted client
-# must not redirect into them (see `ClientRegistry.lookup`).
-OP_PATHS = tuple(sorted({"/signin/v1", "/konnect/v1", "/.well-known",
-                         *(p.rstrip("/") for paths in EXACT_ROUTES.values() for p in paths),
-                         *(p.rstrip("/") for paths in PREFIX_ROUTES.values() for p in paths)}))
-
-
-def is_op_path(uri: str) -> bool:
-    """True if `uri`'s path is, or may reach, one of the OP's own endpoints (`OP_PATHS`),
-    wherever it starts (an issuer with a path prefix). Compared as a browser or proxy may
-    see it: percent-decoding repeated, dot segments resolved (RFC 3986 §5.2.4), empty
-    segments dropped, case folded; a path that does not settle counts as the OP's."""
-    path = urlsplit(uri).path
-    for _ in range(4):
-        decoded = unquote(path)
-        if decoded == path:
-            break
-        path = decoded
-    else:
-        return True
-    segments: list[str] = []
-    for segment in path.replace("\\", "/").split("/"):
-        if segment == "..":
-            segments = segments[:-1]
-        elif segment not in ("", "."):
-            segments.append(segment)
-    normalised = ("/" + "/".join(segments) + "/").lower()
-    return any(op + "/" in normalised for op in OP_PATHS)
 
 
 class ClientRegistry:

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from .options import BY_NAME, DEFAULT_LISTEN, OPTIONS, Option
+from .origins import is_loopback_host
 
 _TRUE = {"yes", "true", "1", "on"}
 _FALSE = {"no", "false", "0", "off"}
@@ -218,18 +219,6 @@ def kc_per_user_sessions(values: Any) -> bool:
     get = values.get if isinstance(values, Mapping) else lambda name: getattr(values, name)
     return get("identity_manager") == "kc" and not get("kopano_server_username") \
         and not get("kopano_client_certificate")
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """localhost or a loopback IP address (RFC 8252 §7.3)."""
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_host_port(value: str) -> bool:

@@ -61,7 +61,10 @@ class OAuth2Error(Exception):
     `description` goes to the client: fixed ASCII text, no internals.
     `detail` goes to the log only.
     `redirect_uri` is set only once the client and its redirect_uri have been verified;
-    without it the error is never redirected.
+    without it the error is never redirected. `response_mode` is how a redirected error
+    travels, as the authorization response would: "query", "fragment" or "form_post"
+    (decided once: services/authorize/request.py `resolve_response_mode`); `fragment=True` is
+    short for `response_mode="fragment"`.
     `auth_scheme` ("Basic", "Bearer") adds a WWW-Authenticate challenge to 401 answers.
     """
 
@@ -74,6 +77,7 @@ class OAuth2Error(Exception):
         status: int | None = None,
         redirect_uri: str | None = None,
         state: str | None = None,
+        response_mode: str = "",
         fragment: bool = False,
         issuer: str | None = None,
         auth_scheme: str | None = None,
@@ -86,10 +90,14 @@ class OAuth2Error(Exception):
         self.status_code = status or status_for(error)
         self.redirect_uri = redirect_uri
         self.state = state
-        self.fragment = fragment
+        self.response_mode = response_mode or ("fragment" if fragment else "query")
         self.issuer = issuer
         self.auth_scheme = auth_scheme
         self.retry_after = retry_after
+
+    @property
+    def fragment(self) -> bool:
+        return self.response_mode == "fragment"
 
     def to_dict(self) -> dict[str, str]:
         body = {"error": self.error}

@@ -69,13 +69,6 @@ class Identity:
         result.update({"kc.i.un": self.username, "kc.i.dn": self.name})
         return result
 
-    def standard_claims(self) -> dict:
-        """The OIDC Core §5.1 claims the OP knows of the user, by claim name (values may be
-        empty: `scopes.claims_for` decides what a grant releases)."""
-        return {"name": self.name, "given_name": self.given_name,
-                "family_name": self.family_name, "preferred_username": self.username,
-                "email": self.email, "email_verified": self.email_verified}
-
     @staticmethod
     def raw_sub_of(kc_identity: Mapping[str, Any]) -> Optional[str]:
         """The raw subject in a `kc.identity` map made by `kc_identity`."""

@@ -210,6 +210,15 @@ def narrow_claims(claims: Optional[dict], scopes: Iterable[str], *,
             for member, wanted in claims.items()}
 
 
+def standard_claims(identity: Any) -> dict:
+    """The standard claims (OIDC Core §5.1) of `profile` and `email` an `Identity` holds,
+    by claim name, empty ones included: the one mapping from identity fields to claim
+    names, for the authorization endpoint's ID tokens, the token endpoint's and userinfo."""
+    return {"name": identity.name, "given_name": identity.given_name,
+            "family_name": identity.family_name, "preferred_username": identity.username,
+            "email": identity.email, "email_verified": identity.email_verified}
+
+
 def claims_for(scopes: Iterable[str], identity_claims: Mapping[str, object]) -> dict:
     """Standard claims released by `profile`/`email` (OIDC Core §5.4), empty values left
     out, except `email_verified`: with the `email` scope it is always there, true or false

@@ -1,7 +1,8 @@
 """The base request handler every service builds on.
 
 Owns: security headers, `Cache-Control: no-store`, request ids, the client address
-behind trusted proxies, single-valued parameters, JSON bodies, and rendering of
+behind trusted proxies, single-valued parameters, the request body's media type, JSON
+bodies, CORS for endpoints any origin may call (`CORSHandler`), and rendering of
 `OAuth2Error` as JSON, as a redirect (only to a verified redirect_uri) or as a page.
 Internal detail goes to the log, never to the client.
 """
@@ -26,6 +27,8 @@ from .jose import parse_json
 
 log = logging.getLogger("konnect.web")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._@-]{8,64}$")
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
 _HTTP_ERRORS = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED, 413: REQUEST_TOO_LARGE}
 _DESCRIPTIONS = {
     NOT_FOUND: "not found",
@@ -161,11 +164,16 @@ class BaseHandler(tornado.web.RequestHandler):
         except UnicodeDecodeError:
             raise OAuth2Error(INVALID_REQUEST, f"parameter {name} is not UTF-8") from None
 
+    def require_media_type(self, expected: str) -> None:
+        """`invalid_request` unless the body's media type (Content-Type without its
+        parameters, case-insensitive: RFC 9110 §8.3.1) is `expected`."""
+        media_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if media_type != expected:
+            raise OAuth2Error(INVALID_REQUEST, f"expected {expected}")
+
     def json_body(self) -> dict:
         """The request body as a JSON object, or `invalid_request`."""
-        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            raise OAuth2Error(INVALID_REQUEST, "expected application/json")
+        self.require_media_type(JSON)
         try:
             body = parse_json(self.request.body or b"")  # any malformed body, nesting too
         except ValueError:
@@ -231,6 +239,34 @@ class BaseHandler(tornado.web.RequestHandler):
             # No stack trace at error level: it may carry request data. Debug has it.
             log.error("%s -> 500 unexpected %s: %s", summary, typ.__name__, value)
             log.debug("traceback for rid=%s", self.request_id, exc_info=(typ, value, tb))
+
+
+class CORSHandler(BaseHandler):
+    """An endpoint any web origin may call (the Fetch standard's CORS protocol), as
+    Konnect's token, userinfo, discovery and JWKS endpoints: `Access-Control-Allow-Origin:
+    *` on every answer and never credentials (these endpoints read no cookies, so `*`
+    exposes nothing). The preflight (`OPTIONS`) answers 204 with the endpoint's methods
+    (`allowed_methods`, as in its 405's `Allow`) and the request headers it declares."""
+
+    #: the request headers a cross-origin caller may send (Access-Control-Allow-Headers)
+    cors_headers: tuple = ("Content-Type",)
+    #: seconds a browser may keep the preflight's answer
+    cors_max_age = 600
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Access-Control-Allow-Origin", "*")
+
+    def cors_allowed_headers(self) -> list:
+        """The preflight's Access-Control-Allow-Headers: `cors_headers` unless overridden."""
+        return list(self.cors_headers)
+
+    def options(self) -> None:
+        self.set_header("Access-Control-Allow-Methods", ", ".join(self.allowed_methods()))
+        self.set_header("Access-Control-Allow-Headers", ", ".join(self.cors_allowed_headers()))
+        self.set_header("Access-Control-Max-Age", str(self.cors_max_age))
+        self.set_status(204)
+        self.finish()
 
 
 class PageHandler(BaseHandler):

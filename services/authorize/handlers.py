@@ -10,16 +10,16 @@ from __future__ import annotations
 import hashlib
 import secrets
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from tornado.escape import xhtml_escape
 
 from shared import discovery, jose, scopes as scopelib
 from shared.errors import (ACCESS_DENIED, CONSENT_REQUIRED, INTERACTION_REQUIRED,
-                           INVALID_REQUEST, LOGIN_REQUIRED, OAuth2Error, add_params,
-                           response_location)
-from shared.clients import serialized_origin
+                           INVALID_REQUEST, INVALID_REQUEST_OBJECT, LOGIN_REQUIRED, OAuth2Error,
+                           add_params, response_location)
 from shared.grants import Grant
+from shared.origins import origin_of, serialized_origin
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
                             browser_state, clear_cookie, consent_cookie_name, current_logon,
                             new_sid, open_consent, session_state, set_cookie)
@@ -27,8 +27,8 @@ from shared.tokens import TokenError, random_token
 from shared.users import guest as guests
 from shared.web import PageHandler
 
-from .request import AuthRequest, parse, requested_subs, verified_client
-from .request_object import RequestObjectError, invalid, merged_params, open_request_object
+from .request import AuthRequest, parse, redirect_error, requested_subs, verified_client
+from .request_object import RequestObjectError, merged_params, open_request_object
 
 SIGNIN_PATH = "/signin/v1/identifier"
 CHOOSE_PATH = "/signin/v1/chooseaccount"
@@ -48,11 +48,7 @@ class AuthorizeHandler(PageHandler):
         await self.authorize()
 
     def _redirect_error(self, req: AuthRequest, error: str, description: str) -> OAuth2Error:
-        err = OAuth2Error(error, description, redirect_uri=req.redirect_uri,
-                          state=req.state or None, fragment=req.fragment,
-                          issuer=self.deps.settings.iss)
-        err.response_mode = req.response_mode
-        return err
+        return req.error(error, description, self.deps.settings.iss)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Authorization errors for a verified redirect_uri, in the request's response mode.
@@ -69,7 +65,7 @@ class AuthorizeHandler(PageHandler):
         if isinstance(err, OAuth2Error) and err.redirect_uri:
             if self._dynamic_client and not self._signed_in:
                 err.redirect_uri = None  # rendered as a page by the base class
-            elif getattr(err, "response_mode", "") == "form_post":
+            elif err.response_mode == "form_post":
                 self.set_status(200)
                 return self._form_post(err.redirect_uri, err.location_params())
         super().write_error(status_code, **kwargs)
@@ -84,7 +80,7 @@ class AuthorizeHandler(PageHandler):
         client, redirect_uri = await verified_client(get, deps.lookup_client)
         self._dynamic_client = client.dynamic
         req = parse(get, client, redirect_uri, deps.settings.iss)  # form_post: write_error
-        logon = await self._cookie_logon(req) if self._cookie_manager else await self._logon(req)
+        logon = await (self._web_app_logon(req) if self._signs_in_elsewhere else self._logon(req))
         if logon is None and signed_request and deps.settings.allow_client_guests:
             guest = self._guest(req)
             if guest is not None:
@@ -92,7 +88,7 @@ class AuthorizeHandler(PageHandler):
         if logon is None:
             if "none" in req.prompt:
                 raise self._redirect_error(req, LOGIN_REQUIRED, "the user is not signed in")
-            if self._cookie_manager:
+            if self._signs_in_elsewhere:
                 return self._to_web_app_sign_in(req)
             if "select_account" in req.prompt and "login" not in req.prompt \
                     and await current_logon(deps.users, await Logon.open_live(
@@ -118,20 +114,21 @@ class AuthorizeHandler(PageHandler):
         except RequestObjectError as err:
             redirect_uri = get("redirect_uri")
             if client.redirect_uri_ok(redirect_uri):
-                error = invalid(str(err), redirect_uri=redirect_uri, state=get("state") or None,
-                                fragment=(get("response_type") or "code") != "code",
-                                issuer=deps.settings.iss)
-                error.response_mode = get("response_mode") or ""
-                raise error from None
-            raise invalid(str(err)) from None
+                raise redirect_error(INVALID_REQUEST_OBJECT, str(err), redirect_uri=redirect_uri,
+                                     state=get("state") or "",
+                                     response_type=get("response_type") or "",
+                                     response_mode=get("response_mode") or "",
+                                     issuer=deps.settings.iss) from None
+            raise OAuth2Error(INVALID_REQUEST_OBJECT, str(err)) from None
 
     @property
-    def _cookie_manager(self) -> bool:
-        return getattr(self.deps.users, "manager", "") == "cookie"
+    def _signs_in_elsewhere(self) -> bool:
+        return self.deps.users.signs_in_elsewhere
 
-    async def _cookie_logon(self, req: AuthRequest):
-        """The cookie identity manager (shared/users/cookie.py): ask the web application
-        whether this browser is signed in there. `prompt=login` sends the user to the web
+    async def _web_app_logon(self, req: AuthRequest):
+        """A backend whose users sign in at a web application (`signs_in_elsewhere`: the
+        cookie manager, shared/users/cookie.py): ask it whether this browser is signed in
+        there. `prompt=login` sends the user to the web
         application's sign-in; `select_account` is ignored (one account: Konnect's too)."""
         if "login" in req.prompt:
             return None
@@ -233,7 +230,7 @@ class AuthorizeHandler(PageHandler):
                                            self.deps.settings.allow_scope,
                                            self.deps.scope_definitions))
         wanted = [s for s in req.scopes if s in supported]
-        if self._cookie_manager:
+        if self._signs_in_elsewhere:
             return self._cookie_manager_scopes(req, wanted)
         if req.client.trusted and "consent" not in req.prompt:
             return wanted
@@ -290,7 +287,7 @@ class AuthorizeHandler(PageHandler):
         if "id_token" in types:
             # without an access token the ID token carries the scopes' claims (Konnect's
             # oidc/provider/tokens.go), `kopano/gc/id` too
-            extra = {} if access else {**scopelib.claims_for(scopes, identity.standard_claims()),
+            extra = {} if access else {**scopelib.claims_for(scopes, scopelib.standard_claims(identity)),
                                        **scopelib.backend_claims(identity, scopes)}
             auth_time = logon.auth_time if req.max_age is not None or _wants_auth_time(req) else None
             # the token endpoint's and userinfo's `sub` too (OIDC Core §3.3.3.6, §5.3.2)
@@ -306,16 +303,16 @@ class AuthorizeHandler(PageHandler):
         params += [("scope", " ".join(scopes)),
                    ("session_state", session_state(req.client.id, origin, state)),
                    ("iss", deps.settings.iss)]
-        if req.response_mode == "form_post":
+        if req.mode == "form_post":
             return self._form_post(req.redirect_uri, params)
-        self.redirect(response_location(req.redirect_uri, params, fragment=req.fragment))
+        self.redirect(response_location(req.redirect_uri, params, fragment=req.mode == "fragment"))
 
     def _form_post(self, target: str, params: list) -> None:
         """OAuth 2.0 Form Post Response Mode §2: an auto-submitting page, CSP with a nonce."""
         nonce = secrets.token_urlsafe(16)
-        origin = "{0.scheme}://{0.netloc}".format(urlsplit(target))
         self.set_header("Content-Security-Policy",
-                        f"default-src 'none'; script-src 'nonce-{nonce}'; form-action {origin}; "
+                        f"default-src 'none'; script-src 'nonce-{nonce}'; "
+                        f"form-action {origin_of(target)}; "
                         "frame-ancestors 'none'; base-uri 'none'")
         inputs = "".join(f'<input type="hidden" name="{xhtml_escape(k)}" value="{xhtml_escape(v)}">'
                          for k, v in params)

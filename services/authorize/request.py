@@ -55,11 +55,38 @@ class AuthRequest:
         return set(self.response_type.split())
 
     @property
-    def fragment(self) -> bool:
-        """Tokens never travel in a query (OAuth Multiple Response Types §2.1, §5)."""
-        if self.response_mode in ("query", "fragment"):
-            return self.response_mode == "fragment" or self.response_type != "code"
-        return self.response_type != "code"
+    def mode(self) -> str:
+        """How the response travels: "query", "fragment" or "form_post"."""
+        return resolve_response_mode(self.response_type, self.response_mode)
+
+    def error(self, error: str, description: str, issuer: str) -> OAuth2Error:
+        """An error for the verified redirect_uri, sent the way the response would be."""
+        return redirect_error(error, description, redirect_uri=self.redirect_uri,
+                              state=self.state, response_type=self.response_type,
+                              response_mode=self.response_mode, issuer=issuer)
+
+
+def resolve_response_mode(response_type: str, response_mode: str) -> str:
+    """How an authorization response, success or error, travels: "form_post" when asked
+    for (OAuth 2.0 Form Post Response Mode §2); else "fragment" when asked for or when the
+    response type returns anything but a code alone, because tokens never travel in a
+    query (OAuth 2.0 Multiple Response Types §2.1, §5: the fragment is the default of
+    those types, and `response_mode=query` cannot move tokens into the query); else
+    "query". An unknown response_mode counts as none (it is itself an error, sent this way)."""
+    if response_mode == "form_post":
+        return "form_post"
+    if response_mode == "fragment" or response_type not in ("code", ""):
+        return "fragment"
+    return "query"
+
+
+def redirect_error(error: str, description: str, *, redirect_uri: str, state: str,
+                   response_type: str, response_mode: str, issuer: str) -> OAuth2Error:
+    """An authorization error for a verified redirect_uri (RFC 6749 §4.1.2.1), with `state`
+    and `iss` (RFC 9207 §2), in the response mode the request asked for."""
+    return OAuth2Error(error, description, redirect_uri=redirect_uri, state=state or None,
+                       response_mode=resolve_response_mode(response_type, response_mode),
+                       issuer=issuer)
 
 
 async def verified_client(get: Callable[[str], Optional[str]],
@@ -86,15 +113,10 @@ def parse(get: Callable[[str], Optional[str]], client: Client, redirect_uri: str
     state = get("state") or ""
     response_type = get("response_type") or ""
     mode = get("response_mode") or ""
-    fragment_default = response_type not in ("code", "")
 
     def fail(error: str, description: str) -> OAuth2Error:
-        frag = mode == "fragment" or (mode not in MODES and fragment_default) \
-            or (mode == "query" and fragment_default)
-        err = OAuth2Error(error, description, redirect_uri=redirect_uri, state=state or None,
-                          fragment=frag, issuer=issuer)
-        err.response_mode = mode if mode in MODES else ""
-        return err
+        return redirect_error(error, description, redirect_uri=redirect_uri, state=state,
+                              response_type=response_type, response_mode=mode, issuer=issuer)
 
     if mode and mode not in MODES:
         raise fail(INVALID_REQUEST, "response_mode not supported")

@@ -16,7 +16,6 @@ from typing import Any, Callable, Optional
 
 from shared import jose
 from shared.clients import Client
-from shared.errors import INVALID_REQUEST_OBJECT, OAuth2Error
 from shared.keys import client_key_lookup
 
 MAX_SIZE = 16384
@@ -122,7 +121,3 @@ def merged_params(get: Callable[..., Optional[str]], claims: dict) -> Callable[.
         return get(name, default)
 
     return get_merged
-
-
-def invalid(description: str, **kw: Any) -> OAuth2Error:
-    return OAuth2Error(INVALID_REQUEST_OBJECT, description, **kw)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import re
 from typing import Any, Optional
-from urllib.parse import urlsplit
 
 from shared import discovery, scopes as scopelib
 from shared.errors import ACCESS_DENIED, INVALID_REQUEST, TOO_MANY_REQUESTS, OAuth2Error
+from shared.origins import names_host
 from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
                             clear_cookie, consent_cookie_name, current_logon, new_sid,
                             new_state_key, seal_consent, set_cookie)
@@ -94,8 +94,7 @@ class APIHandler(BaseHandler):
         if self.request.headers.get("Kopano-Konnect-XSRF") != "1":
             raise OAuth2Error(INVALID_REQUEST, "missing XSRF header", detail="xsrf header")
         source = self.request.headers.get("Origin") or self.request.headers.get("Referer") or ""
-        host = urlsplit(source).netloc
-        if not host or host.lower() != (self.request.headers.get("Host") or "").lower():
+        if not names_host(source, self.request.headers.get("Host")):
             raise OAuth2Error(INVALID_REQUEST, "origin check failed", detail=f"origin {source!r}")
         self.body = self.json_body()
         state = string_member(self.body, "state")

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import logging
 from typing import Optional
-from urllib.parse import urlsplit
 
 import tornado.web
 
 from shared.errors import INVALID_REQUEST, OAuth2Error, add_params
+from shared.origins import names_host, origin_of
 from shared.sealed import SealError
 from shared.session import LOGON_COOKIE, Logon
 from shared.tokens import TokenError
@@ -105,14 +105,14 @@ class EndSessionHandler(SigninPage):
         # that goes on to an authority does so from a page of ours: `trampoline`).
         self.show(client_name=client.display_name if client else "", confirm=confirm,
                   stay=uri or "/signin/v1/welcome",
-                  form_origin="{0.scheme}://{0.netloc}".format(urlsplit(uri)) if uri else "")
+                  form_origin=origin_of(uri) if uri else "")
 
     async def confirmed(self, token: str) -> None:
         """The user pressed "Sign out" on the confirmation page (a form of our own origin:
         the sealed token is only on that page, so a cross-site form cannot forge it)."""
         deps = self.deps
         source = self.request.headers.get("Origin") or self.request.headers.get("Referer") or ""
-        if urlsplit(source).netloc.lower() != (self.request.headers.get("Host") or "").lower():
+        if not names_host(source, self.request.headers.get("Host")):
             raise OAuth2Error(INVALID_REQUEST, "origin check failed")
         try:
             doc = deps.sealer.unseal("endsession", token)

@@ -116,7 +116,7 @@ def _id_token_claims(claims: Optional[dict], scopes: list, identity: Any) -> dic
     wanted = (claims or {}).get("id_token") or {}
     if not isinstance(wanted, dict):
         return {}
-    values = identity.standard_claims()
+    values = scopelib.standard_claims(identity)
     out = {}
     for claim in wanted:
         if claim in values and scopelib.SCOPE_OF_CLAIM.get(claim, "profile") in scopes \

@@ -11,7 +11,7 @@ from shared.errors import (INVALID_REQUEST, METHOD_NOT_ALLOWED, UNAUTHORIZED_CLI
                            UNSUPPORTED_GRANT_TYPE, OAuth2Error)
 from shared.grants import Grant
 from shared.tokens import TokenError, is_revoked
-from shared.web import BaseHandler
+from shared.web import FORM, CORSHandler
 
 from . import grants
 from .clientauth import authenticate
@@ -28,7 +28,7 @@ def _not_in_body(name: str) -> OAuth2Error:
                        "not in the URL")
 
 
-class FormHandler(BaseHandler):
+class FormHandler(CORSHandler):
     """POST endpoints taking `application/x-www-form-urlencoded` (RFC 6749 §3.2).
 
     CORS for any origin, as Konnect's token endpoint (konnect.md §2.1), so browser-based
@@ -43,28 +43,15 @@ class FormHandler(BaseHandler):
     """
 
     body_params: tuple = CLIENT_PARAMS
-
-    def set_default_headers(self) -> None:
-        super().set_default_headers()
-        self.set_header("Access-Control-Allow-Origin", "*")
-
-    def options(self) -> None:
-        self.set_header("Access-Control-Allow-Methods", "POST, OPTIONS")
-        self.set_header("Access-Control-Allow-Headers",
-                        "Authorization, Content-Type, Accept, X-Requested-With")
-        self.set_header("Access-Control-Max-Age", "600")
-        self.set_status(204)
-        self.finish()
+    allow = ("POST", "OPTIONS")  # RFC 9110 §15.5.6: a 405's Allow; also the CORS methods
+    cors_headers = ("Authorization", "Content-Type", "Accept", "X-Requested-With")
 
     def prepare(self) -> None:
         if self.request.method == "OPTIONS":
             return
         if self.request.method != "POST":
-            self.set_header("Allow", "POST, OPTIONS")  # RFC 9110 §15.5.6: what it answers
             raise OAuth2Error(METHOD_NOT_ALLOWED, "use POST", status=405)
-        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if ctype != "application/x-www-form-urlencoded":
-            raise OAuth2Error(INVALID_REQUEST, "expected application/x-www-form-urlencoded")
+        self.require_media_type(FORM)
         for name in self.body_params:
             if name in self.request.query_arguments:
                 raise _not_in_body(name)
@@ -210,17 +197,16 @@ class IntrospectHandler(FormHandler):
                 "iss": self.deps.settings.iss}
 
 
-class PublicDocumentHandler(BaseHandler):
+class PublicDocumentHandler(CORSHandler):
     """Discovery and JWKS: public, cacheable for a short while, CORS for any origin."""
 
     content_type = "application/json"
+    cors_headers = ("Accept", "Content-Type")
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
         self.set_header("Cache-Control", "public, max-age=300")
         self.clear_header("Pragma")
-        self.set_header("Access-Control-Allow-Origin", "*")
-        self.set_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
 
     def body(self) -> bytes:
         raise NotImplementedError
@@ -237,11 +223,6 @@ class PublicDocumentHandler(BaseHandler):
     # If-None-Match) without the body (RFC 9110 §9.3.2, §8.6, §13.1.2): Tornado computes
     # them from the written body and drops the body itself for HEAD.
     head = get
-
-    def options(self) -> None:
-        self.set_header("Access-Control-Allow-Headers", "Accept, Content-Type")
-        self.set_status(204)
-        self.finish()
 
 
 class DiscoveryHandler(PublicDocumentHandler):

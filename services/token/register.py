@@ -2,9 +2,10 @@
 Registration 1.0 §3, RFC 7591 §3; konnect.md §2.9), routed only with
 `--allow-dynamic-client-registration`.
 
-The metadata is checked by the rules of the static registry (`shared.clients.parse_entry`)
-plus what only a self-registered client needs: no trust, no `insecure`, algorithms this
-server can actually sign with, keys that parse. Konnect's dynamic clients were stateless
+The metadata is checked by the rules of the static registry (shared/clients.py: each
+field's rule, then `parse_entry`) plus what only a self-registered client needs: no trust,
+no `insecure`, https post-logout URIs for web clients, algorithms this server can actually
+sign with, size caps, nothing into the OP's own endpoints. Konnect's dynamic clients were stateless
 (the client id a JWT signed with the OP key, §5.6); ours are stored in Redis
 (`client:<id>`, with the secret only as a SHA-256), so every process of every service
 finds them, they outlive a key rotation, and an operator can delete one. No initial access
@@ -15,17 +16,18 @@ IP instead.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import replace
 from typing import Any, Optional
 
 from shared import discovery
-from shared.clients import (ALGS, AUTH_METHODS, DYNAMIC_PREFIX, Client, RegistryError,
-                            dynamic_record, is_op_path, may_reach_origin, parse_entry,
-                            redirect_uri_problem, uri_problem)
+from shared.clients import (DYNAMIC_PREFIX, Client, RegistryError, alg_problem,
+                            application_type_problem, auth_method_problem, dynamic_record,
+                            jwks_problems, parse_entry, redirect_uri_problem, uri_problem)
 from shared.errors import (INVALID_CLIENT_METADATA, INVALID_REDIRECT_URI, METHOD_NOT_ALLOWED,
                            TOO_MANY_REQUESTS, OAuth2Error)
-from shared.keys import KeyLoadError, client_key
+from shared.origins import into_op
 from shared.web import BaseHandler
 
 MAX_BODY = 16 * 1024
@@ -51,11 +53,22 @@ REFUSED = {
     "default_max_age": "default_max_age is not supported: send max_age with each request",
     "software_statement": "software statements are not supported",
 }
-_PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k")
+# RFC 6749 §5.2: the characters an error_description may hold
+_DESCRIPTION = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 
 
 def _metadata_error(description: str) -> OAuth2Error:
     return OAuth2Error(INVALID_CLIENT_METADATA, description)
+
+
+def _refuse(problem: Optional[str], error: str = INVALID_CLIENT_METADATA) -> None:
+    """Answer a problem found by a rule of the registry (shared/clients.py). Its text is
+    the description when RFC 6749 §5.2 allows its characters (it may quote the client's
+    value), else a generic one, the text going to the log only."""
+    if problem:
+        safe = bool(_DESCRIPTION.fullmatch(problem))
+        raise OAuth2Error(error, problem if safe else "client metadata is invalid",
+                          detail=problem)
 
 
 def _string(body: dict, name: str, limit: int = MAX_TEXT) -> str:
@@ -97,29 +110,14 @@ def _check_types(response_types: list, grant_types: list) -> None:
 
 
 def _check_jwks(jwks: Any) -> Optional[dict]:
+    """The registry's rule (`jwks_problems`) after the size cap; only the key set is kept."""
     if jwks is None:
         return None
-    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
-        raise _metadata_error("jwks must be an object with a non-empty keys array")
-    if len(jwks["keys"]) > MAX_KEYS:
+    if isinstance(jwks, dict) and isinstance(jwks.get("keys"), list) \
+            and len(jwks["keys"]) > MAX_KEYS:
         raise _metadata_error(f"jwks has more than {MAX_KEYS} keys")
-    for jwk in jwks["keys"]:
-        if not isinstance(jwk, dict):
-            raise _metadata_error("jwks keys must be objects")
-        if any(member in jwk for member in _PRIVATE_MEMBERS):
-            raise _metadata_error("jwks must hold public keys only")
-        try:
-            client_key(jwk)
-        except (KeyLoadError, ValueError, TypeError):
-            raise _metadata_error("jwks contains a key that cannot be used") from None
+    _refuse("; ".join(jwks_problems(jwks)))
     return {"keys": [dict(jwk) for jwk in jwks["keys"]]}
-
-
-def _into_op(uri: str, issuer: str) -> bool:
-    """A URI on the issuer's origin, however it is spelled (`clients.normal_origin`: case,
-    percent-encoding, IDNA, default or zero-padded port, any loopback name for a loopback
-    issuer), whose path is or reaches one of the OP's endpoints (`is_op_path`)."""
-    return bool(issuer) and is_op_path(uri) and may_reach_origin(uri, issuer)
 
 
 def parse_registration(body: dict, *, client_id: str, signing_algs: list,
@@ -128,10 +126,11 @@ def parse_registration(body: dict, *, client_id: str, signing_algs: list,
 
     Unknown members are ignored (RFC 7591 §2); `redirect_uris` problems are
     `invalid_redirect_uri`, every other problem `invalid_client_metadata` (§3.3). A
-    redirect URI into the OP's own endpoints (`_into_op`) is refused: a response sent there
-    would be carried on by the OP to wherever that request points (RFC 9700 §4.11, §4.1);
-    so is a post-logout redirect URI into them (OIDC RP-Initiated Logout 1.0 §3: the OP
-    redirects the browser there after signing out; it must not land back in an OP action).
+    redirect URI into the OP's own endpoints (`origins.into_op`: its origin however
+    spelled, its path however encoded) is refused: a response sent there would be carried
+    on by the OP to wherever that request points (RFC 9700 §4.11, §4.1); so is a
+    post-logout redirect URI into them (OIDC RP-Initiated Logout 1.0 §3: the OP redirects
+    the browser there after signing out; it must not land back in an OP action).
     """
     for name, why in REFUSED.items():
         if body.get(name) is not None:
@@ -141,36 +140,28 @@ def parse_registration(body: dict, *, client_id: str, signing_algs: list,
         raise _metadata_error("subject_type must be public")
     app_type = body.get("application_type")
     app_type = "web" if app_type is None else app_type  # null is absent (RFC 7591 §2)
-    if app_type not in ("web", "native"):
-        raise _metadata_error("application_type must be web or native")
+    _refuse(application_type_problem(app_type))
 
     redirect_uris = _strings(body, "redirect_uris", MAX_URIS, INVALID_REDIRECT_URI)
     if not redirect_uris:
         raise OAuth2Error(INVALID_REDIRECT_URI, "redirect_uris is required")
-    for i, uri in enumerate(redirect_uris):
-        problem = redirect_uri_problem(app_type, False, uri, hint=False)
-        if not problem and _into_op(uri, issuer):
-            problem = "must not point at the OpenID Provider's own endpoints"
-        if problem:
-            raise OAuth2Error(INVALID_REDIRECT_URI, f"redirect_uris[{i}] {problem}")
     post_logout = _strings(body, "post_logout_redirect_uris", MAX_URIS)
-    for i, uri in enumerate(post_logout):
-        problem = redirect_uri_problem(app_type, False, uri, hint=False)
-        if not problem and _into_op(uri, issuer):
-            problem = "must not point at the OpenID Provider's own endpoints"
-        if problem:
-            raise _metadata_error(f"post_logout_redirect_uris[{i}] {problem}")
+    for member, uris, error in (("redirect_uris", redirect_uris, INVALID_REDIRECT_URI),
+                                ("post_logout_redirect_uris", post_logout,
+                                 INVALID_CLIENT_METADATA)):
+        for i, uri in enumerate(uris):  # post-logout URIs too: https for web clients
+            problem = redirect_uri_problem(app_type, False, uri, hint=False)
+            if not problem and into_op(uri, issuer):
+                problem = "must not point at the OpenID Provider's own endpoints"
+            _refuse(problem and f"{member}[{i}] {problem}", error)
 
     response_types = _strings(body, "response_types", len(discovery.RESPONSE_TYPES)) or ["code"]
     grant_types = _strings(body, "grant_types", len(GRANT_TYPES)) or ["authorization_code"]
     _check_types(response_types, grant_types)
 
     method = _string(body, "token_endpoint_auth_method") or "client_secret_basic"
-    if method not in AUTH_METHODS:
-        raise _metadata_error("token_endpoint_auth_method must be one of " + ", ".join(AUTH_METHODS))
     jwks = _check_jwks(body.get("jwks"))
-    if method == "private_key_jwt" and not jwks:
-        raise _metadata_error("private_key_jwt needs jwks")
+    _refuse(auth_method_problem(method, jwks))
 
     entry: dict[str, Any] = {
         "id": client_id, "application_type": app_type, "redirect_uris": redirect_uris,
@@ -194,10 +185,8 @@ def parse_registration(body: dict, *, client_id: str, signing_algs: list,
             raise _metadata_error(f"{name} must be one of " + ", ".join(signing_algs))
         entry[name] = alg
     for name in ("request_object_signing_alg", "token_endpoint_auth_signing_alg"):
-        alg = _string(body, name)
-        if alg and alg not in ALGS:
-            raise _metadata_error(f"{name} must be one of " + ", ".join(ALGS))
-        entry[name] = alg
+        entry[name] = _string(body, name)
+        _refuse(alg_problem(name, entry[name]))
     try:
         # the rules of the static registry; nothing here sets trusted, insecure or origins
         return parse_entry(entry)

@@ -19,7 +19,7 @@ from shared.clients import is_dynamic_id
 from shared.errors import INSUFFICIENT_SCOPE, INVALID_REQUEST, INVALID_TOKEN, OAuth2Error
 from shared.identity import Identity
 from shared.tokens import TokenError, is_revoked
-from shared.web import BaseHandler
+from shared.web import FORM, CORSHandler
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")  # RFC 9110 §5.6.2 field name
@@ -56,7 +56,7 @@ def userinfo_claims(identity: Identity, claims: dict, *, as_asked: bool = False)
     was authorized as asked (`as_asked`: a trusted client, konnect.md §6.9)."""
     scopes = claims.get("kc.authorizedScopes") or []
     out: dict[str, Any] = {"sub": scopelib.subject(identity, scopes)}
-    values = identity.standard_claims()
+    values = scopelib.standard_claims(identity)
     out.update(scopelib.claims_for(scopes, values))
     if "konnect/id" in scopes:
         if identity.numeric_id:
@@ -85,27 +85,20 @@ def claims_authorized_as_asked(client: Any, client_id: Any) -> bool:
     return isinstance(client_id, str) and not is_dynamic_id(client_id)
 
 
-class UserInfoHandler(BaseHandler):
-    def set_default_headers(self) -> None:
-        super().set_default_headers()
-        self.set_header("Access-Control-Allow-Origin", "*")  # CORS "allow all", as Konnect
-        self.set_header("Vary", "Origin")
+class UserInfoHandler(CORSHandler):
+    """CORS as Konnect's userinfo (rs/cors AllowAll in oidc/provider/provider.go): any
+    origin, HEAD, GET and POST, every request header the browser asks for; never
+    credentials (the token is the credential, not a cookie)."""
 
-    def options(self) -> None:
-        """CORS preflight as Konnect's userinfo (rs/cors AllowAll in oidc/provider/provider.go):
-        any origin, every request header the browser asks for (the Fetch standard's `*`
-        would not cover `Authorization`, so the asked-for names are echoed), HEAD, GET and
-        POST; never credentials (the token is the credential, not a cookie)."""
-        self.set_header("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS")
+    cors_headers = ("Authorization", "Content-Type")
+
+    def cors_allowed_headers(self) -> list:
+        # the Fetch standard's `*` would not cover `Authorization`: the asked-for names are
+        # echoed (well-formed ones only), so the preflight's answer varies with them
+        self.set_header("Vary", "Access-Control-Request-Headers")
         asked = self.request.headers.get("Access-Control-Request-Headers", "")
         names = [n.strip() for n in asked.split(",") if _TOKEN.fullmatch(n.strip())]
-        self.set_header("Access-Control-Allow-Headers",
-                        ", ".join(names[:64]) or "Authorization, Content-Type")
-        self.set_header("Access-Control-Max-Age", "600")
-        self.set_header("Vary", "Origin, Access-Control-Request-Method, "
-                                "Access-Control-Request-Headers")
-        self.set_status(204)
-        self.finish()
+        return names[:64] or list(self.cors_headers)
 
     def _bearer(self) -> str:
         if "access_token" in self.request.query_arguments:
@@ -166,7 +159,6 @@ class UserInfoHandler(BaseHandler):
     head = get  # as GET without the body, as Konnect's UserInfoHandler (RFC 9110 §9.3.2)
 
     async def post(self) -> None:
-        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if self.request.body and ctype != "application/x-www-form-urlencoded":
-            raise OAuth2Error(INVALID_REQUEST, "expected application/x-www-form-urlencoded")
+        if self.request.body:
+            self.require_media_type(FORM)
         await self._answer()

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit
 
 from ..clients import jwks_problems
-from ..config import is_loopback_host
+from ..origins import is_loopback_host
 
 log = logging.getLogger("konnect.authorities")
 
@@ -133,13 +133,9 @@ def _entry(entry: Any, issuer: str) -> tuple[Optional[Authority], list[str]]:
         aliases = {}
     jwks = entry.get("jwks")
     if jwks is not None:
-        if not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list):
-            problems.append("jwks must be a mapping with a 'keys' list")
-            jwks = None
-        else:
-            found = jwks_problems(jwks["keys"])
-            problems += found
-            jwks = None if found else {"keys": list(jwks["keys"])}
+        found = jwks_problems(jwks)  # the registry's one rule for a client's keys too
+        problems += found
+        jwks = None if found else {"keys": list(jwks["keys"])}
     if not values["id"]:
         values["id"] = values["name"]  # Konnect: "authority has no id, using name"
     if not values["id"]:

@@ -52,6 +52,11 @@ class UserBackend(abc.ABC):
     #: the manager name (`--identity-manager`) and Konnect's subject salt (`Identity.backend`)
     manager: str = ""
     provider: str = ""
+    #: Users sign in at a web application, not at the identifier (the `cookie` manager):
+    #: authorize asks `identify` with the browser's cookies instead of reading the
+    #: identifier's logon, sends the browser to `--sign-in-uri` to sign in, and shows no
+    #: consent page (there is no logon of ours to bind it to: trusted clients only).
+    signs_in_elsewhere: bool = False
 
     @abc.abstractmethod
     async def authenticate(self, username: str, password: str) -> Optional[Identity]:
@@ -80,6 +85,12 @@ class UserBackend(abc.ABC):
     async def end_session(self, identity: Identity) -> None:
         """A sign-out of `identity`: end what the backend keeps for the user (kc: the
         user's Kopano session). Most backends keep nothing."""
+
+    async def identify(self, cookie_header: str, accept_language: str = "",
+                       user_agent: str = "") -> Optional[Identity]:
+        """Who is signed in at the web application with this browser's cookies, or None;
+        asked at authorize only when `signs_in_elsewhere`."""
+        return None
 
     async def close(self) -> None:
         """Release connections and threads."""

@@ -82,6 +82,10 @@ class CachedBackend(UserBackend):
     async def resolve(self, username: str) -> Optional[Identity]:
         return await self.inner.resolve(username)  # an authority's sign-in: always asked
 
+    async def identify(self, cookie_header: str, accept_language: str = "",
+                       user_agent: str = "") -> Optional[Identity]:
+        return await self.inner.identify(cookie_header, accept_language, user_agent)
+
     async def end_session(self, identity: Identity) -> None:
         await self.inner.end_session(identity)
 

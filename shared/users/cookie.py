@@ -44,6 +44,7 @@ _COOKIE_VALUE = re.compile(f'(?:{_OCTETS}|"{_OCTETS}")\\Z')
 class CookieBackend(UserBackend):
     manager = "cookie"
     provider = PROVIDER
+    signs_in_elsewhere = True
 
     def __init__(self, url: str, names: list[str], *, timeout: float = TIMEOUT) -> None:
         self.url, self.names, self.timeout = url, [n for n in names if n], timeout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -118,6 +119,30 @@ async def test_bad_request_objects_are_refused(http_client, base_url, make, why)
     assert resp.headers["Location"].startswith("https://ro.example.test/cb?"), why
     assert result["error"] == "invalid_request_object" and result["state"] == "q-state", why
     assert result["iss"] == ISSUER
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("params,where", [
+    ({"response_mode": "fragment"}, "fragment"),
+    ({"response_type": "code id_token", "nonce": "n"}, "fragment"),
+    ({"response_type": "code id_token", "nonce": "n", "response_mode": "query"}, "fragment"),
+    ({"response_mode": "form_post"}, "form_post"),
+    ({"response_mode": "query"}, "query"),
+])
+async def test_bad_request_object_error_travels_as_the_response_would(http_client, base_url,
+                                                                       params, where):
+    """The error goes where the response would have gone (OAuth 2.0 Multiple Response
+    Types §2.1, §5; Form Post Response Mode §2), as every other authorization error."""
+    b = Browser(http_client, base_url)
+    await sign_in(b)
+    resp = await b.fetch(ro_url(signed({"state": "x"}, key=OTHER_KEY), **params))
+    if where == "form_post":
+        assert resp.code == 200 and b'name="error" value="invalid_request_object"' in resp.body
+        return
+    assert resp.code == 302, resp.body
+    location = urlsplit(resp.headers["Location"])
+    part = location.fragment if where == "fragment" else location.query
+    assert dict(parse_qsl(part))["error"] == "invalid_request_object", location
 
 
 @pytest.mark.gen_test

@@ -98,6 +98,33 @@ async def test_wrong_method_and_content_type(http_client, base_url):
 
 
 @pytest.mark.gen_test
+@pytest.mark.parametrize("path,methods,headers", [
+    ("/konnect/v1/token", "POST, OPTIONS", "authorization, content-type"),
+    ("/konnect/v1/revoke", "POST, OPTIONS", "authorization, content-type"),
+    ("/.well-known/openid-configuration", "GET, HEAD, OPTIONS", "accept"),
+    ("/konnect/v1/jwks.json", "GET, HEAD, OPTIONS", "accept"),
+])
+async def test_cors_preflight_lists_the_methods_the_endpoint_answers(http_client, base_url, path,
+                                                                    methods, headers):
+    """Browser-based clients call these from any origin (as Konnect's); the preflight's
+    methods are those of the endpoint's 405 `Allow`."""
+    resp = await http_client.fetch(base_url + path, method="OPTIONS", raise_error=False, headers={
+        "Origin": "https://rp.example.test", "Access-Control-Request-Method": methods[:3],
+        "Access-Control-Request-Headers": headers})
+    assert resp.code == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    assert resp.headers["Access-Control-Allow-Methods"] == methods
+    allowed = resp.headers["Access-Control-Allow-Headers"].lower()
+    assert all(h in allowed for h in headers.split(", "))
+    assert "Access-Control-Allow-Credentials" not in resp.headers
+    wrong = "PUT" if "POST" in methods else "DELETE"
+    refused = await http_client.fetch(base_url + path, method=wrong, raise_error=False,
+                                      allow_nonstandard_methods=True,
+                                      body=b"" if wrong == "PUT" else None)
+    assert refused.code == 405 and refused.headers["Allow"] == methods
+
+
+@pytest.mark.gen_test
 async def test_discovery_lists_what_is_supported(http_client, base_url):
     resp = await http_client.fetch(base_url + "/.well-known/openid-configuration")
     doc = json.loads(resp.body)

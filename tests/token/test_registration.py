@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 from urllib.parse import urlencode
 
 import pytest
@@ -568,3 +569,20 @@ async def test_registration_endpoint_refuses_uris_into_the_op(http_client, base_
                                    body=json.dumps(body), raise_error=False,
                                    headers={"Content-Type": "application/json"})
     assert resp.code == 400 and json.loads(resp.body)["error"] == error, resp.body
+
+
+@pytest.mark.parametrize("metadata", [
+    {"request_object_signing_alg": "HS256"},
+    {"token_endpoint_auth_signing_alg": "n\u00f6ne"},
+    {"token_endpoint_auth_signing_alg": 'RS256"\\'},
+    {"jwks": {"keys": [dict(public_jwk(PRIVATE), kid="k\u00e9y")] * 2}},  # one kid twice
+    {"application_type": "service"},
+])
+def test_metadata_errors_name_the_problem_in_rfc_6749_characters(metadata):
+    """The registry's rules decide (shared/clients.py); the client reads which one failed,
+    quoting its value only where RFC 6749 §5.2 allows the characters, else generically."""
+    with pytest.raises(OAuth2Error) as caught:
+        _register("https://idp.example.test", **metadata)
+    assert caught.value.error == "invalid_client_metadata"
+    description = caught.value.description
+    assert description and re.fullmatch(r"[\x20\x21\x23-\x5b\x5d-\x7e]+", description), description

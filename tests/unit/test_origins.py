@@ -1,11 +1,11 @@
-"""Origins (RFC 6454): the normalised origin that decides whether a URI points into the OP, and
-the origin as a browser serialises it (session_state)."""
+"""shared/origins.py: the origin as written (exact matches), as a browser serialises it
+(session_state), normalised (whether a URI points into the OP), and the same-host check."""
 
 from __future__ import annotations
 
 import pytest
 
-from shared.clients import normal_origin, serialized_origin
+from shared.origins import names_host, normal_origin, origin_of, serialized_origin
 
 
 @pytest.mark.parametrize("uri,expected", [
@@ -38,3 +38,27 @@ def test_normal_origin(uri, expected):
 ])
 def test_serialized_origin(uri, origin):
     assert serialized_origin(uri) == origin
+
+
+@pytest.mark.parametrize("source,host,same", [
+    ("https://idp.example.test", "idp.example.test", True),
+    ("https://IDP.example.test/signin/v1/identifier", "idp.example.TEST", True),
+    ("https://idp.example.test:8443", "idp.example.test:8443", True),
+    ("https://idp.example.test:8443", "idp.example.test", False),
+    ("https://evil.example", "idp.example.test", False),
+    ("https://idp.example.test.evil.example", "idp.example.test", False),
+    ("null", "idp.example.test", False),                 # an opaque origin
+    ("", "", False),                                     # nothing to compare: never the same
+    ("", None, False),
+])
+def test_names_host_compares_the_authority_of_origin_or_referer_with_host(source, host, same):
+    assert names_host(source, host) is same
+
+
+@pytest.mark.parametrize("uri,origin", [
+    ("https://IDP.example.test/cb", "https://idp.example.test"),
+    ("https://idp.example.test:443/cb", "https://idp.example.test:443"),  # not folded
+    ("http://127.0.0.1:8080/cb?x=1", "http://127.0.0.1:8080"),
+])
+def test_origin_of_keeps_the_authority_as_written(uri, origin):
+    assert origin_of(uri) == origin

@@ -55,6 +55,16 @@ def test_claims_for_scopes_release_only_their_claims():
     assert scopes.claims_for(["openid"], claims) == {}
 
 
+def test_standard_claims_name_every_claim_a_scope_releases():
+    alice = Identity(raw_sub="u-alice", backend="identifier-users", username="alice",
+                     name="Alice Example", given_name="Alice", family_name="Example",
+                     email="alice@example.test", email_verified=True)
+    claims = scopes.standard_claims(alice)
+    assert set(claims) == set(scopes.SCOPE_OF_CLAIM)
+    assert claims["preferred_username"] == "alice" and claims["email_verified"] is True
+    assert scopes.claims_for(["profile", "email"], claims) == claims
+
+
 @pytest.mark.parametrize("text,why", [
     ("scopes:\n  ~:\n    description: x\n", "a null key became the scope 'None'"),
     ("scopes:\n  yes: {}\n", "a boolean key became the scope 'True'"),

@@ -297,3 +297,18 @@ async def test_userinfo_refuses_a_form_body_token_on_get(http_client, core, stat
             assert bearer.code == 200
     finally:
         await ucore.close()
+
+
+@pytest.mark.gen_test
+async def test_cors_preflight_allows_the_bearer_header_and_lists_its_methods(http_client,
+                                                                             base_url):
+    resp = await http_client.fetch(base_url + "/konnect/v1/userinfo", method="OPTIONS",
+                                   raise_error=False, headers={
+                                       "Origin": "https://rp.example.test",
+                                       "Access-Control-Request-Method": "GET",
+                                       "Access-Control-Request-Headers": "authorization"})
+    assert resp.code == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    assert resp.headers["Access-Control-Allow-Methods"] == "GET, HEAD, POST, OPTIONS"
+    assert "authorization" in resp.headers["Access-Control-Allow-Headers"].lower()
+    assert "Access-Control-Allow-Credentials" not in resp.headers

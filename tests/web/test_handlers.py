@@ -12,7 +12,7 @@ import pytest
 from shared import errors
 from shared.errors import OAuth2Error, Unavailable
 from shared.service import application, make_server
-from shared.web import BaseHandler, PageHandler, parse_networks
+from shared.web import BaseHandler, CORSHandler, PageHandler, parse_networks
 
 SECRET = "s3cr3t-do-not-leak"
 
@@ -405,6 +405,51 @@ async def test_every_405_carries_allow(http_client, app):
         assert resp.code == 400 and "Allow" not in resp.headers
     finally:
         server.stop()
+
+
+class Reachable(CORSHandler):
+    """An endpoint any origin may call, with a request header of its own."""
+
+    cors_headers = ("Authorization", "Content-Type")
+
+    def get(self):
+        self.write_json({})
+
+    def post(self):
+        self.require_media_type("application/x-www-form-urlencoded")
+        self.write_json({"a": self.param("a")})
+
+
+@pytest.mark.gen_test
+async def test_cors_endpoint_answers_any_origin_and_its_preflight_lists_its_methods(
+        http_client, app, base_url):
+    """The preflight names the methods the endpoint answers (those of its 405's Allow) and
+    the request headers it declares; every answer allows any origin, never credentials."""
+    deps = app.settings["default_handler_args"]["deps"]
+    app.add_handlers(r".*", [(r"/reachable", Reachable, {"deps": deps})])
+    origin = {"Origin": "https://rp.example.test"}
+    preflight = await fetch(http_client, base_url + "/reachable", method="OPTIONS", headers={
+        **origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization"})
+    assert preflight.code == 204, preflight.body
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert preflight.headers["Access-Control-Allow-Methods"] == "GET, POST, OPTIONS"
+    assert preflight.headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type"
+    assert int(preflight.headers["Access-Control-Max-Age"]) > 0
+    assert "Access-Control-Allow-Credentials" not in preflight.headers
+    refused = await fetch(http_client, base_url + "/reachable", method="DELETE", headers=origin)
+    assert refused.code == 405 and refused.headers["Allow"] == "GET, POST, OPTIONS"
+    assert refused.headers["Access-Control-Allow-Origin"] == "*"  # errors are readable too
+    answer = await fetch(http_client, base_url + "/reachable", method="POST", body="a=1",
+                         headers={**origin, "Content-Type": "application/x-www-form-urlencoded; "
+                                  "charset=UTF-8"})
+    assert answer.code == 200 and json.loads(answer.body) == {"a": "1"}
+    assert answer.headers["Access-Control-Allow-Origin"] == "*"
+    wrong = await fetch(http_client, base_url + "/reachable", method="POST", body="{}",
+                        headers={**origin, "Content-Type": "application/json"})
+    assert wrong.code == 400 and json.loads(wrong.body) == {
+        "error": "invalid_request",
+        "error_description": "expected application/x-www-form-urlencoded"}
 
 
 @pytest.mark.gen_test(timeout=15)
