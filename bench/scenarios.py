@@ -145,13 +145,12 @@ class OurTarget:
                          code_challenge=self.challenge, code_challenge_method="S256",
                          auth_time=now - 5, sid="bench-sid", created=now).to_record()
                    for identity in people]
-        queue = [(secrets.token_urlsafe(32), records[i % len(records)]) for i in range(n)]
-        codes = [code for code, _ in queue]
+        queue = [records[i % len(records)] for i in range(n)]
+        codes: list = []
 
         async def worker() -> None:
             while queue:
-                code, record = queue.pop()
-                await store.put_code(code, record, 900)
+                codes.append(await store.put_code(queue.pop(), 900))
 
         try:
             await asyncio.gather(*(worker() for _ in range(min(concurrency, max(1, n)))))

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 from .options import BY_NAME, DEFAULT_LISTEN, OPTIONS, Option
 from .origins import is_loopback_host
+from .redis_url import parse_url as parse_redis_url
+from .redis_url import redact
 
 _TRUE = {"yes", "true", "1", "on"}
 _FALSE = {"no", "false", "0", "off"}
@@ -288,13 +290,9 @@ def url_port_problem(url: str) -> str | None:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, for messages (redis://:pw@host)."""
-    parts = urlsplit(url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.partition(":")[0]
-    return parts._replace(netloc=f"{user}:***@{hostport}").geturl()
+    """The URL with any password replaced by *** (user info, `password=`,
+    `sentinel_password=`), for messages."""
+    return redact(url)
 
 
 def _check_issuer(s) -> list[str]:
@@ -317,19 +315,11 @@ def _check_issuer(s) -> list[str]:
 
 
 def _check_redis_url(url: str) -> list[str]:
-    parts = urlsplit(url)
-    shown = redact_url(url)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        return [f"redis_url has value {shown!r}: must start with redis://, rediss:// or unix://"]
-    if parts.scheme == "unix" and not parts.path:
-        return [f"redis_url has value {shown!r}: unix:// needs a socket path"]
-    if parts.scheme != "unix":
-        if not parts.hostname:
-            return [f"redis_url has value {shown!r}: needs a host"]
-        if (why := url_port_problem(url)):
-            return [f"redis_url has value {shown!r}: {why}"]
-        if not re.fullmatch(r"/?([0-9]{1,5})?", parts.path):
-            return [f"redis_url has value {shown!r}: the path must be a database number"]
+    """One server, Sentinel or Cluster: shared/redis_url.py says what a URL may be."""
+    try:
+        parse_redis_url(url)
+    except ValueError as err:
+        return [f"redis_url has value {err}"]
     return []
 
 

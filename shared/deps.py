@@ -111,7 +111,8 @@ class Core:
                                    socket_timeout=settings.redis_timeout,
                                    connect_timeout=settings.redis_timeout, now=now)
         except (ValueError, TypeError) as err:  # redis-py's URL parsing: a bad port, db, option
-            problems.append(f"redis_url {redact_url(settings.redis_url)!r}: {err}")
+            problems.append(f"redis_url has value {err}" if redact_url(settings.redis_url) in str(err)
+                            else f"redis_url {redact_url(settings.redis_url)!r}: {err}")
         if problems:
             raise StartupError(problems)
         return cls(settings=settings, keyring=keyring, sealer=sealer, registry=registry,

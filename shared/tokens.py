@@ -205,7 +205,9 @@ class Tokens:
 
 
 async def is_revoked(store: Any, claims: Mapping[str, Any]) -> bool:
-    """One round trip to the revocation list for a token's jti, family and subject.
+    """One round trip to the revocation list for a token's jti, family and subject (and its
+    bucket's generation: a token older than Redis's state is refused). `claims` are those
+    of `Tokens.validate_access_token` (a `sub` is required there).
 
     Raises the store's `StoreUnavailable` when Redis cannot answer: callers answer 503,
     never a success without the check (fail closed).
@@ -213,4 +215,4 @@ async def is_revoked(store: Any, claims: Mapping[str, Any]) -> bool:
     family = claims.get("kc.family")
     return await store.is_revoked(jti=claims.get("jti") or None,
                                   family=family if isinstance(family, str) and family else None,
-                                  sub=claims.get("sub") or None, iat=claims.get("iat", 0))
+                                  sub=claims["sub"], iat=claims.get("iat", 0))

@@ -60,7 +60,7 @@ def as_oauth2_error(exc: BaseException | None) -> OAuth2Error:
         return exc
     if isinstance(exc, Unavailable):
         return OAuth2Error(TEMPORARILY_UNAVAILABLE, _DESCRIPTIONS[TEMPORARILY_UNAVAILABLE],
-                           retry_after=5)
+                           retry_after=getattr(exc, "retry_after", 5))
     if isinstance(exc, tornado.web.HTTPError):
         if exc.status_code in _HTTP_ERRORS:
             error = _HTTP_ERRORS[exc.status_code]

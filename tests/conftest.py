@@ -18,6 +18,7 @@ import tornado.ioloop
 from shared.store import Store
 from tests.support import apicheck
 from tests.support.servers import RedisServer, SlapdServer
+from tests.support.store import trusted_buckets
 
 pytest_plugins = ["tests.support.fixtures"]
 
@@ -59,12 +60,14 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture
 def redis_url(redis_server) -> str:
-    """The session Redis, database 0 flushed before the test."""
+    """The session Redis, database 0 flushed before the test (its buckets as a deployment
+    that never lost state has them: `trusted_buckets`)."""
     if not redis_server.running:  # a test that stopped it by mistake must not break the rest
         redis_server.start()
     client = redis_server.client()
     try:
         client.flushdb()
+        trusted_buckets(client)
     finally:
         client.close()
     return redis_server.url

@@ -276,8 +276,7 @@ class AuthorizeHandler(PageHandler):
         params: list = []
         code = access = None
         if "code" in types:
-            code = random_token(32)
-            await deps.store.put_code(code, grant.to_record(), deps.settings.code_expiration)
+            code = await deps.store.put_code(grant.to_record(), deps.settings.code_expiration)
             params.append(("code", code))
         if "token" in types:
             access = deps.tokens.access_token(client_id=req.client.id, identity=identity,

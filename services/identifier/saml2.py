@@ -47,7 +47,7 @@ class ACSHandler(AuthorityPage):
         except AuthorityResponseError as err:
             raise refused(authority, str(err)) from None
         if not await deps.store.first_use("saml2-assertion", str(facts["assertion_id"])[:256],
-                                          24 * 3600):
+                                          24 * 3600, issued_at=facts.get("issued_at")):
             raise refused(authority, "the assertion was already used")
         ref = {k: facts[k] for k in ("name_id", "name_id_format", "session_index")}
         await finish(self, authority, flow, facts["value"], ref=ref)

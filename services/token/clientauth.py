@@ -155,7 +155,12 @@ async def _private_key_jwt(assertion: str, form_id: Optional[str], lookup: Any, 
             raise _invalid(f"assertion {name} is in the future or malformed", False)
     if not isinstance(jti, str) or not jti:
         raise _invalid("assertion has no jti", False)
-    if not await store.first_use("client-assertion", f"{client_id} {jti}", int(exp - t) + 60):
+    # made at its iat, or at the earliest its exp allows (a marker older than Redis's
+    # state may have been lost: Store.first_use)
+    iat = claims.get("iat")
+    made = iat if _is_time(iat) else exp - MAX_ASSERTION_LIFETIME
+    if not await store.first_use("client-assertion", f"{client_id} {jti}", int(exp - t) + 60,
+                                 issued_at=made):
         raise _invalid("client assertion replayed", False)
     return Authenticated(client, "private_key_jwt")
 

@@ -29,7 +29,7 @@ from shared.errors import INVALID_GRANT, INVALID_REQUEST, INVALID_SCOPE, OAuth2E
 from shared.grants import Grant
 from shared.session import wait_past
 from shared.store import CodeOutcome, RotationOutcome
-from shared.tokens import Tokens, new_jti, random_token
+from shared.tokens import Tokens, new_jti
 
 from .request import FormRequest
 
@@ -39,6 +39,7 @@ _VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 _CODE_REFUSALS = {
     CodeOutcome.UNKNOWN: "code is invalid or expired",
     CodeOutcome.INVALID: "code is invalid or expired",
+    CodeOutcome.STALE: "code is invalid or expired",
     CodeOutcome.WRONG_CLIENT: "code was issued to another client",
     CodeOutcome.WRONG_REDIRECT_URI: "redirect_uri does not match the authorization request",
     CodeOutcome.VERIFIER_WITHOUT_CHALLENGE: "code_verifier given but no code_challenge was sent",
@@ -132,18 +133,18 @@ async def authorization_code(request: FormRequest, client: Client, issuer: Issue
         raise OAuth2Error(INVALID_REQUEST, "code is required")
     verifier = request.get("code_verifier")
     store, tokens = issuer.store, issuer.tokens
-    jti, refresh = new_jti(), random_token(32)
+    jti = new_jti()
     redemption = await store.redeem_code(
         code, client_id=client.id, redirect_uri=request.get("redirect_uri") or "",
         challenge=s256(verifier), verifier_sent=bool(verifier), public=client.is_public,
         refresh_allowed=grant_type_allowed(client, "refresh_token"), jti=jti,
-        refresh_token=refresh, now=int(tokens.now()), access_ttl=tokens.access_ttl,
-        refresh_ttl=tokens.refresh_ttl)
+        now=int(tokens.now()), access_ttl=tokens.access_ttl, refresh_ttl=tokens.refresh_ttl)
+    refresh = redemption.refresh_token
     if redemption.outcome is CodeOutcome.REPLAYED:
         spent = redemption.spent
         until = tokens.family_until(spent["exp"])
-        await store.revoke_family(spent["family"], until)
-        await store.revoke_jti(spent["jti"], until)
+        await store.revoke_family(spent["family"], until, sub=spent["sub"])
+        await store.revoke_jti(spent["jti"], until, sub=spent["sub"])
         raise _grant_error("code already used", "code replayed: issued tokens revoked")
     if not redemption.issued:
         raise _grant_error(_CODE_REFUSALS[redemption.outcome])
@@ -158,7 +159,7 @@ async def authorization_code(request: FormRequest, client: Client, issuer: Issue
         except Unavailable:
             pass  # an unreachable refresh token (256 random bits) until its TTL; marker harmless
         raise
-    if redemption.outcome is CodeOutcome.ISSUED_WITH_REFRESH:
+    if refresh is not None:
         body["refresh_token"] = refresh
     return body
 
@@ -170,14 +171,14 @@ async def refresh_token(request: FormRequest, client: Client, issuer: Issuer) ->
         raise OAuth2Error(INVALID_REQUEST, "refresh_token is required")
     requested = scopelib.parse(request.get("scope"))
     store, tokens = issuer.store, issuer.tokens
-    now, new_token = int(tokens.now()), random_token(32)
-    rotation = await store.rotate_refresh(token, new_token, client_id=client.id, now=now,
+    now = int(tokens.now())
+    rotation = await store.rotate_refresh(token, client_id=client.id, now=now,
                                           refresh_ttl=tokens.refresh_ttl, scopes=requested)
-    outcome = rotation.outcome
+    outcome, new_token = rotation.outcome, rotation.token
     if outcome is RotationOutcome.REUSED:
-        await store.revoke_family(rotation.family, tokens.family_until())
+        await store.revoke_family(rotation.family, tokens.family_until(), sub=rotation.sub)
         raise _grant_error("refresh token already used", "refresh token reuse: family revoked")
-    if outcome in (RotationOutcome.UNKNOWN, RotationOutcome.INVALID):
+    if outcome in (RotationOutcome.UNKNOWN, RotationOutcome.INVALID, RotationOutcome.STALE):
         raise _grant_error("refresh token is invalid or expired")
     if outcome is RotationOutcome.WRONG_CLIENT:
         raise _grant_error("refresh token was issued to another client")

@@ -122,16 +122,18 @@ class RevokeHandler(FormHandler):
                 grant = Grant.from_record(record)
                 await deps.store.take_refresh(token)
                 await deps.store.revoke_family(
-                    grant.family, deps.tokens.family_until(grant.created + deps.tokens.refresh_ttl))
+                    grant.family, deps.tokens.family_until(grant.created + deps.tokens.refresh_ttl),
+                    sub=record["sub"])
             elif record is None:
                 # Already spent: rotated, or taken by a refresh that is still running and may
                 # put it back after a failure (grants.refresh_token). Its family ends, so
                 # that nothing of it works after this 200 (RFC 7009 §2.2, RFC 6819
                 # §5.2.2.3). The spent marker names no client; whoever holds a 256-bit
                 # token of the family may end it.
-                family = await deps.store.spent_refresh_family(token)
-                if family:
-                    await deps.store.revoke_family(family, deps.tokens.family_until())
+                spent = await deps.store.spent_refresh(token)
+                if spent:
+                    await deps.store.revoke_family(spent["family"], deps.tokens.family_until(),
+                                                   sub=spent["sub"])
         self.set_status(200)  # §2.2: also for invalid or unknown tokens
         self.finish()
 
@@ -143,8 +145,8 @@ class RevokeHandler(FormHandler):
         if claims.get("kc.isAccessToken") is True and claims.get("aud") == client.id \
                 and isinstance(claims.get("jti"), str) and isinstance(claims.get("exp"), int):
             until = self.deps.tokens.accepted_until(claims["exp"])
-            if until > self.deps.now():
-                await self.deps.store.revoke_jti(claims["jti"], until)
+            if until > self.deps.now() and isinstance(claims.get("sub"), str) and claims["sub"]:
+                await self.deps.store.revoke_jti(claims["jti"], until, sub=claims["sub"])
 
 
 class IntrospectHandler(FormHandler):
@@ -185,12 +187,10 @@ class IntrospectHandler(FormHandler):
         return info
 
     async def _refresh(self, token: str) -> Optional[dict]:
-        record = await self.deps.store.peek_refresh(token)
+        record = await self.deps.store.peek_refresh(token)  # None: revoked too
         if not record:
             return None
         grant = Grant.from_record(record)
-        if await self.deps.store.is_revoked(family=grant.family):
-            return None
         return {"client_id": grant.client_id, "sub": grant.identity.sub, "scope": " ".join(grant.scopes),
                 "exp": grant.created + self.deps.tokens.refresh_ttl, "iat": grant.created,
                 "token_type": "refresh_token", "username": grant.identity.username,

@@ -24,6 +24,7 @@ checked here by hand.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import logging
 import secrets
 import shutil
@@ -39,6 +40,7 @@ from saml2.response import StatusError
 from saml2.s_utils import UnknownPrincipal, UnsupportedBinding
 from saml2.saml import NAMEID_FORMAT_TRANSIENT, NameID
 from saml2.sigver import RSACrypto, SignatureError
+from saml2.time_util import str_to_time
 
 from .fetch import MAX_BODY, UpstreamError, fetch
 from .oidc import AuthorityResponseError
@@ -176,6 +178,7 @@ class SAML2Authority:
         if assertion.issuer is None or assertion.issuer.text != self.idp_entity_id:
             raise AuthorityResponseError("the assertion's issuer is not the IdP")
         facts = {"assertion_id": assertion.id, "value": None,
+                 "issued_at": _epoch(assertion.issue_instant),
                  "name_id": "", "name_id_format": "", "session_index": "",
                  "session_not_on_or_after": None}
         name = self.authority.identity_claim_name
@@ -297,3 +300,12 @@ def _read_capped(path: str) -> bytes:
     if len(data) > MAX_BODY:
         raise UpstreamError(f"saml2 metadata file {path}: larger than {MAX_BODY} bytes")
     return data
+
+
+def _epoch(instant: Any) -> Optional[int]:
+    """An xs:dateTime of the assertion (IssueInstant) as a unix time, or None."""
+    try:
+        parsed = str_to_time(instant) if instant else None
+    except (ValueError, TypeError, AttributeError):  # pysaml2: AttributeError on garbage
+        return None
+    return calendar.timegm(parsed) if parsed else None

@@ -671,10 +671,9 @@ async def test_expired_code(rp, core):  # noqa: F811
 
     from shared.grants import Grant
     from tests.support.op import ALICE
-    code = secrets.token_urlsafe(32)
     grant = Grant(client_id="conf-client", identity=ALICE, scopes=["openid"], redirect_uri=CB,
                   auth_time=int(time.time()), sid="sid", created=int(time.time()))
-    await core.store.put_code(code, grant.to_record(), 1)  # a one-second code lifetime
+    code = await core.store.put_code(grant.to_record(), 1)  # a one-second code lifetime
     await asyncio.sleep(1.5)
     status, body = await rp.token(grant_type="authorization_code", code=code, redirect_uri=CB)
     assert status == 400 and body["error"] == "invalid_grant"

@@ -102,11 +102,9 @@ async def mint_code(core: Core, *, client_id: str = "web-rp",
                     auth_time: Optional[int] = None) -> str:
     """What the authorize service does after sign-in and consent: a code in Redis (for a
     sign-in 5 s ago unless `auth_time` says when)."""
-    code = secrets.token_urlsafe(32)
     grant = Grant(client_id=client_id, identity=identity, scopes=list(scopes),
                   redirect_uri=redirect_uri, nonce=nonce, claims=claims,
                   code_challenge=challenge or "", code_challenge_method="S256" if challenge else "",
                   auth_time=int(core.now()) - 5 if auth_time is None else auth_time,
                   sid="sid-1", created=int(core.now()))
-    await core.store.put_code(code, grant.to_record(), core.settings.code_expiration)
-    return code
+    return await core.store.put_code(grant.to_record(), core.settings.code_expiration)

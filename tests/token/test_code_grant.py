@@ -25,7 +25,7 @@ from tests.support.browser import (
 )
 from tests.support.fixtures import DYNAMIC_REGISTRATION
 from tests.support.http import TRUSTED_AUTH, basic, code_form, introspect, post, token
-from tests.support.store import leftovers, redemption_marker
+from tests.support.store import flush, leftovers, redemption_marker
 from tests.support.op import (
     ALICE,
     ISSUER,
@@ -206,7 +206,7 @@ async def test_redemption_refused_after_the_one_round_trip_leaves_no_tokens(http
                                                                             base_url, core):
     """A public client's code without PKCE matches in Redis (one round trip writes the
     marker and the refresh record) but is refused by the PKCE rule: both are removed."""
-    await core.store._redis.flushdb()
+    await flush(core.store)
     code = await mint_code(core, client_id="public-app", redirect_uri="http://127.0.0.1:5555/cb")
     resp, body = await token(http_client, base_url, code_form(
         code, client_id="public-app", redirect_uri="http://127.0.0.1:5555/cb"), auth=None)
@@ -217,7 +217,7 @@ async def test_redemption_refused_after_the_one_round_trip_leaves_no_tokens(http
 @pytest.mark.gen_test
 async def test_user_gone_at_redemption_is_invalid_grant_and_leaves_no_tokens(http_client,
                                                                             base_url, core):
-    await core.store._redis.flushdb()
+    await flush(core.store)
     ghost = Identity(raw_sub="ghost-uuid", backend=ALICE.backend, username="ghost")
     code = await mint_code(core, identity=ghost)
     resp, body = await token(http_client, base_url, code_form(code))
@@ -230,10 +230,9 @@ async def test_code_record_without_created_time_is_no_grant(http_client, base_ur
     """Every code carries the time its grant began (`created`, the refresh family's start);
     a record without one (none is written since the token service exists) is refused like
     an unknown code, and spent."""
-    code = "no-created-" + "x" * 40
     record = Grant(client_id="web-rp", identity=ALICE, scopes=["openid", "offline_access"],
                    redirect_uri="https://rp.example.test/cb").to_record()
-    await core.store.put_code(code, record, 60)
+    code = await core.store.put_code(record, 60)
     resp, body = await token(http_client, base_url, code_form(code))
     assert resp.code == 400 and body["error"] == "invalid_grant"
     assert await leftovers(core, code) == (None, [])
@@ -249,7 +248,7 @@ async def test_one_round_trip_redemption_records_what_it_issued(http_client, bas
     marker, _ = await leftovers(core, code)
     claims = jose.unverified_claims(body["access_token"])
     assert marker == {"family": claims["kc.family"], "jti": claims["jti"],
-                      "exp": marker["exp"]}
+                      "exp": marker["exp"], "sub": claims["sub"]}
     assert marker["exp"] >= claims["iat"] + core.settings.refresh_token_expiration
     assert (await core.store.peek_refresh(body["refresh_token"]))["family"] == claims["kc.family"]
 

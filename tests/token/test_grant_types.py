@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared.grants import Grant
 from shared.keys import public_jwk
+from shared.store import new_token
 from tests.support.fixtures import DYNAMIC_REGISTRATION
 from tests.support.http import basic, post
 from tests.support.op import (
@@ -78,7 +79,7 @@ def refresh_keys(redis_server) -> list:
 async def planted_refresh_token(core, client_id, redirect_uri) -> str:
     """A refresh token of `client_id` as the store would hold it (issued before the client's
     registration restricted its grant types, or by a bug)."""
-    token = "planted-" + "r" * 40
+    token = new_token(ALICE.sub)
     grant = Grant(client_id=client_id, identity=ALICE, scopes=["openid", "offline_access"],
                   redirect_uri=redirect_uri, created=int(core.now()))
     await core.store.put_refresh(token, grant.to_record(), 3600)

@@ -24,7 +24,7 @@ from tests.support.browser import (
 )
 from tests.support.fixtures import DYNAMIC_REGISTRATION
 from tests.support.http import TRUSTED_AUTH, basic, code_form, introspect, post, token
-from tests.support.store import leftovers
+from tests.support.store import flush, leftovers
 from tests.support.op import (
     REGISTRY,
     SECRET,
@@ -184,7 +184,7 @@ async def test_refresh_scope_may_narrow_but_not_widen(http_client, base_url, cor
 async def test_refused_refresh_leaves_only_the_presented_token(http_client, base_url, core):
     """The one-round-trip rotation stores the successor before the scope check: a refusal
     removes it and puts the presented token back, so exactly that one stays usable."""
-    await core.store._redis.flushdb()
+    await flush(core.store)
     code = await mint_code(core, scopes=("openid", "profile", "offline_access"))
     _, first = await token(http_client, base_url, code_form(code))
     _, before = await leftovers(core, code)

@@ -28,6 +28,7 @@ from shared.users.userfile import UsersFileBackend
 from tests.support.browser import Browser, query_of, sign_in
 from tests.support.fixtures import DYNAMIC_REGISTRATION
 from tests.support.http import basic, post
+from tests.support.store import client_key
 from tests.support.op import (
     ISSUER,
     REGISTRY,
@@ -175,7 +176,7 @@ async def test_registered_web_client_gets_a_secret_and_redeems_codes_with_basic_
     # stored once, with a TTL, and with the secret only as its SHA-256
     raw = redis_server.client()
     try:
-        key = f"konnect:client:{client_id}"
+        key = client_key(client_id)
         stored = raw.get(key).decode()
         assert secret not in stored
         assert hashlib.sha256(secret.encode()).hexdigest() in stored
@@ -406,7 +407,7 @@ async def test_client_with_expiring_secret_is_invalid_client_after_expiry(
             assert body["client_secret_expires_at"] == body["client_id_issued_at"] + 1
             raw = redis_server.client()
             try:
-                assert 0 < raw.pttl(f"konnect:client:{client_id}") <= 1000  # Redis forgets it too
+                assert 0 < raw.pttl(client_key(client_id)) <= 1000  # Redis forgets it too
             finally:
                 raw.close()
             code = await mint_code(core, client_id=client_id, redirect_uri="https://dyn.example.test/cb")
