@@ -195,7 +195,7 @@ def _host_port(shown: str, item: str) -> tuple:
     if not _HOST.match(host):
         raise ValueError(f"{shown!r}: {host!r} is not a host name or address")
     if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
-        raise ValueError(f"{shown!r}: port {port!r} is not a port number")
+        raise ValueError(f"{shown!r}: port {port!r} is not a number from 1 to 65535")
     return host.strip("[]"), int(port)
 
 
@@ -207,9 +207,11 @@ def _check_single(shown: str, parts, scheme: str) -> None:
     if not parts.hostname:
         raise ValueError(f"{shown!r}: needs a host")
     try:
-        parts.port
+        port = parts.port
     except ValueError:
-        raise ValueError(f"{shown!r}: the port is not a port number") from None
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"{shown!r}: the port is not a number from 1 to 65535")
     if "," in parts.netloc:
         raise ValueError(f"{shown!r}: several hosts need redis+sentinel:// or "
                          "redis+cluster://")

@@ -607,11 +607,18 @@ class _Guard:
     writes waited for every replica; anything else is a loss: every bucket of that primary
     gets a generation of now + 1, so nothing issued before is accepted any more. No marker
     at all: a new or emptied database, whose buckets start a generation now.
+
+    A server is verified as a primary of one replication history (run_id and replication
+    id): a server that was verified, became a replica and is promoted again has a new
+    replication id and is checked again. A check whose writes the primary refuses (not
+    enough replicas yet, during a failover) is tried again on the next connection; its
+    verdict is logged once.
     """
 
     def __init__(self, prefix: str, now: Callable[[], float]) -> None:
         self.prefix, self.now = prefix, now
-        self.verified: set = set()  # run_ids this process checked
+        self.verified: set = set()  # (run_id, replid) this process checked
+        self._logged: set = set()   # verdicts logged, (run_id, replid, verdict)
         self._lock: asyncio.Lock | None = None
 
     async def check(self, conn: Any, *, waits: int, wait_ms: int, cluster: bool) -> dict:
@@ -623,14 +630,24 @@ class _Guard:
             if cluster:
                 return info  # a replica answers topology questions only
             raise RedisConnectionError("the server is a replica, not the primary")
-        if info.get("run_id", "") in self.verified:
+        if self._identity(info) in self.verified:
             return info
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            if info.get("run_id", "") not in self.verified:
+            if self._identity(info) not in self.verified:
                 await self._verify(conn, info, waits=waits, wait_ms=wait_ms, cluster=cluster)
         return info
+
+    @staticmethod
+    def _identity(info: dict) -> tuple:
+        return info.get("run_id", ""), info.get("master_replid", "")
+
+    def _log_once(self, info: dict, level: int, message: str, *args: Any) -> None:
+        key = (*self._identity(info), message)
+        if key not in self._logged:
+            self._logged.add(key)
+            log.log(level, message, *args)
 
     async def _verify(self, conn: Any, info: dict, *, waits: int, wait_ms: int,
                       cluster: bool) -> None:
@@ -646,19 +663,20 @@ class _Guard:
         if not marker:
             since = int(self.now())
             commands = self._each_slot(_INIT, tags, since, cluster)
-            log.info("redis: no generation marker on %s: its buckets start at %d",
-                     _server_name(conn), since)
+            self._log_once(info, logging.INFO, "redis: no generation marker on %s: its "
+                           "buckets start now", _server_name(conn))
         elif marker.get("run_id") == run_id:
             pass
         elif waits and replid2 and replid2 == marker.get("replid"):
-            log.info("redis: %s took over from %s with every acknowledged write",
-                     _server_name(conn), marker.get("run_id", "?")[:8])
+            self._log_once(info, logging.INFO, "redis: %s took over from %s with every "
+                           "acknowledged write", _server_name(conn),
+                           marker.get("run_id", "?")[:8])
         else:
             since = int(self.now()) + 1
-            log.warning("redis: %s is not the server that acknowledged the last writes "
-                        "(restarted, restored, or a failover that could lose writes): "
-                        "nothing issued before %d is accepted any more", _server_name(conn),
-                        since)
+            self._log_once(info, logging.WARNING, "redis: %s is not the server that "
+                           "acknowledged the last writes (restarted, restored, or a failover "
+                           "that could lose writes): nothing issued before it took over is "
+                           "accepted any more", _server_name(conn))
             commands = self._each_slot(_ADVANCE_ALL, tags, since, cluster)
         if marker.get("run_id") != run_id or marker.get("replid") != replid:
             commands.append(("HSET", marker_key, "run_id", run_id, "replid", replid))
@@ -668,7 +686,7 @@ class _Guard:
                 acked = await _raw(conn, "WAIT", waits, wait_ms)
                 if int(acked) < waits:
                     raise _NotDurable(f"generation marker reached {acked} of {waits} replicas")
-        self.verified.add(run_id)
+        self.verified.add(self._identity(info))
 
     def _each_slot(self, source: str, tags: tuple, since: int, cluster: bool) -> list:
         """One EVAL of `source` per hash slot of the buckets (one for all on one server)."""
@@ -873,7 +891,7 @@ class _ClusterLink(_Link):
         client = _KonnectCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in t.hosts],
             username=t.username, password=t.password, require_full_coverage=False,
-            cluster_error_retry_attempts=1, **tls, **kwargs)
+            **tls, **kwargs)
         client.link = self
         # every connection of every node (also those a topology refresh makes) runs the
         # continuity check: redis-py's cluster client sets no connect hook of its own here
@@ -931,7 +949,6 @@ class _ClusterLink(_Link):
             try:
                 await node.execute_pipeline(commands)
             except (RedisConnectionError, RedisTimeoutError, OSError):
-                client.nodes_manager.reinitialize_counter = 0
                 await self._refresh()
                 raise
             result = commands[0].result

@@ -370,11 +370,13 @@ def test_a_redis_url_refused_by_redis_py_is_a_startup_problem(tmp_path):
 
     state = make_state(tmp_path)
     settings = settings_for("token", state, "redis://127.0.0.1:6379/0")
-    broken = dataclasses.replace(settings, redis_url="redis://:pw@127.0.0.1:abc/0")
+    broken = dataclasses.replace(settings,
+                                 redis_url="redis://:pw@127.0.0.1:6379/0?socket_timeout=abc")
     with pytest.raises(StartupError) as info:
         Core.from_settings(broken)
-    assert len(info.value.problems) == 1
-    assert info.value.problems[0].startswith("redis_url 'redis://:***@127.0.0.1:abc/0'")
+    assert len(info.value.problems) == 1, info.value.problems
+    assert info.value.problems[0].startswith("redis_url 'redis://:***@127.0.0.1:6379/0")
+    assert "pw" not in info.value.problems[0]
 
 
 def test_konnect_serve_flags_are_all_accepted():

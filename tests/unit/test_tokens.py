@@ -63,8 +63,9 @@ class RevocationHandler(BaseHandler):
 
 
 @pytest.fixture
-def app(private_redis, tokens):
-    store = Store.from_url(private_redis.url, socket_timeout=0.5, connect_timeout=0.5)
+def app(private_redis, tokens, clock):
+    store = Store.from_url(private_redis.url, socket_timeout=0.5, connect_timeout=0.5,
+                           now=clock)
     deps = {"tokens": tokens, "store": store, "redis": private_redis}
     application = tornado.web.Application([(r"/check", RevocationHandler, {"deps": deps})])
     application.deps = deps
@@ -153,12 +154,12 @@ async def test_revocation_by_jti_family_and_subject(tokens, store, clock):
     minted = tokens.access_token(client_id="rp", identity=ALICE, scopes=["openid"], family="fam-9")
     claims = tokens.validate_access_token(minted.token)
     assert not await is_revoked(store, claims)
-    await store.revoke_family("fam-9", clock.t + 600)
+    await store.revoke_family("fam-9", clock.t + 600, sub=claims["sub"])
     assert await is_revoked(store, claims)
     other = tokens.validate_access_token(tokens.access_token(
         client_id="rp", identity=ALICE, scopes=["openid"], family="fam-10").token)
     assert not await is_revoked(store, other)
-    await store.revoke_jti(other["jti"], clock.t + 600)
+    await store.revoke_jti(other["jti"], clock.t + 600, sub=other["sub"])
     assert await is_revoked(store, other)
     third = tokens.validate_access_token(tokens.access_token(
         client_id="rp", identity=ALICE, scopes=["openid"], family="fam-11").token)
