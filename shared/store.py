@@ -604,9 +604,13 @@ class _Guard:
     snapshot or append-only file that may be older than the last acknowledged write, or a
     restored backup) or that another server took over. A replica promoted by a failover
     (its previous replication id is the marker's) kept every acknowledged write when the
-    writes waited for every replica; anything else is a loss: every bucket of that primary
-    gets a generation of now + 1, so nothing issued before is accepted any more. No marker
-    at all: a new or emptied database, whose buckets start a generation now.
+    writes waited for every replica. A server that restarted with its append-only file
+    (`aof_enabled`, a fresh replication history, the marker still there) kept them too:
+    Redis writes every command to the file before it answers. Anything else is a loss:
+    every bucket of that primary gets a generation of now + 1, so nothing issued before is
+    accepted any more. No marker at all: a new or emptied database, whose buckets start a
+    generation now. A restored older backup cannot be told from a restart: after one, run
+    `python -m shared.store new-generation` (docs/operations.md).
 
     A server is verified as a primary of one replication history (run_id and replication
     id): a server that was verified, became a replica and is promoted again has a new
@@ -625,7 +629,7 @@ class _Guard:
         """Returns INFO's server and replication facts; raises RedisConnectionError for a
         replica (one server, Sentinel). One check at a time per process: the others wait
         for it and find the server verified."""
-        info = _info(await _raw(conn, "INFO", "server", "replication"))
+        info = _info(await _raw(conn, "INFO", "server", "replication", "persistence"))
         if info.get("role") != "master":
             if cluster:
                 return info  # a replica answers topology questions only
@@ -671,6 +675,14 @@ class _Guard:
             self._log_once(info, logging.INFO, "redis: %s took over from %s with every "
                            "acknowledged write", _server_name(conn),
                            marker.get("run_id", "?")[:8])
+        elif info.get("aof_enabled") == "1" and marker.get("replid") != replid \
+                and not replid2.strip("0"):
+            # restarted and loaded its append-only file (the marker came back with it):
+            # Redis writes a command to the file before it answers, so a restart or a
+            # kill -9 of Redis keeps every acknowledged write (an OS crash with
+            # `appendfsync everysec` can lose the last second: docs/operations.md)
+            self._log_once(info, logging.INFO, "redis: %s restarted from its append-only "
+                           "file", _server_name(conn))
         else:
             since = int(self.now()) + 1
             self._log_once(info, logging.WARNING, "redis: %s is not the server that "
@@ -1493,3 +1505,40 @@ class Store:
 def describe(url: str) -> str:
     """The URL for messages: passwords replaced."""
     return redact(url)
+
+
+def main(argv: Optional[list] = None) -> int:
+    """`python -m shared.store new-generation`: refuse every code, token and sign-in issued
+    until now (docs/operations.md: after restoring an older backup)."""
+    import argparse
+    import os
+    import sys
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.store", description="Start a new generation in every bucket: "
+        "every code, refresh token, access token and sign-in issued until now is refused "
+        "(after restoring an older backup of Redis, or a failover that lost writes).")
+    parser.add_argument("command", choices=["new-generation"])
+    parser.add_argument("--redis-url", default=os.environ.get("KONNECTD_REDIS_URL"),
+                        help="default: $KONNECTD_REDIS_URL")
+    parser.add_argument("--redis-prefix", default="konnect:")
+    args = parser.parse_args(argv)
+    if not args.redis_url:
+        parser.error("--redis-url or KONNECTD_REDIS_URL is needed")
+
+    async def run() -> int:
+        store = Store.from_url(args.redis_url, prefix=args.redis_prefix)
+        try:
+            return await store.new_generation()
+        finally:
+            await store.close()
+    try:
+        since = asyncio.run(run())
+    except (StoreUnavailable, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"new generation from {since}: everything issued before is refused")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

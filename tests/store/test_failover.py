@@ -15,11 +15,8 @@ import logging
 
 import pytest
 
-from services.token.app import make_app
-from tests.support.failover import Run, Target
-from tests.support.op import ALICE, SECRET, make_core
+from tests.support.failover import run_token_service
 from tests.support.redis_ha import ClusterGroup, SentinelGroup
-from tests.support.services import serving
 
 pytestmark = [
     pytest.mark.op(service="token", apps=("token",)),
@@ -32,28 +29,9 @@ pytestmark = [
 SERVING_AGAIN_WITHIN = 20.0  # seconds after a failover began (the requirement)
 
 
-def _identities(n: int = 50) -> list:
-    from dataclasses import replace
-    return [replace(ALICE, raw_sub=f"user-{i}", username=f"user{i}") for i in range(n)]
-
-
 async def _run(state, url: str, failovers, grants: int) -> dict:
-    core = make_core("token", state, url)
-    try:
-        async with serving(make_app(core.settings, core)) as base:
-            run = Run(Target(base=base, client_id="web-rp", client_secret=SECRET,
-                             redirect_uri="https://rp.example.test/cb",
-                             identities=_identities(), redis_url=url), grants=grants,
-                      concurrency=8)
-            try:
-                await run.prepare()
-                await run.run(failovers, gap=2.0, settle=3.0)
-                await run.check()
-                return run.report()
-            finally:
-                run.close()
-    finally:
-        await core.close()
+    return await run_token_service(state, url, failovers, grants=grants, concurrency=8,
+                                   gap=2.0, settle=3.0)
 
 
 def _assert_safe(report: dict) -> None:
