@@ -7,16 +7,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from shared.keys import public_jwk
 from shared.session import (
     BROWSER_STATE_COOKIE,
     LOGON_COOKIE,
@@ -25,38 +21,19 @@ from shared.session import (
     session_state,
 )
 from tests.support.browser import TRUSTED, Browser, authorize_url, query_of, sign_in, signed_in
+from tests.support.clients import (
+    ODD_CB,
+    ODD_ORIGIN_REGISTRY,
+    REQUEST_OBJECT_CLIENTS,
+)
 from tests.support.fixtures import DYNAMIC_REGISTRATION
 from tests.support.op import ALICE, ISSUER, REGISTRY
-from tests.support.users import ALICE_ENTRY, BOB_ENTRY, cheap_hash
-
-
-def write_users(path, entries) -> None:
-    """Replace the users file as an operator's tool would (new inode: the backend reloads)."""
-    tmp = str(path) + ".new"
-    with open(tmp, "w") as stream:
-        stream.write(yaml.safe_dump({"users": entries}))
-    os.replace(tmp, path)
-
-
-ODD_CB = "https://RP.Odd.Example.test:443/cb"
-
-
-REGISTRY_3 = REGISTRY + f"""
-  - id: odd-origin-rp
-    trusted: yes
-    secret: odd-secret
-    redirect_uris: ["{ODD_CB}"]
-"""
-
-
-USERS = [f"user{i}" for i in range(3)]
-
-
-SIGN_IN_USERS = (
-    {"username": "alice", "password": cheap_hash("wonderland"), "name": "Alice Example",
-     "email": "alice@example.test", "email_verified": True, "id": 1001, "uuid": "u-alice"},
-    *({"username": u, "password": cheap_hash("pw-" + u), "id": 2000 + i, "uuid": f"u-{u}"}
-      for i, u in enumerate(USERS)))
+from tests.support.users import (
+    ALICE_ENTRY,
+    BOB_ENTRY,
+    SIGN_IN_USERS,
+    write_users,
+)
 
 
 async def _session(b: Browser) -> tuple[str, str]:
@@ -68,32 +45,6 @@ async def _session(b: Browser) -> tuple[str, str]:
 def _konnect_state(sub: str, issuer: str) -> str:
     data = f"{sub} {issuer} kopano-konnect-1".encode()
     return base64.urlsafe_b64encode(hashlib.blake2b(data, digest_size=32).digest()).rstrip(b"=").decode()
-
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-def _jwk(key, kid: str, alg: str) -> dict:
-    return {**public_jwk(key), "kid": kid, "alg": alg, "use": "sig"}
-
-
-EXTRA = f"""
-  - id: ro-rp
-    name: Request Object RP
-    trusted: yes
-    secret: ro
-    redirect_uris: [https://ro.example.test/cb, https://ro.example.test/other]
-    jwks: {json.dumps({"keys": [_jwk(RSA_KEY, "ro-1", "RS256")]})}
-  - id: ro-pinned
-    trusted: yes
-    secret: rp
-    request_object_signing_alg: ES256
-    redirect_uris: [https://pinned.example.test/cb]
-    jwks: {json.dumps({"keys": [_jwk(EC_KEY, "ec-1", "ES256")]})}
-"""
 
 
 NODE_HARNESS = r"""
@@ -117,7 +68,7 @@ next();
 """
 
 
-pytestmark = pytest.mark.op(registry=REGISTRY + EXTRA)
+pytestmark = pytest.mark.op(registry=REGISTRY + REQUEST_OBJECT_CLIENTS)
 
 
 @pytest.mark.op(args=DYNAMIC_REGISTRATION)
@@ -148,7 +99,7 @@ async def test_a_logon_of_a_disabled_or_removed_user_is_no_session(http_client, 
     assert query_of((await b.fetch(silent)).headers["Location"]).get("access_token")
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 async def test_session_state_hashes_the_browsers_origin(http_client, base_url):
     """OIDC Session Management 1.0 §3: the iframe recomputes the hash with the RP frame's

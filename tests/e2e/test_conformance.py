@@ -10,11 +10,11 @@ import time
 from urllib.parse import urlencode
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 from jose import jwt as rp_jwt
 
 from shared.keys import SigningKey, public_jwk
 from tests.support.browser import Browser, query_of, sign_in
+from tests.support.clients import CLIENT_KEY
 from tests.support.http import basic
 from tests.support.op import REGISTRY, pkce_pair
 
@@ -51,9 +51,6 @@ EXTRA = f"""
     secret: "two-secret"
     redirect_uris: [https://two.example.test/a, "https://two.example.test/q?foo=bar"]
 """
-
-
-CLIENT_KEY = ec.generate_private_key(ec.SECP256R1())
 
 
 EXTRA += f"""

@@ -8,17 +8,7 @@ import json
 import pytest
 
 from tests.support.browser import Browser, authorize_url, query_of, sign_in
-from tests.support.users import cheap_hash
-
-USERS = [f"user{i}" for i in range(3)]
-
-
-SIGN_IN_USERS = (
-    {"username": "alice", "password": cheap_hash("wonderland"), "name": "Alice Example",
-     "email": "alice@example.test", "email_verified": True, "id": 1001, "uuid": "u-alice"},
-    *({"username": u, "password": cheap_hash("pw-" + u), "id": 2000 + i, "uuid": f"u-{u}"}
-      for i, u in enumerate(USERS)))
-
+from tests.support.users import SIGN_IN_USERS
 
 CONSENT = {"state": "c1", "allow": True, "scope": "openid", "client_id": "web-rp",
            "redirect_uri": "https://rp.example.test/cb", "ref": "xyz", "flow_nonce": "n-1"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import re
@@ -17,13 +16,15 @@ from tests.support.browser import (
     WEB_RP,
     Browser,
     authorize_url,
+    post_form,
     query_of,
+    register,
     sign_in,
     signed_in,
 )
+from tests.support.clients import ODD_ORIGIN_REGISTRY
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.http import TRUSTED_AUTH
-from tests.support.op import REGISTRY
+from tests.support.malformed import JWT_DEEP_HEADER, JWT_DEEP_PAYLOAD
 from tests.support.users import ALICE_ENTRY, BOB_ENTRY
 
 END = "/signin/v1/identifier/_/endsession"
@@ -53,49 +54,6 @@ async def userinfo(http_client, base_url, access_token: str) -> int:
 def _alice(core):
     from tests.support.op import ALICE
     return dataclasses.replace(ALICE, raw_sub="u-alice", uuid="u-alice")
-
-
-DEEP = "[" * 3000 + "]" * 3000          # past every parser's limit (json: RecursionError)
-
-
-def b64(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-HEAD_OK = b64(json.dumps({"alg": "RS256", "typ": "JWT"}))
-
-
-JWT_DEEP_HEADER = b64(DEEP) + "." + b64("{}") + ".AAAA"
-
-
-JWT_DEEP_PAYLOAD = HEAD_OK + "." + b64(DEEP) + ".AAAA"
-
-
-ODD_CB = "https://RP.Odd.Example.test:443/cb"
-
-
-REGISTRY_3 = REGISTRY + f"""
-  - id: odd-origin-rp
-    trusted: yes
-    secret: odd-secret
-    redirect_uris: ["{ODD_CB}"]
-"""
-
-
-async def post_form(b: Browser, path: str, form: dict, auth: str = TRUSTED_AUTH):
-    return await b.http.fetch(b.base + path, method="POST", raise_error=False,
-                              headers={"Authorization": auth,
-                                       "Content-Type": "application/x-www-form-urlencoded"},
-                              body=urlencode(form))
-
-
-async def register(b: Browser, **metadata) -> dict:
-    body = {"redirect_uris": ["https://dyn.example.test/cb"], **metadata}
-    resp = await b.http.fetch(b.base + "/konnect/v1/register", method="POST", raise_error=False,
-                              body=json.dumps(body), headers={"Content-Type": "application/json"})
-    assert resp.code == 201, resp.body
-    return json.loads(resp.body)
 
 
 @pytest.mark.gen_test
@@ -268,7 +226,7 @@ async def test_head_on_end_session_is_405_and_signs_nobody_out(http_client, base
     assert LOGON_COOKIE in b.cookies and (await b.api("hello", {"state": "h"})).code == 200
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 async def test_end_session_takes_a_raw_sub_id_token_of_the_signed_in_user(http_client, base_url,
                                                                           core):
@@ -287,7 +245,7 @@ async def test_end_session_takes_a_raw_sub_id_token_of_the_signed_in_user(http_c
     assert LOGON_COOKIE not in b.cookies
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 async def test_end_session_does_not_redirect_to_a_dynamic_client_without_its_hint(
         http_client, base_url, core):
@@ -309,7 +267,7 @@ async def test_end_session_does_not_redirect_to_a_dynamic_client_without_its_hin
     assert resp.headers["Location"] == "https://evil.example.test/phish?state=x"
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 async def test_end_session_still_redirects_for_a_static_client_with_nobody_signed_in(
         http_client, base_url):
@@ -319,7 +277,7 @@ async def test_end_session_still_redirects_for_a_static_client_with_nobody_signe
     assert resp.code == 302 and resp.headers["Location"] == WEB_RP["redirect_uri"] + "?state=y"
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 async def test_a_confirmation_token_does_not_sign_out_another_user(http_client, base_url):
     alice = await signed_in(http_client, base_url)
@@ -357,7 +315,6 @@ async def test_access_token_as_id_token_hint_is_refused_at_end_session(http_clie
 
 UNREGISTERED = ("https://evil.example/", "https://trusted.example.test/cb/x",
                 "https://trusted.example.test/cb?x=1")
-
 
 
 async def id_token_of_trusted_client(b: Browser) -> str:

@@ -13,17 +13,8 @@ from services.identifier.api import LOGON_IP_LIMIT, LOGON_WINDOW, LogonHandler
 from shared.session import LOGON_COOKIE
 from tests.support.browser import Browser, sign_in
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.users import cheap_hash
-
-USERS = [f"user{i}" for i in range(3)]
-
-
-SIGN_IN_USERS = (
-    {"username": "alice", "password": cheap_hash("wonderland"), "name": "Alice Example",
-     "email": "alice@example.test", "email_verified": True, "id": 1001, "uuid": "u-alice"},
-    *({"username": u, "password": cheap_hash("pw-" + u), "id": 2000 + i, "uuid": f"u-{u}"}
-      for i, u in enumerate(USERS)))
-
+from tests.support.malformed import DEEP
+from tests.support.users import SIGN_IN_NAMES, SIGN_IN_USERS
 
 TRUSTED_HELLO = {"flow": "oidc", "client_id": "trusted-rp",
                  "redirect_uri": "https://trusted.example.test/cb", "scope": "openid"}
@@ -41,9 +32,6 @@ def _raw(b: Browser, name: str, raw: str):
     return b.fetch(f"/signin/v1/identifier/_/{name}", method="POST", body=raw.encode(),
                    headers={"Content-Type": "application/json", "Kopano-Konnect-XSRF": "1",
                             "Origin": b.base})
-
-
-DEEP = "[" * 3000 + "]" * 3000          # past every parser's limit (json: RecursionError)
 
 
 pytestmark = pytest.mark.op(users=SIGN_IN_USERS, clock="offset")
@@ -171,8 +159,8 @@ async def test_lone_surrogates_are_400(http_client, base_url):
 @pytest.mark.gen_test(timeout=120)
 async def test_more_successful_sign_ins_than_the_ip_limit_all_succeed(http_client, base_url):
     b = Browser(http_client, base_url)
-    names = ["alice", *USERS]
-    passwords = {"alice": "wonderland", **{u: "pw-" + u for u in USERS}}
+    names = ["alice", *SIGN_IN_NAMES]
+    passwords = {"alice": "wonderland", **{u: "pw-" + u for u in SIGN_IN_NAMES}}
     codes = []
     for i in range(LOGON_IP_LIMIT + 10):
         user = names[i % len(names)]

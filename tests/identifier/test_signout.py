@@ -18,16 +18,7 @@ from tests.support.browser import (
     sign_in,
     userinfo_status,
 )
-from tests.support.users import cheap_hash
-
-USERS = [f"user{i}" for i in range(3)]
-
-
-SIGN_IN_USERS = (
-    {"username": "alice", "password": cheap_hash("wonderland"), "name": "Alice Example",
-     "email": "alice@example.test", "email_verified": True, "id": 1001, "uuid": "u-alice"},
-    *({"username": u, "password": cheap_hash("pw-" + u), "id": 2000 + i, "uuid": f"u-{u}"}
-      for i, u in enumerate(USERS)))
+from tests.support.users import SIGN_IN_USERS
 
 
 async def hello(b: Browser) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from http.cookies import SimpleCookie
+from typing import Optional
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 TRUSTED = {"client_id": "trusted-rp", "redirect_uri": "https://trusted.example.test/cb"}
@@ -74,3 +75,34 @@ async def userinfo(b: Browser, access_token: str):
 async def userinfo_status(b: Browser, access_token: str) -> int:
     """The HTTP status userinfo answers for a Bearer access token."""
     return (await userinfo(b, access_token)).code
+
+
+async def post_form(b: Browser, path: str, form: dict, auth: Optional[str] = None):
+    """A form POST to a token-service endpoint with client credentials (default: the
+    trusted client's)."""
+    from tests.support.http import TRUSTED_AUTH
+    return await b.http.fetch(b.base + path, method="POST", raise_error=False,
+                              headers={"Authorization": auth or TRUSTED_AUTH,
+                                       "Content-Type": "application/x-www-form-urlencoded"},
+                              body=urlencode(form))
+
+
+async def token_request(b: Browser, form: dict, auth: Optional[str] = None):
+    """A token request (default: the trusted client's credentials)."""
+    return await post_form(b, "/konnect/v1/token", form, auth)
+
+
+async def code_for(b: Browser, scope: str = "openid profile") -> str:
+    """A code for the trusted client, silently, for the signed-in user of `b`."""
+    resp = await b.fetch(authorize_url(response_type="code", scope=scope, prompt="none", **TRUSTED))
+    assert resp.code == 302, resp.body
+    return query_of(resp.headers["Location"])["code"]
+
+
+async def register(b: Browser, **metadata) -> dict:
+    """A dynamically registered web client (the registration endpoint must be on)."""
+    body = {"redirect_uris": ["https://dyn.example.test/cb"], **metadata}
+    resp = await b.http.fetch(b.base + "/konnect/v1/register", method="POST", raise_error=False,
+                              body=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert resp.code == 201, resp.body
+    return json.loads(resp.body)

@@ -3,7 +3,6 @@ in Redis for every process, never into the OP's own endpoints."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
@@ -12,7 +11,7 @@ from urllib.parse import urlencode
 import pytest
 import tornado.httpserver
 import yaml
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.authorize.app import make_app as authorize_app
 from services.identifier.app import make_app as identifier_app
@@ -26,8 +25,10 @@ from shared.keys import public_jwk
 from shared.users.passwords import hash_password
 from shared.users.userfile import UsersFileBackend
 from tests.support.browser import Browser, query_of, sign_in
+from tests.support.clients import EXTRA_CLIENTS
 from tests.support.fixtures import DYNAMIC_REGISTRATION
 from tests.support.http import basic, post
+from tests.support.malformed import DEEP
 from tests.support.op import (
     ISSUER,
     REGISTRY,
@@ -35,6 +36,7 @@ from tests.support.op import (
     mint_code,
     pkce_pair,
 )
+from tests.support.services import serving
 from tests.support.users import TOKEN_ALICE
 
 WEB = {"redirect_uris": ["https://dyn.example.test/cb"], "client_name": "Dyn RP",
@@ -43,19 +45,6 @@ WEB = {"redirect_uris": ["https://dyn.example.test/cb"], "client_name": "Dyn RP"
 
 NATIVE = {"application_type": "native", "redirect_uris": ["http://127.0.0.1/cb"],
           "token_endpoint_auth_method": "none"}
-
-
-@contextlib.asynccontextmanager
-async def serving(application):
-    """Another app on a port of its own (another process, as far as the client can tell)."""
-    sock, port = tornado.testing.bind_unused_port()
-    server = tornado.httpserver.HTTPServer(application)
-    server.add_sockets([sock])
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        await server.close_all_connections()
 
 
 async def register(http_client, base_url, metadata=None, *, raw=None,
@@ -82,36 +71,6 @@ async def redeem(http_client, base_url, code, client_id, secret=None, *, how="ba
 
 
 PRIVATE = ec.generate_private_key(ec.SECP256R1())
-
-
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-EXTRA_CLIENTS = f"""
-  - id: jwt-ec
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(EC_KEY), kid="c1"))}
-  - id: jwt-ps
-    token_endpoint_auth_method: private_key_jwt
-    token_endpoint_auth_signing_alg: PS256
-    redirect_uris: [https://jwt-ps.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(RSA_KEY), kid="r1"))}
-  - id: code-only-rp
-    secret: code-only
-    grant_types: [authorization_code]
-    redirect_uris: [https://code-only.example.test/cb]
-"""
-
-
-DEEP = "[" * 3000 + "]" * 3000          # past every parser's limit (json: RecursionError)
 
 
 LOCAL = "https://localhost:34753"

@@ -13,7 +13,7 @@ from shared.clients import Client, ClientRegistry, RegistryError
 from shared.config import StartupError
 from shared.deps import Core
 from shared.keys import public_jwk
-from tests.support.op import ISSUER, REGISTRY, make_state, settings_for
+from tests.support.op import ISSUER, REGISTRY, make_state, settings_for, startup_problems
 
 EXAMPLE_ISSUER = "https://idp.example.com"
 
@@ -67,17 +67,6 @@ RSA_2048 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 _PRIVATE_2048 = {**public_jwk(RSA_2048), "d": "AQAB"}
-
-
-def _startup_problems(tmp_path, redis_url, extra_registry: str = "",
-                      extra_args: tuple = ()) -> list[str]:
-    state = make_state(tmp_path / "state", registry=REGISTRY + extra_registry)
-    try:
-        core = Core.from_settings(settings_for("authorize", state, redis_url, extra_args))
-    except StartupError as err:
-        return err.problems
-    del core
-    return []
 
 
 def _client(**members) -> str:
@@ -285,13 +274,13 @@ def test_registry_jwks_with_an_unusable_key_is_a_startup_error(tmp_path, redis_u
     this OP can use. Before, such a key loaded and was skipped in `client_key_lookup` at
     request time (request objects, private_key_jwt): no start-up error, and a private key
     or shared secret sat in the registry unnoticed."""
-    problems = _startup_problems(tmp_path, redis_url, _client(jwks={"keys": keys}))
+    problems = startup_problems(tmp_path, redis_url, _client(jwks={"keys": keys}))
     assert problems and any("extra-rp" in p and "jwks" in p for p in problems), (why, problems)
 
 
 def test_registry_jwks_with_good_keys_still_loads(tmp_path, redis_url):
     good = {**public_jwk(RSA_2048), "kid": "k1", "alg": "RS256", "use": "sig"}
-    assert _startup_problems(tmp_path, redis_url, _client(jwks={"keys": [good]})) == []
+    assert startup_problems(tmp_path, redis_url, _client(jwks={"keys": [good]})) == []
 
 
 @pytest.mark.parametrize("origin", [
@@ -305,13 +294,13 @@ def test_registry_jwks_with_good_keys_still_loads(tmp_path, redis_url):
 def test_registry_malformed_origin_is_a_startup_error(tmp_path, redis_url, origin):
     """RFC 6454 §6.1: an origin serialises as scheme "://" host [ ":" port ]. These loaded
     silently before (only path and a non-empty query were checked)."""
-    problems = _startup_problems(tmp_path, redis_url, _client(origins=[origin]))
+    problems = startup_problems(tmp_path, redis_url, _client(origins=[origin]))
     assert any("extra-rp" in p and "origins[0]" in p for p in problems), problems
 
 
 def test_registry_good_origins_still_load(tmp_path, redis_url):
     origins = ["https://extra.example.test", "https://extra.example.test:8443", "http://[::1]:3000"]
-    assert _startup_problems(tmp_path, redis_url, _client(origins=origins)) == []
+    assert startup_problems(tmp_path, redis_url, _client(origins=origins)) == []
 
 
 def test_registry_jwks_with_two_keys_of_one_kid_is_a_startup_error(tmp_path, redis_url):
@@ -320,10 +309,10 @@ def test_registry_jwks_with_two_keys_of_one_kid_is_a_startup_error(tmp_path, red
     (say the key a client still signs with during a rotation) silently verified nothing."""
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     keys = [{**public_jwk(RSA_2048), "kid": "k1"}, {**public_jwk(other), "kid": "k1"}]
-    problems = _startup_problems(tmp_path, redis_url, _client(jwks={"keys": keys}))
+    problems = startup_problems(tmp_path, redis_url, _client(jwks={"keys": keys}))
     assert any("extra-rp" in p and "kid" in p for p in problems), problems
     keyless = [public_jwk(RSA_2048), public_jwk(other)]
-    problems = _startup_problems(tmp_path / "b", redis_url, _client(jwks={"keys": keyless}))
+    problems = startup_problems(tmp_path / "b", redis_url, _client(jwks={"keys": keyless}))
     assert any("extra-rp" in p and "kid" in p for p in problems), problems
 
 
@@ -340,7 +329,7 @@ def test_registry_warns_about_a_weak_secret(tmp_path, redis_url, caplog):
     """security.md IN-07: a 10-character secret is refused or warned about (RFC 6819
     §5.1.4.2.2); warned, so Konnect files keep loading, and the secret is never echoed."""
     caplog.set_level("WARNING", logger="konnect.clients")
-    assert _startup_problems(tmp_path, redis_url, _client(secret="0123456789")) == []
+    assert startup_problems(tmp_path, redis_url, _client(secret="0123456789")) == []
     warnings = [r.getMessage() for r in caplog.records if "extra-rp" in r.getMessage()]
     assert warnings and "10 characters" in warnings[0] and "0123456789" not in warnings[0]
 

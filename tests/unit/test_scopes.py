@@ -8,21 +8,8 @@ import pytest
 
 from shared import scopes
 from shared import scopes as scopelib
-from shared.config import StartupError
-from shared.deps import Core
 from shared.identity import Identity
-from tests.support.op import REGISTRY, make_state, settings_for
-
-
-def _startup_problems(tmp_path, redis_url, extra_registry: str = "",
-                      extra_args: tuple = ()) -> list[str]:
-    state = make_state(tmp_path / "state", registry=REGISTRY + extra_registry)
-    try:
-        core = Core.from_settings(settings_for("authorize", state, redis_url, extra_args))
-    except StartupError as err:
-        return err.problems
-    del core
-    return []
+from tests.support.op import startup_problems
 
 
 def test_scope_parsing_and_supported_lists():
@@ -78,7 +65,7 @@ def test_scopes_yaml_key_that_is_no_scope_name_is_a_startup_error(tmp_path, redi
     boolean key silently advertised and granted "None" or "True"."""
     path = tmp_path / "scopes.yaml"
     path.write_text(text)
-    problems = _startup_problems(tmp_path, redis_url,
+    problems = startup_problems(tmp_path, redis_url,
                                  extra_args=("--identifier-scopes-conf", str(path)))
     assert any(str(path) in p for p in problems), (why, problems)
 
@@ -87,7 +74,7 @@ def test_konnect_style_scopes_yaml_still_loads(tmp_path, redis_url):
     path = tmp_path / "scopes.yaml"
     path.write_text("mapping:\n  kopano/kwm: chat\nscopes:\n  chat:\n    description: Use chat\n"
                     "  kopano/kwm:\n    priority: 5\n  konnect/guestok:\n")
-    assert _startup_problems(tmp_path, redis_url,
+    assert startup_problems(tmp_path, redis_url,
                              extra_args=("--identifier-scopes-conf", str(path))) == []
 
 

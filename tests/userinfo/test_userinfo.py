@@ -3,23 +3,20 @@ revocation, signed answers."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import time
 from urllib.parse import urlencode
 
 import pytest
-import tornado.httpserver
 import yaml
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from services.userinfo.app import make_app as userinfo_app
 from shared import jose
 from shared.deps import Core
-from shared.keys import public_jwk
 from tests.support.browser import Browser, userinfo_status
+from tests.support.clients import EXTRA_CLIENTS
 from tests.support.fixtures import DYNAMIC_REGISTRATION
+from tests.support.malformed import JWT_DEEP_HEADER, JWT_DEEP_PAYLOAD
 from tests.support.op import (
     ALICE,
     ISSUER,
@@ -27,6 +24,7 @@ from tests.support.op import (
     USERS,
     settings_for,
 )
+from tests.support.services import serving
 from tests.support.users import TOKEN_ALICE
 
 
@@ -51,63 +49,6 @@ async def get(http_client, base_url, token=None, *, method="GET", form=None, hea
         body = urlencode(form or {})
     return await http_client.fetch(f"{base_url}/konnect/v1/userinfo{query}", method=method,
                                    body=body, headers=hdrs, raise_error=False)
-
-
-DEEP = "[" * 3000 + "]" * 3000          # past every parser's limit (json: RecursionError)
-
-
-def b64(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-HEAD_OK = b64(json.dumps({"alg": "RS256", "typ": "JWT"}))
-
-
-JWT_DEEP_HEADER = b64(DEEP) + "." + b64("{}") + ".AAAA"
-
-
-JWT_DEEP_PAYLOAD = HEAD_OK + "." + b64(DEEP) + ".AAAA"
-
-
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-EXTRA_CLIENTS = f"""
-  - id: jwt-ec
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(EC_KEY), kid="c1"))}
-  - id: jwt-ps
-    token_endpoint_auth_method: private_key_jwt
-    token_endpoint_auth_signing_alg: PS256
-    redirect_uris: [https://jwt-ps.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(RSA_KEY), kid="r1"))}
-  - id: code-only-rp
-    secret: code-only
-    grant_types: [authorization_code]
-    redirect_uris: [https://code-only.example.test/cb]
-"""
-
-
-@contextlib.asynccontextmanager
-async def serving(application):
-    """Another app on a port of its own (another process, as far as the client can tell)."""
-    sock, port = tornado.testing.bind_unused_port()
-    server = tornado.httpserver.HTTPServer(application)
-    server.add_sockets([sock])
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        await server.close_all_connections()
 
 
 pytestmark = pytest.mark.op(users=tuple(USERS["users"]), service="userinfo", apps=("userinfo",))
