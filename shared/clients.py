@@ -1,4 +1,4 @@
-"""The client registry: `identifier-registration.yaml` (konnect.md §5).
+"""The client registry: `identifier-registration.yaml` (Konnect's identity/clients/).
 
 Every entry is validated at load and every problem is reported at once; an entry that
 fails stops the start-up (Konnect skipped it with a warning, which hides mistakes).
@@ -31,7 +31,7 @@ log = logging.getLogger("konnect.clients")
 
 MAX_CLIENT_ID = 255
 MAX_URI = 2048
-# A static client's secret shorter than this is warned about at load (security.md IN-07;
+# A static client's secret shorter than this is warned about at load (OIDC Core §16.19;
 # RFC 6819 §5.1.4.2.2: secrets with enough entropy); not refused, Konnect files keep working.
 MIN_SECRET = 16
 # Top-level keys of the registry file: `clients`, and Konnect's `authorities`
@@ -178,8 +178,9 @@ class Client:
 
 def redirect_uri_problem(client_type: str, insecure: bool, uri: Any, *,
                          hint: bool = True) -> Optional[str]:
-    """Why `uri` cannot be registered for a client of this type (None if it can), §5.2.
-    `hint` names the registry's `insecure` switch (not for dynamic clients)."""
+    """Why `uri` cannot be registered for a client of this type (None if it can), by the
+    rules of Konnect's identity/clients/registry.go. `hint` names the registry's `insecure`
+    switch (not for dynamic clients)."""
     problem = uri_problem(uri)
     if problem:
         return problem
@@ -325,8 +326,9 @@ def _validate(entry: Any) -> tuple[Optional[Client], list[str]]:
 
 
 def parse_entry(entry: Any) -> Client:
-    """One registry entry (a mapping with the YAML keys of §5.1) as a `Client`, validated
-    as at load; raises `RegistryError` with every problem."""
+    """One registry entry (a mapping with the YAML keys of Konnect's
+    identity/clients/models.go) as a `Client`, validated as at load; raises `RegistryError`
+    with every problem."""
     client, problems = _validate(entry)
     if problems:
         raise RegistryError(problems)
@@ -456,8 +458,9 @@ class ClientRegistry:
         """The client for an authorization request, or None.
 
         Unregistered ids are accepted only with a redirect URI on the issuer's own origin,
-        as trusted implicit clients (konnect.md §5.4); never an id with the dynamic prefix
-        (an expired or unknown dynamic client must not turn into a trusted one), and never
+        as trusted implicit clients (Konnect's identity/clients/registry.go); never an id with
+        the dynamic prefix (an expired or unknown dynamic client must not turn into a trusted
+        one), and never
         a redirect URI into the OP's own endpoints (`is_op_path`): a redirect to the
         authorization endpoint would carry an implicit response's fragment on to a second
         request's redirect (RFC 9110 §10.2.2), to any client's URI (RFC 9700 §4.1.3, §4.11).

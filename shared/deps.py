@@ -50,7 +50,8 @@ class Core:
         The static registry first; then, only for ids of the dynamic form (so unknown ids
         never cost a round trip), the clients registered at `/konnect/v1/register`, which
         live in Redis so that every process of every service sees them at once (an expired
-        one is None); else an implicitly trusted client on the issuer's origin (§5.4).
+        one is None); else an implicitly trusted client on the issuer's origin (as Konnect's
+        identity/clients/registry.go).
         Raises `StoreUnavailable` when Redis cannot answer for a dynamic id.
         """
         client = self.registry.get(client_id)

@@ -7,7 +7,7 @@ so the alg in a token header can only ever confirm what we already decided (RFC 
 Client keys (private_key_jwt, request objects) without an `alg` accept their family's
 algorithms only.
 
-Key files (konnect.md §8): `.json` is a JWK; anything else is PEM (PKCS#1, PKCS#8, SEC1
+Key files (as in Konnect's bootstrap/utils.go): `.json` is a JWK; else PEM (PKCS#1, PKCS#8, SEC1
 EC; public PKIX/PKCS#1 for validation keys). The kid is the JWK's `kid`, else the file
 name without extension; for a symlink, the name of its target (rotation by symlink).
 """
@@ -169,14 +169,15 @@ def key_from_jwk(data: Mapping[str, Any], *, private: bool) -> Any:
 
 
 def kid_for_path(path: str | Path) -> str:
-    """The file name without extension; for a symlink, its target's (konnect.md §8)."""
+    """The file name without extension; for a symlink, its target's (as Konnect's
+    bootstrap/utils.go)."""
     return Path(path).resolve().stem
 
 
 def _read(path: str | Path) -> tuple[bytes, int]:
     """The bytes and permission bits of a regular key file of at most 64 KiB.
 
-    Anything else is refused before a byte is read (security.md FT-15): a directory, a
+    Anything else is refused before a byte is read: a directory, a
     device (a symlink to /dev/zero would read without end), a FIFO (O_NONBLOCK: opening
     it does not wait for a writer), a socket. The read itself is capped too, so a file
     that grows after the check cannot make it unbounded.
@@ -215,7 +216,7 @@ def _file_kind(mode: int) -> str:
 
 
 def _warn_if_exposed(path: str | Path, mode: int) -> None:
-    """docs/operations.md: private keys are 0600. security.md FT-15 allows refusing or a
+    """docs/operations.md: private keys are 0600. OpenSSH refuses others; the choice is refusing or a
     loud warning; we warn, because existing Konnect installations may hold their keys at
     0640 (group `kopano`) or 0644, and refusing would stop them at upgrade."""
     if mode & 0o066:
@@ -452,7 +453,7 @@ def load_keyring(paths: Iterable[str], *, signing_kid: Optional[str] = None,
                  logger: logging.Logger = log) -> Keyring:
     """Load every key; one `KeyLoadError` lists every problem.
 
-    The signer is deterministic (fixing Konnect's quirk Q11): the key whose kid equals
+    The signer is deterministic (Konnect's depended on Go's map order): the key whose kid equals
     `signing_kid`, else the first key, which is then also known under `signing_kid`.
     `access_token_key`: a key file that signs access tokens instead of the signer (an EC
     key: ES256); published and verified like every signing key.

@@ -2,7 +2,7 @@
 
 Flags, env variables, cfg keys, `--help` and the README table are all derived from
 `OPTIONS`, so they cannot drift apart (Konnect's hand-written binscript mapping did).
-Konnect's names are kept (reference: konnect.md §3); options Konnect does not have are
+Konnect's names are kept (cmd/konnectd/serve.go, scripts/konnectd.cfg); options it lacks are
 marked "(extension)" in their help. Parsing and validation live in `shared.config`.
 """
 
@@ -77,7 +77,7 @@ MAX_USER_CACHE_TTL = 60         # how stale a directory entry may be: "a few sec
 
 
 OPTIONS: tuple[Option, ...] = (
-    # --- the provider (Konnect §3.2)
+    # --- the provider (Konnect's `serve` flags, cmd/konnectd/serve.go)
     _o("config", "path", None, "konnectd.cfg-style file of `key = value` lines (extension)",
        env=("KONNECTD_CONFIG",), extension=True),
     _o("iss", "str", None, "OIDC issuer URL (https://host[:port][/path]); required",
@@ -183,7 +183,7 @@ OPTIONS: tuple[Option, ...] = (
     _o("max_body_size", "int", 65536, "largest accepted request body, bytes (at most 16 "
        "MiB: bodies are held in memory, and no OP request comes near it) (extension)",
        minimum=1024, maximum=MAX_BODY_SIZE, extension=True),
-    # --- LDAP backend (Konnect reads these from the environment only, §3.3/§4.3)
+    # --- LDAP backend (Konnect reads these from the environment only, bootstrap/ldap.go)
     _o("ldap_uri", "str", None, "LDAP server: ldap://host[:389] or ldaps://host[:636]",
        env=("LDAP_URI",)),
     _o("ldap_binddn", "str", "", "service bind DN (empty: anonymous)", env=("LDAP_BINDDN",)),
@@ -211,7 +211,7 @@ OPTIONS: tuple[Option, ...] = (
        "round trips and the wait for a free connection, answers within it, else 503 (at "
        "most 600) (extension)",
        minimum=1, maximum=MAX_TIMEOUT, extension=True),
-    # --- Kopano server backend (kc, §4.2)
+    # --- Kopano server backend (kc; Konnect's bootstrap/kc.go)
     _o("kopano_server_default_uri", "str", "file:///run/kopano/server.sock",
        "Kopano server: http(s)://host:port or file:///path/to/socket",
        env=("KOPANO_SERVER_DEFAULT_URI",), cfg="kc_server_uri"),

@@ -1,7 +1,7 @@
 """Browser state shared by identifier and authorize: the cookies and their sealed contents.
 
-Names and paths are Konnect's (konnect.md §7.8). The contents are sealed (sealed.py)
-instead of JWE; cookies need not survive a switch from Konnect (Appendix B).
+Konnect's names and paths (bootstrap/, identifier/cookie.go). The contents are sealed (sealed.py)
+instead of JWE; cookies need not survive a switch from Konnect (users sign in once more).
 
 - `__Secure-KKT`, the logon: identity, auth_time, sid, a random browser-state key; path
   `/signin/v1/identifier/_/`. Sealed for 24 h, but a session only while no sign-out of its
@@ -121,7 +121,7 @@ def new_sid() -> str:
 
 
 def consent_cookie_name(state: str, client_id: str, redirect_uri: str, ref: str, nonce: str) -> str:
-    """Konnect's per-request consent cookie name (konnect.md §7.6)."""
+    """Konnect's per-request consent cookie name (its identifier/cookie.go)."""
     data = f"{state}h{client_id}e{redirect_uri}l{ref}o{nonce}".encode("utf-8")
     digest = hashlib.blake2b(data, digest_size=32).digest()
     return CONSENT_PREFIX + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")

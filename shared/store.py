@@ -579,7 +579,7 @@ class Store:
         k = self.key("rt-spent", digest(_check_ident("refresh token", token)))
         return _loads(await self._call("spent_refresh_family", lambda: self._redis.get(k)))
 
-    # -- revocation list (RFC 7009; design.md §3) ------------------------------------------
+    # -- revocation list (RFC 7009; docs/architecture.md "State in Redis") -----------------
 
     def _remaining(self, exp: float) -> int:
         """Seconds until `exp`, rounded up, at least 1: the entry outlives the token."""

@@ -1,4 +1,4 @@
-"""Mint and validate tokens (design.md §4, konnect.md §6.5-6.7).
+"""Mint and validate tokens (the claims of Konnect's oidc/provider/tokens.go).
 
 - ID token: OIDC Core §2 claims with `aud` = client id, `nonce`, `sid`, `auth_time`,
   `at_hash`/`c_hash` (§3.3.2.11); signed with the client's registered alg or the default.

@@ -1,4 +1,5 @@
-"""The authorization endpoint (OIDC Core §3) and its decisions (konnect.md §7.1).
+"""The authorization endpoint (OIDC Core §3) and its decisions (Konnect's:
+identity/managers/identifier.go).
 
 No valid logon -> the identifier's sign-in page (and back here); `prompt=none` without a
 logon -> `login_required`; consent needed -> the consent page, or `consent_required` with
@@ -163,7 +164,7 @@ class AuthorizeHandler(PageHandler):
         if logon is None:
             return None
         # auth_time is whole seconds (a float "now" would make every logon older than
-        # max_age=0, so that sign-in could never satisfy it: Konnect's Q18, fixed)
+        # max_age=0, so that sign-in could never satisfy it; Konnect ignored max_age=0, we honour it)
         if req.max_age is not None and int(deps.now()) - logon.auth_time > req.max_age:
             return None
         if req.prompt & {"login", "select_account"}:
@@ -198,8 +199,8 @@ class AuthorizeHandler(PageHandler):
     def _check_hint(self, req: AuthRequest, logon: Logon):
         """The logon, unless the request names another user: an `id_token_hint` (OIDC Core
         §3.1.2.1) or a claims request for a `sub` value (§5.5.1: the OP MUST NOT reply
-        with tokens for a different user; konnect.md §6.9). Then `login_required` with
-        `prompt=none`, else None: the user signs in again."""
+        with tokens for a different user; Konnect's oidc/provider/handlers.go). Then
+        `login_required` with `prompt=none`, else None: the user signs in again."""
         deps = self.deps
         self._signed_in = True
         mine = (logon.identity.sub, logon.identity.raw_sub)
@@ -265,7 +266,8 @@ class AuthorizeHandler(PageHandler):
         deps, types = self.deps, req.types
         identity, now = logon.identity, int(deps.now())
         # After consent the claims request is narrowed to the approved scopes; a trusted
-        # client gets the claims it asks for without consent (Konnect, konnect.md §6.9).
+        # client gets the claims it asks for without consent (Konnect's
+        # identity/managers/identifier.go).
         trusted = req.client.trusted and "consent" not in req.prompt
         claims = req.claims if trusted else scopelib.narrow_claims(req.claims, scopes)
         grant = Grant(client_id=req.client.id, identity=identity, scopes=scopes,

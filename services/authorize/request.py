@@ -1,6 +1,6 @@
 """Parsing and checking an authentication request (OIDC Core §3.1.2.1, RFC 6749 §4.1.1).
 
-Order matters (RFC 9700 §4.1.1, design.md §5): the client and its redirect_uri are
+Order matters (RFC 9700 §4.1.1): the client and its redirect_uri are
 verified first and every problem before that is an error PAGE; only afterwards do errors
 redirect, with `state` and `iss` (RFC 9207).
 """

@@ -52,7 +52,7 @@ def string_member(doc: dict, name: str, where: str = "") -> str:
 
 
 def hello_request(value: Any, where: str = "") -> Optional[dict]:
-    """A HelloRequest (konnect.md §2.12): an object whose members are strings (null counts
+    """A HelloRequest (Konnect's identifier/models.go): an object of string members (null counts
     as absent), or None when there is none. Its members go into the continue URI's query,
     so every one of them must be a string."""
     if value is None:
@@ -216,7 +216,7 @@ class LogonHandler(APIHandler):
                 await asyncio.sleep(delay)
             return self.no()
         # A success is no attempt against the limits: many users behind one NAT signing in
-        # must not lock each other out (security.md WB-14).
+        # must not lock each other out (a lockout would be a denial of service).
         await store.reset("logon-user", username.lower())
         await store.give_back("logon-ip", self.client_ip)
         logon = Logon(identity=identity, auth_time=await self.auth_time(identity.sub),

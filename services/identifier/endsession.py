@@ -1,5 +1,6 @@
 """End session: RP-initiated logout at `/signin/v1/identifier/_/endsession`
-(OpenID Connect RP-Initiated Logout 1.0 §2-§3; konnect.md §2.7, §7.10).
+(OpenID Connect RP-Initiated Logout 1.0 §2-§3; Konnect's EndSession:
+identity/managers/identifier.go).
 
 - `id_token_hint` is verified with our keys (its `exp` is not checked, §2); a bad hint is
   an error page. The client is the hint's `aud`, or `client_id`; both given must agree.

@@ -31,8 +31,8 @@ def _not_in_body(name: str) -> OAuth2Error:
 class FormHandler(CORSHandler):
     """POST endpoints taking `application/x-www-form-urlencoded` (RFC 6749 §3.2).
 
-    CORS for any origin, as Konnect's token endpoint (konnect.md §2.1), so browser-based
-    clients can redeem codes; the preflight also allows `Authorization` (quirk Q24). No
+    CORS for any origin, as Konnect's token endpoint (oidc/provider/provider.go), so browser-based
+    clients can redeem codes; the preflight also allows `Authorization` (Konnect's did not). No
     cookies are read here and credentials are never allowed, so `*` exposes nothing.
 
     Parameters come from the form body only: client credentials MUST NOT be in the request

@@ -1,5 +1,5 @@
 """Dynamic client registration: `POST /konnect/v1/register` (OpenID Connect Dynamic Client
-Registration 1.0 §3, RFC 7591 §3; konnect.md §2.9), routed only with
+Registration 1.0 §3, RFC 7591 §3; Konnect's oidc/payload/registration.go), routed only with
 `--allow-dynamic-client-registration`.
 
 The metadata is checked by the rules of the static registry (shared/clients.py: each
@@ -36,7 +36,7 @@ MAX_CONTACTS = 10
 MAX_KEYS = 10
 MAX_TEXT = 256
 RATE_WINDOW, RATE_LIMIT = 3600, 20  # registrations per client IP per hour
-NO_EXPIRY_TTL = 10 * 365 * 86400  # "never" still needs a TTL (design.md §3)
+NO_EXPIRY_TTL = 10 * 365 * 86400  # "never" still needs a TTL (docs/architecture.md, "State in Redis")
 
 GRANT_TYPES = ("authorization_code", "implicit", "refresh_token")
 # Metadata we understand but cannot honour: refused rather than silently ignored.
@@ -255,7 +255,8 @@ class RegisterHandler(BaseHandler):
             client = _with_secret_hash(client, secret)
         issued_at = int(deps.now())
         lifetime = deps.settings.dynamic_client_secret_expiration
-        # Konnect §5.6: with a secret lifetime the whole client ends then (ours: the record).
+        # Konnect (identity/clients/models.go): with a secret lifetime the whole client ends
+        # then (ours: the record).
         expires_at = issued_at + lifetime if lifetime else 0
         ttl = lifetime or max(NO_EXPIRY_TTL, deps.settings.refresh_token_expiration)
         record = dynamic_record(client, issued_at=issued_at, expires_at=expires_at)

@@ -134,7 +134,8 @@ async def test_claims_of_consented_scopes_are_kept(http_client, base_url, core):
 
 @pytest.mark.gen_test
 async def test_trusted_client_without_consent_keeps_its_claims_request(http_client, base_url, core):
-    """Konnect (konnect.md §6.9): a trusted client gets requested claims without asking."""
+    """Konnect (identity/managers/identifier.go): a trusted client gets requested claims
+    without asking."""
     b = Browser(http_client, base_url)
     await sign_in(b)
     resp = await b.fetch(authorize_url(scope="openid", response_type="id_token token",

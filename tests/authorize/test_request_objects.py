@@ -179,7 +179,8 @@ async def test_unsigned_request_object_with_crit_or_key_headers_is_refused(
 
 @pytest.mark.gen_test
 async def test_plain_unsigned_request_object_still_works(http_client, base_url):
-    """OIDC Registration §2: without a registered alg, `none` may be used (konnect.md §7.5)."""
+    """OIDC Registration §2: without a registered alg, `none` may be used (as Konnect's
+    oidc/provider/handlers.go)."""
     b = Browser(http_client, base_url)
     await sign_in(b)
     resp = await b.fetch(ro_url(f"{_b64({'alg': 'none'})}.{_b64({'state': 'fine'})}."))

@@ -244,7 +244,7 @@ def test_redis_restart_gives_503_then_recovers_without_restarting_services(group
 
 
 def test_a_redis_crash_brings_back_no_spent_token_and_no_revoked_one(group):
-    """security.md FT-04: single-use material stays used and revocations stay across a
+    """Single-use material stays used and revocations stay across a
     kill -9 of Redis (the append-only file; a 60 s snapshot would bring them back)."""
     agent = Agent(group.issuer, group.ca)
     auth = {"Authorization": basic(group.demo["client_id"], group.demo["client_secret"])}

@@ -108,7 +108,7 @@ async def test_signing_in_again_right_after_signing_out_is_a_session(http_client
 @pytest.mark.gen_test(timeout=30)
 async def test_a_logon_is_refused_when_redis_cannot_say_whether_it_ended(
         http_client, base_url, core, private_redis):
-    """Fails closed (security.md: the revocation check): 503, never a session."""
+    """Fails closed (a sign-out that cannot be checked may have happened): 503, never a session."""
     shared_store, core.store = core.store, Store.from_url(private_redis.url)
     b = Browser(http_client, base_url)
     try:

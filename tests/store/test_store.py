@@ -613,7 +613,7 @@ async def test_stopped_redis_is_store_unavailable_and_the_same_store_recovers(
 
 @pytest.mark.gen_test
 async def test_a_redis_restart_costs_no_request(private_redis, private_store):
-    """A restart leaves every pooled connection dead (security.md FT-04: back to 100 % at
+    """A restart leaves every pooled connection dead (requests must be back to 100 % at
     once): the command that meets one runs again on a new connection, and the other idle
     ones are dropped, so no later request meets a dead connection."""
     for first in (lambda: private_store.is_revoked(jti="x"),

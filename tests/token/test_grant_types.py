@@ -72,8 +72,9 @@ async def test_client_without_the_refresh_grant_gets_no_refresh_token_and_cannot
 
 @pytest.mark.gen_test
 async def test_grant_types_of_the_static_registry_stay_informational(http_client, base_url, core):
-    """As in Konnect (konnect.md §5.1): a YAML entry listing only authorization_code keeps
-    getting and using refresh tokens, so a migrated registry does not break its apps."""
+    """As in Konnect, which never enforces `grant_types` (identity/clients/models.go): a YAML
+    entry listing only authorization_code keeps getting and using refresh tokens, so a
+    migrated registry does not break its apps."""
     uri = "https://code-only.example.test/cb"
     resp, issued = await redeem(http_client, base_url, core, "code-only-rp", "code-only", uri)
     assert resp.code == 200 and issued["refresh_token"], issued

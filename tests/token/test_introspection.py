@@ -55,7 +55,7 @@ async def test_introspection_shows_own_tokens_only_unless_trusted(http_client, b
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize("form,headers", [
-    # an unregistered id with a redirect_uri on the issuer's origin (implicit trust, §5.4)
+    # an unregistered id with a redirect_uri on the issuer's origin (Konnect's implicit trust)
     ({"client_id": "anyone", "redirect_uri": ISSUER + "/cb"}, None),
     ({"client_id": "anyone", "client_secret": "guess", "redirect_uri": ISSUER + "/cb"}, None),
     ({"redirect_uri": ISSUER + "/cb"}, {"Authorization": basic("anyone", "guess")}),

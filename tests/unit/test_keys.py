@@ -379,7 +379,7 @@ def test_jwk_for_encryption_is_refused_as_signing_and_validation_key(tmp_path, r
 
 @pytest.mark.parametrize("kind", ["/dev/zero", "directory", "fifo"])
 def test_a_key_path_that_is_not_a_regular_file_is_refused_before_reading(tmp_path, kind):
-    """security.md FT-15: a symlink to /dev/zero read without end (the size check trusted
+    """A symlink to /dev/zero read without end (the size check trusted
     st_size, which is 0); a FIFO blocked the start waiting for a writer."""
     link = tmp_path / "konnectd-signing-private-key.pem"
     if kind == "/dev/zero":
@@ -408,7 +408,7 @@ def test_a_key_file_over_64_kib_is_refused(tmp_path):
                                       (0o640, "group"), (0o602, "others")])
 def test_a_private_key_open_to_group_or_others_loads_with_a_loud_warning(tmp_path, rsa_key,
                                                                        caplog, mode, who):
-    """security.md FT-15 allows "refuse, or warn loudly": we warn (existing Konnect keys may
+    """Refuse (as OpenSSH) or warn loudly: we warn (existing Konnect keys may
     be 0640/0644), naming the file and its mode. 0600 and 0400 are quiet."""
     path = write_pem(tmp_path / "exposed.pem", rsa_key)
     os.chmod(path, mode)

@@ -317,8 +317,8 @@ def test_registry_jwks_with_two_keys_of_one_kid_is_a_startup_error(tmp_path, red
 
 
 def test_registry_with_a_misspelt_top_level_key_is_a_startup_error(tmp_path, redis_url):
-    """konnect.md §5.1: the clients are under `clients:`. A file with `client:` loaded as an
-    empty registry: every registered client gone without a start-up error."""
+    """Konnect's identity/clients/models.go: the clients are under `clients:`. A file with
+    `client:` loaded as an empty registry: every registered client gone without a start-up error."""
     state = make_state(tmp_path / "state", registry=REGISTRY.replace("clients:", "client:", 1))
     with pytest.raises(StartupError) as info:
         Core.from_settings(settings_for("authorize", state, redis_url))
@@ -326,7 +326,7 @@ def test_registry_with_a_misspelt_top_level_key_is_a_startup_error(tmp_path, red
 
 
 def test_registry_warns_about_a_weak_secret(tmp_path, redis_url, caplog):
-    """security.md IN-07: a 10-character secret is refused or warned about (RFC 6819
+    """A 10-character secret should be refused or warned about (RFC 6819
     §5.1.4.2.2); warned, so Konnect files keep loading, and the secret is never echoed."""
     caplog.set_level("WARNING", logger="konnect.clients")
     assert startup_problems(tmp_path, redis_url, _client(secret="0123456789")) == []

@@ -61,8 +61,8 @@ def test_standard_claims_name_every_claim_a_scope_releases():
 ])
 def test_scopes_yaml_key_that_is_no_scope_name_is_a_startup_error(tmp_path, redis_url, text, why):
     """RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ). Every key under
-    `scopes:` becomes a supported, grantable scope (konnect.md §6.2), so a YAML null or
-    boolean key silently advertised and granted "None" or "True"."""
+    `scopes:` becomes a supported, grantable scope (Konnect's identifier/identifier.go), so a
+    YAML null or boolean key silently advertised and granted "None" or "True"."""
     path = tmp_path / "scopes.yaml"
     path.write_text(text)
     problems = startup_problems(tmp_path, redis_url,

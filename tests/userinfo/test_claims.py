@@ -137,7 +137,8 @@ async def test_userinfo_releases_a_requested_standard_claim_only_with_its_scope(
     access = core.tokens.access_token(client_id="web-rp", identity=alice, scopes=["openid"],
                                       family="f", claims=claims).token
     assert json.loads((await userinfo(b, access)).body) == {"sub": alice.sub}
-    # a trusted client's claims request is authorized as asked (konnect.md §6.9)
+    # a trusted client's claims request is authorized as asked (as Konnect's
+    # identity/managers/identifier.go)
     trusted = core.tokens.access_token(client_id="trusted-rp", identity=alice, scopes=["openid"],
                                        family="f", claims=claims).token
     assert json.loads((await userinfo(b, trusted)).body)["email"] == "alice@example.test"
@@ -146,9 +147,9 @@ async def test_userinfo_releases_a_requested_standard_claim_only_with_its_scope(
 @pytest.mark.gen_test
 async def test_claims_request_userinfo_part_releases_claims_with_their_scope(users_op):
     """A standard claim asked for in `claims.userinfo` needs its scope among the token's
-    for a client that is not trusted (konnect.md §6.9; RFC 6749 §6: a refresh may narrow
-    them); a trusted client's claims request is authorized as asked (tests/userinfo/test_userinfo.py,
-    this module). An untrusted client used to get them without."""
+    for a client that is not trusted (Konnect's identity/managers/identifier.go; RFC 6749
+    §6: a refresh may narrow them); a trusted client's claims request is authorized as asked
+    (tests/userinfo/test_userinfo.py, this module). An untrusted client used to get them without."""
     op = users_op
     identity = await op.identity("alice", "wonderland")
     claims = {"userinfo": {"email": None, "given_name": {"essential": True}},

@@ -94,8 +94,9 @@ async def test_raw_sub_scope_returns_the_raw_subject(http_client, base_url, core
 @pytest.mark.parametrize("client_id,email", [("trusted-rp", True), ("web-rp", False)])
 async def test_claims_request_userinfo_part(http_client, base_url, core, client_id, email):
     """A standard claim asked for without its scope: a trusted client's claims request is
-    authorized as asked (konnect.md §6.9), another client's is narrowed to the token's
-    scopes; a requested `value` is never echoed (OIDC Core §5.5.1; tests/userinfo/test_claims.py)."""
+    authorized as asked (as Konnect's identity/managers/identifier.go), another client's is
+    narrowed to the token's scopes; a requested `value` is never echoed (OIDC Core §5.5.1;
+    tests/userinfo/test_claims.py)."""
     claims = {"userinfo": {"email": None, "custom": {"value": "x"}, "other": {"essential": True}}}
     body = json.loads((await get(http_client, base_url, (await mint(
         core, ("openid",), claims=claims, client_id=client_id)).token)).body)

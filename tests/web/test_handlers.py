@@ -299,7 +299,7 @@ def test_location_refuses_without_verified_redirect_uri():
 
 
 def test_add_params_replaces_existing_keys_instead_of_duplicating():
-    """Konnect quirk Q3: response parameters were added next to the RP's own."""
+    """Konnect added response parameters next to the RP's own, duplicating keys."""
     uri = errors.add_params("https://rp/cb?state=old&x=1", [("state", "new")])
     assert uri == "https://rp/cb?x=1&state=new"
 

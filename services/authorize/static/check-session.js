@@ -1,4 +1,4 @@
-// OpenID Connect Session Management 1.0 §3.2: the OP iframe (konnect.md §2.8).
+// OpenID Connect Session Management 1.0 §3.2: the OP iframe (as Konnect's oidc/provider/html.go).
 // The RP posts "<client_id> <session_state>"; the answer is "unchanged", "changed" or
 // "error". session_state = hex(SHA-256(client_id + " " + origin + " " + browser_state +
 // " " + salt)) + "." + salt, with browser_state read from the KKBS cookie ("" if absent).
