@@ -154,6 +154,8 @@ def verify_metadata(data: bytes, certificates: tuple, *, now: float,
     if problem:
         raise MetadataRefused(f"saml2 metadata: {problem}")
     info = root.signature.signed_info
+    if info is None:
+        raise MetadataRefused("saml2 metadata: its signature has no SignedInfo")
     methods = [info.signature_method.algorithm if info.signature_method else ""]
     methods += [r.digest_method.algorithm for r in info.reference or [] if r.digest_method]
     if not allow_sha1 and (SHA1 in methods or SHA1_DIGEST in methods):
