@@ -345,6 +345,7 @@ def routes(deps: Any) -> list:
     args = {"deps": deps}
     found = [(START_PATH, StartHandler, args), (CALLBACK_PATH, CallbackHandler, args)]
     if any(a.authority_type == SAML2 for a in ups):
+        upstreams(deps)  # now: what it warns about belongs to the start
         from .saml2 import ACSHandler, MetadataHandler, SLOHandler
         found += [(SAML2_METADATA_PATH, MetadataHandler, args), (SAML2_ACS_PATH, ACSHandler, args),
                   (SAML2_SLO_PATH, SLOHandler, args)]

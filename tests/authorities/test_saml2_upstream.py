@@ -1,7 +1,9 @@
 """Sign-in through a SAML2 identity provider: SimpleSAMLphp under a test-owned Apache
 (tests/support/simplesamlphp.py), as in Konnect's example, in front of the OP under test
-started as `make run` starts it. The IdP's genuine answers are replayed, delayed past
-their lifetime, stripped of their signature or wrapped, and must never sign anyone in."""
+started as `make run` starts it, the IdP's metadata signed and checked with the IdP's metadata
+signing certificate (test_saml2_metadata.py has the refusals). The IdP's genuine answers
+are replayed, delayed past their lifetime, stripped of their signature or wrapped, and must
+never sign anyone in."""
 
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ LIFETIME = 3  # seconds an assertion of the IdP lives (and the OP's clock skew i
 
 @pytest.fixture(scope="module")
 def op(tmp_path_factory):
-    with saml_site(tmp_path_factory.mktemp("saml2-upstream"), lifetime=LIFETIME) as site:
+    with saml_site(tmp_path_factory.mktemp("saml2-upstream"), lifetime=LIFETIME,
+                   signed_metadata=True) as site:
         yield site
 
 
@@ -157,10 +160,23 @@ def nest(xml, signed, evil):
     return xml.replace(signed, signed.replace("</saml:Assertion>", evil + "</saml:Assertion>"))
 
 
-@pytest.mark.parametrize("wrap", [prepend, nest])
+def carry_before_own_signature(xml, signed, evil):
+    """The forged assertion carries the genuine one (in an Advice) before a signature of
+    its own that points at itself: xmlsec1 looks for the first signature below the forged
+    assertion and would find, and verify, the genuine one's."""
+    own = re.search(r"<ds:Signature.*?</ds:Signature>", signed, flags=re.S).group(0)
+    genuine_id = re.search(r' ID="([^"]+)"', signed).group(1)
+    evil_id = re.search(r' ID="([^"]+)"', evil).group(1)
+    fake = own.replace(f'URI="#{genuine_id}"', f'URI="#{evil_id}"')
+    issuer = re.search(r"<saml:Issuer>.*?</saml:Issuer>", evil, flags=re.S).group(0)
+    return xml.replace(signed, evil.replace(
+        issuer, issuer + "<saml:Advice>" + signed + "</saml:Advice>" + fake, 1))
+
+
+@pytest.mark.parametrize("wrap", [prepend, nest, carry_before_own_signature])
 def test_a_wrapped_assertion_is_refused(op, wrap):
     """Signature wrapping (XSW): mallory's genuine signed assertion stays in the Response,
-    and an unsigned copy that says alice is put before it, or inside it."""
+    and an unsigned copy that says alice is put before it, or inside it, or carries it."""
     b = Browser(op["down"].ca)
     target, fields = to_idp_answer(op, b, "mallory", "mallory-idp-pw")
     xml = xml_of(fields)
@@ -169,6 +185,7 @@ def test_a_wrapped_assertion_is_refused(op, wrap):
     evil = evil.replace(">mallory<", ">alice<").replace(' ID="', ' ID="evil', 1)
     resp = post(b, target, with_xml(fields, wrap(xml, signed, evil)))
     assert resp.status_code == 403 and not signed_in(b)
+    assert hello(b, op["down"]) == 204  # nobody signed in, as alice or anyone
 
 
 def test_a_mismatched_relay_state_is_refused(op):
