@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import logging
 import secrets
 import shutil
 import time
+import zlib
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs
@@ -63,6 +65,7 @@ METADATA_TTL = 3600
 ACS_PATH = "/signin/v1/identifier/saml2/acs"
 SLO_PATH = "/signin/v1/identifier/_/saml2/slo"
 MAX_MESSAGE = 256 * 1024  # a SAMLResponse larger than this is refused before parsing
+MAX_XML = 1024 * 1024     # a message's XML, once decoded (and inflated), at most this
 BASIC = "urn:oasis:names:tc:SAML:2.0:attrname-format:basic"
 SHA1 = "http://www.w3.org/2000/09/xmldsig#rsa-sha1"
 SHA1_DIGEST = "http://www.w3.org/2000/09/xmldsig#sha1"
@@ -84,6 +87,35 @@ class _MetadataSigners:
 
     def certs(self, entity_id: Any, descriptor: Any, use: str = "signing") -> list:
         return [(f"metadata signer {i}", body) for i, body in enumerate(self.bodies)]
+
+
+def check_post_message(message: str) -> None:
+    """An HTTP-POST message is base64 of the XML itself, never deflated (SAML 2.0 Bindings
+    §3.5.4). pysaml2 tries to inflate it first, without a limit: a deflated message of
+    256 KiB unpacks to some 250 MB, which anybody who starts a sign-in could send. So
+    what is not plain XML after the base64 is refused here, before pysaml2 sees it."""
+    try:
+        raw = base64.b64decode(message, validate=False)
+    except (binascii.Error, ValueError):
+        raise AuthorityResponseError("the message is not base64") from None
+    if not raw.lstrip()[:1] == b"<":
+        raise AuthorityResponseError("the message is not base64 XML (HTTP-POST is never "
+                                     "deflated)")
+
+
+def check_redirect_message(message: str) -> None:
+    """An HTTP-Redirect message is deflated (SAML 2.0 Bindings §3.4.4.1): inflated here
+    with a cap, so that pysaml2's unlimited inflating of it cannot exhaust the memory."""
+    try:
+        raw = base64.b64decode(message, validate=False)
+        inflater = zlib.decompressobj(-15)
+        xml = inflater.decompress(raw, MAX_XML)
+    except (binascii.Error, ValueError, zlib.error):
+        raise AuthorityResponseError("the message is not deflated base64") from None
+    if inflater.unconsumed_tail:
+        raise AuthorityResponseError(f"the message inflates past {MAX_XML} bytes")
+    if not xml.lstrip()[:1] == b"<":
+        raise AuthorityResponseError("the message is not XML")
 
 
 def signatures_out_of_place(tree: Any, signable: tuple) -> Optional[str]:
@@ -285,6 +317,7 @@ class SAML2Authority:
         `name_id`, `name_id_format`, `session_index`, `session_not_on_or_after`."""
         if not saml_response or len(saml_response) > MAX_MESSAGE:
             raise AuthorityResponseError("no or an oversized SAMLResponse")
+        check_post_message(saml_response)
         client = await self.client()
 
         def placed() -> Optional[str]:
@@ -388,6 +421,7 @@ class SAML2Authority:
         message = params.get("SAMLRequest") or ""
         if not message or len(message) > MAX_MESSAGE:
             raise AuthorityResponseError("no or an oversized SAMLRequest")
+        check_redirect_message(message)
         if not params.get("Signature") or not params.get("SigAlg"):
             raise AuthorityResponseError("the logout request is not signed")
         if params["SigAlg"] == SHA1 and not self.authority.insecure:  # as Konnect
@@ -425,6 +459,7 @@ class SAML2Authority:
         message = (params.get("SAMLResponse") or [""])[0]
         if not message or len(message) > MAX_MESSAGE:
             raise AuthorityResponseError("no or an oversized SAMLResponse")
+        check_redirect_message(message)
         try:
             response = await asyncio.to_thread(client.parse_logout_request_response, message,
                                                BINDING_HTTP_REDIRECT)

@@ -8,6 +8,7 @@ never sign anyone in."""
 from __future__ import annotations
 
 import base64
+import zlib
 import html
 import re
 import time
@@ -194,6 +195,20 @@ def test_a_mismatched_relay_state_is_refused(op):
     for relay in ("", "not-a-state", "x" * 600):
         resp = post(b, target, {**fields, "RelayState": relay})
         assert resp.status_code == 400 and "Traceback" not in resp.text and not signed_in(b)
+
+
+def test_a_deflated_post_answer_is_refused_even_when_genuine(op):
+    """HTTP-POST carries base64 XML, never deflated (SAML 2.0 Bindings §3.5.4); pysaml2
+    would inflate it without a limit (a 256 KiB message unpacks to some 250 MB), so a
+    deflated answer is refused before pysaml2 sees it: here a genuine, signed answer of
+    the IdP, deflated on its way, which pysaml2 alone accepted."""
+    b = Browser(op["down"].ca)
+    target, fields = to_idp_answer(op, b, "alice", "alice-idp-pw")
+    xml = base64.b64decode(fields["SAMLResponse"])
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    fields["SAMLResponse"] = base64.b64encode(deflater.compress(xml) + deflater.flush()).decode()
+    resp = post(b, target, fields)
+    assert resp.status_code == 403 and not signed_in(b)
 
 
 def test_garbage_answers_are_pages_not_errors(op):
