@@ -5,6 +5,7 @@ and one clock: what one service revokes, another must refuse at once. The `servi
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any, Optional
 from urllib.parse import urlencode
@@ -24,6 +25,19 @@ from tests.support.op import SECRET, mint_code
 APPS = {"token": token_app, "userinfo": userinfo_app, "identifier": identifier_app}
 PASSWORD = "ldap pw*(1)"  # filter metacharacters on purpose
 ALL_SCOPES = ("openid", "profile", "email", "konnect/id", "konnect/uuid", "offline_access")
+
+
+@contextlib.asynccontextmanager
+async def serving(application):
+    """Another app on a port of its own (another process, as far as the client can tell)."""
+    sock, port = bind_unused_port()
+    server = HTTPServer(application)
+    server.add_sockets([sock])
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        await server.close_all_connections()
 
 
 class OP:

@@ -3,14 +3,13 @@ in Redis for every process, never into the OP's own endpoints."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
 from urllib.parse import urlencode
 
 import pytest
-import tornado.httpserver
+import tornado.web
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -36,6 +35,7 @@ from tests.support.op import (
     mint_code,
     pkce_pair,
 )
+from tests.support.services import serving
 from tests.support.users import TOKEN_ALICE
 
 WEB = {"redirect_uris": ["https://dyn.example.test/cb"], "client_name": "Dyn RP",
@@ -44,19 +44,6 @@ WEB = {"redirect_uris": ["https://dyn.example.test/cb"], "client_name": "Dyn RP"
 
 NATIVE = {"application_type": "native", "redirect_uris": ["http://127.0.0.1/cb"],
           "token_endpoint_auth_method": "none"}
-
-
-@contextlib.asynccontextmanager
-async def serving(application):
-    """Another app on a port of its own (another process, as far as the client can tell)."""
-    sock, port = tornado.testing.bind_unused_port()
-    server = tornado.httpserver.HTTPServer(application)
-    server.add_sockets([sock])
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        await server.close_all_connections()
 
 
 async def register(http_client, base_url, metadata=None, *, raw=None,

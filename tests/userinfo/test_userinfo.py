@@ -4,13 +4,11 @@ revocation, signed answers."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import time
 from urllib.parse import urlencode
 
 import pytest
-import tornado.httpserver
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -27,6 +25,7 @@ from tests.support.op import (
     USERS,
     settings_for,
 )
+from tests.support.services import serving
 from tests.support.users import TOKEN_ALICE
 
 
@@ -95,19 +94,6 @@ EXTRA_CLIENTS = f"""
     grant_types: [authorization_code]
     redirect_uris: [https://code-only.example.test/cb]
 """
-
-
-@contextlib.asynccontextmanager
-async def serving(application):
-    """Another app on a port of its own (another process, as far as the client can tell)."""
-    sock, port = tornado.testing.bind_unused_port()
-    server = tornado.httpserver.HTTPServer(application)
-    server.add_sockets([sock])
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        await server.close_all_connections()
 
 
 pytestmark = pytest.mark.op(users=tuple(USERS["users"]), service="userinfo", apps=("userinfo",))
