@@ -18,7 +18,8 @@ Built from Konnect's source (github.com/Kopano-dev/konnect), independently of ou
   when empty); `exp` = now + `--refresh-token-expiration` (3 years), `jti` 24 random
   characters, `kc.ref` 32 (identity/managers/identifier.go `ApproveScopes`), `sub` the
   public subject (identity/managers/utils.go `getPublicSubject`).
-- Access token: tokens.go `makeAccessToken`, claims.go `AccessTokenClaims`.
+- Access token: tokens.go `makeAccessToken`, claims.go `AccessTokenClaims`; ID token:
+  tokens.go `makeIDToken`, oidc/claims.go `IDTokenClaims`.
 - `kc.identity` of an identifier user: identifier/user.go `Claims` (`kc.i.un`, `kc.i.dn`)
   plus the backend's (identifier/backends/ldap.go: `kc.i.id` = the entry ID).
 - Dynamic client: identity/clients/models.go `SetDynamic`/`makeSecret`, claims.go
@@ -145,6 +146,20 @@ def access_token(key: Any, kid: str, *, issuer: str, client_id: str, raw_sub: st
     return sign(claims, key, kid, alg)
 
 
+def id_token(key: Any, kid: str, *, issuer: str, client_id: str, raw_sub: str, backend: str,
+             nonce: str = "", sid: str = "", alg: str = "PS256", now: Optional[int] = None,
+             duration: int = 3600) -> str:
+    """konnectd's ID token of the code flow (tokens.go `makeIDToken`, oidc/claims.go
+    `IDTokenClaims`: StandardClaims, `nonce`, then the session's `sid`)."""
+    now = int(time.time()) if now is None else now
+    claims = _omit_empty([
+        ("aud", client_id, True), ("exp", now + duration, True), ("iat", now, True),
+        ("iss", issuer, True), ("sub", public_subject(raw_sub, backend), True),
+        ("nonce", nonce, True), ("sid", sid, True),
+    ])
+    return sign(claims, key, kid, alg)
+
+
 def dynamic_client(key: Any, kid: str, *, redirect_uris: list, name: str = "",
                    application_type: str = "", grant_types: Optional[list] = None,
                    token_endpoint_auth_method: str = "",
@@ -184,8 +199,9 @@ def logon_cookie(secret: bytes, *, backend: str, raw_sub: str, identity: dict,
     """The value of konnectd's `__Secure-KKT` logon cookie (a compact JWE, RFC 7516 §7.1):
     A256GCMKW wraps a random content key (RFC 7518 §4.7), A256GCM encrypts the claims."""
     logon_at = int(time.time()) if logon_at is None else logon_at
-    claims = {"aud": LOGON_AUDIENCE, "iat": logon_at, "iss": backend, "sub": raw_sub,
-              **identity}
+    # go-jose merges the standard and the user's claims into one map: members sorted
+    claims = dict(sorted({"aud": LOGON_AUDIENCE, "iat": logon_at, "iss": backend,
+                          "sub": raw_sub, **identity}.items()))
     cek, wrap_iv, iv = os.urandom(32), os.urandom(12), os.urandom(12)
     wrapped = AESGCM(secret).encrypt(wrap_iv, cek, None)
     header = {"alg": "A256GCMKW", "enc": "A256GCM", "iv": b64(wrap_iv), "tag": b64(wrapped[-16:])}

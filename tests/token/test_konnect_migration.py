@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -25,7 +26,7 @@ from shared.identity import public_subject
 from shared.keys import private_jwk
 from shared.store import StoreUnavailable
 from tests.support import konnect_tokens as kt
-from tests.support.browser import authorize_url
+from tests.support.browser import authorize_url, signed_in
 from tests.support.fixtures import serve_on_one_origin
 from tests.support.http import TRUSTED_AUTH, basic, introspect, post, token
 from tests.support.op import ISSUER, SECRET, make_state, mint_code, settings_for
@@ -343,6 +344,20 @@ async def test_konnect_access_tokens_work_at_userinfo_until_they_expire(http_cli
     resp = await userinfo(http_client, base_url, access)
     assert resp.code == 200, resp.body
     assert json.loads(resp.body)["email"] == ALICE_ENTRY["email"]
+
+
+@pytest.mark.gen_test
+@pytest.mark.op(service="token", users=(ALICE_ENTRY,), apps=("authorize", "identifier", "token"))
+async def test_a_konnect_id_token_is_an_id_token_hint_at_end_session(http_client, base_url, state):
+    b = await signed_in(http_client, base_url)
+    hint = kt.id_token(konnect_key(state), state["kid"], issuer=ISSUER, client_id="trusted-rp",
+                       raw_sub=ALICE_SUB, backend=BACKEND, nonce="n-1", sid="konnect-sid")
+    resp = await b.fetch("/signin/v1/identifier/_/endsession?" + urlencode({
+        "id_token_hint": hint, "post_logout_redirect_uri": "https://trusted.example.test/cb",
+        "state": "bye"}))
+    assert resp.code == 302, resp.body    # a trusted client with its hint: signed out at once
+    assert resp.headers["Location"] == "https://trusted.example.test/cb?state=bye"
+    assert "__Secure-KKT" not in b.cookies
 
 
 # -- a key of konnectd's in --validation-keys-path -------------------------------------------
