@@ -93,7 +93,16 @@ def opened(token: str, tokens: Any, client: Client) -> tuple[dict, str]:
         tokens.check_times(claims)  # exp required, iat not in the future (with the skew)
     except TokenError as err:
         raise Refused(str(err)) from None
+    if not _number(claims.get("iat")):  # konnectd always set it; our lifetime counts from it
+        raise Refused("no iat")
     return claims, token.rpartition(".")[0]
+
+
+def family_end(claims: dict, tokens: Any) -> int:
+    """When the family issued from the token ends: konnectd's `exp`, or earlier when our
+    refresh lifetime counted from its `iat` says so. Also how long its replay marker lives
+    (after that the token is refused anyway)."""
+    return math.floor(min(claims["exp"], claims["iat"] + tokens.refresh_ttl))
 
 
 def _grant_parts(claims: dict, provider: str) -> tuple[dict, list, Optional[dict]]:
@@ -138,8 +147,7 @@ async def exchange(token: str, requested: list, client: Client, issuer: Any) -> 
         raise _invalid(f"Konnect refresh token: {err}") from None
     if not set(requested) <= set(approved):
         raise OAuth2Error(INVALID_SCOPE, "scope exceeds the original grant")
-    now, exp, iat = int(tokens.now()), claims["exp"], claims.get("iat")
-    end = min(exp, iat + tokens.refresh_ttl) if _number(iat) else exp
+    now, end = int(tokens.now()), family_end(claims, tokens)
     if end <= now:
         raise _invalid("Konnect refresh token: older than --refresh-token-expiration")
     identity = await users.current(Identity.raw_sub_of(kc_identity), kc_identity)
@@ -148,7 +156,7 @@ async def exchange(token: str, requested: list, client: Client, issuer: Any) -> 
                           detail="Konnect refresh token: user not found")
     family = family_of(signed)
     grant = Grant(client_id=client.id, identity=identity, scopes=approved, family=family,
-                  claims=claims_request, created=max(1, math.floor(end) - tokens.refresh_ttl))
+                  claims=claims_request, created=max(1, end - tokens.refresh_ttl))
     not_before = await store.subject_not_before(identity.sub)
     if not_before is not None:  # a sign-out in this very second would revoke the answer
         await wait_past(tokens.now, not_before)
@@ -156,8 +164,8 @@ async def exchange(token: str, requested: list, client: Client, issuer: Any) -> 
     new_token = None
     if "offline_access" in approved:
         new_token = random_token(32)
-        await store.put_refresh(new_token, grant.to_record(), max(1, math.floor(end) - now))
-    marker_ttl = max(1, math.ceil(exp + tokens.skew - now))
+        await store.put_refresh(new_token, grant.to_record(), end - now)
+    marker_ttl = end + tokens.skew - now
     try:
         first = await store.first_use(REPLAY_KIND, signed, marker_ttl)
     except Unavailable:
@@ -183,7 +191,7 @@ async def revoke(token: str, client: Client, tokens: Any, store: Any) -> bool:
         claims, signed = opened(token, tokens, client)
     except Refused:
         return False
-    ttl = max(1, math.ceil(claims["exp"] + tokens.skew - tokens.now()))
+    ttl = max(1, math.ceil(family_end(claims, tokens) + tokens.skew - tokens.now()))
     await store.first_use(REPLAY_KIND, signed, ttl)
     await store.revoke_family(family_of(signed), tokens.family_until())
     return True

@@ -197,6 +197,8 @@ REFUSED = {
     "kc.isRefreshToken a string": lambda s: konnect_refresh(s, extra={"kc.isRefreshToken": "true"}),
     "no exp": lambda s: kt.sign({k: v for k, v in claims_of(konnect_refresh(s)).items()
                                  if k != "exp"}, konnect_key(s), s["kid"]),
+    "no iat": lambda s: kt.sign({k: v for k, v in claims_of(konnect_refresh(s)).items()
+                                 if k != "iat"}, konnect_key(s), s["kid"]),
     "issued in the future": lambda s: konnect_refresh(s, now=int(time.time()) + 3600),
     "another issuer": lambda s: kt.refresh_token(
         konnect_key(s), s["kid"], issuer="https://other.example.test", client_id="web-rp",
@@ -230,6 +232,7 @@ REASONS = {
     "kc.isRefreshToken false": "not a Konnect refresh token",
     "kc.isRefreshToken a string": "not a Konnect refresh token",
     "no exp": "exp missing",
+    "no iat": "no iat",
     "issued in the future": "issued in the future",
     "another issuer": "another issuer",
     "aud as a list": "another client",
