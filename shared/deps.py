@@ -15,6 +15,7 @@ from typing import Any, Callable
 from .config import StartupError, redact_url
 from .clients import ClientRegistry, RegistryError, client_from_record, is_dynamic_id
 from .keys import KeyLoadError, Keyring, load_keyring
+from .konnect_clients import is_konnect_id, konnect_client
 from .sealed import Sealer, SecretError, load_secret
 from .scopes import ScopeDefinitions, ScopesError
 from .store import Store
@@ -50,8 +51,10 @@ class Core:
         The static registry first; then, only for ids of the dynamic form (so unknown ids
         never cost a round trip), the clients registered at `/konnect/v1/register`, which
         live in Redis so that every process of every service sees them at once (an expired
-        one is None); else an implicitly trusted client on the issuer's origin (as Konnect's
-        identity/clients/registry.go).
+        one is None); then Konnect's stateless `dyn.<JWT>` clients, read from their signed
+        id (shared/konnect_clients.py); else an implicitly trusted client on the issuer's
+        origin (as Konnect's identity/clients/registry.go), never for an id with the dynamic
+        prefix.
         Raises `StoreUnavailable` when Redis cannot answer for a dynamic id.
         """
         client = self.registry.get(client_id)
@@ -59,6 +62,10 @@ class Core:
             return client
         if is_dynamic_id(client_id):
             return client_from_record(await self.store.get_client(client_id), now=self.now())
+        if is_konnect_id(client_id):
+            return konnect_client(client_id, self.keyring, now=self.now(),
+                                  skew=self.settings.clock_skew, issuer=self.settings.iss,
+                                  signing_algs=self.keyring.signing_algs)
         return self.registry.lookup(client_id, redirect_uri)
 
     @classmethod

@@ -49,7 +49,7 @@ class ScopesError(Exception):
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
-def _is_scope_token(name: Any) -> bool:
+def is_scope_token(name: Any) -> bool:
     """RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ). A scopes.yaml key that
     is not one (YAML `~:` or `yes:` are null and true, "my scope" has a space) would become
     a supported scope named "None", "True" or one no request can ever name."""
@@ -93,7 +93,7 @@ class ScopeDefinitions:
         if not isinstance(mapping, dict) or not isinstance(definitions, dict):
             raise ScopesError(f"{path}: 'mapping' and 'scopes' must be mappings")
         for name, spec in definitions.items():
-            if not _is_scope_token(name):
+            if not is_scope_token(name):
                 raise ScopesError(f"{path}: scopes key {name!r} is not a scope name")
             if spec is not None and not isinstance(spec, dict):
                 raise ScopesError(f"{path}: scopes.{name} must be a mapping")
@@ -105,7 +105,7 @@ class ScopeDefinitions:
                                          or isinstance(priority, bool)):
                 raise ScopesError(f"{path}: scopes.{name}.priority must be a whole number")
         for name, alias in mapping.items():
-            if not _is_scope_token(name) or not _is_scope_token(alias):
+            if not is_scope_token(name) or not is_scope_token(alias):
                 raise ScopesError(f"{path}: mapping {name!r}: {alias!r} must map a scope name "
                                   "to an alias name")
         return cls({str(k): str(v) for k, v in mapping.items()},

@@ -10,6 +10,8 @@ user still exists, and mints the tokens:
   6749 §4.1.2, RFC 9700 §4.5);
 - refresh tokens are rotated on every use; presenting a rotated one revokes the whole
   family, access tokens included (RFC 9700 §4.14.2); scope may narrow, never widen (§6);
+  a refresh token konnectd issued (a JWT) is exchanged once for a family of ours
+  (konnect_refresh.py);
 - a dynamically registered client may use only the `grant_types` it registered (RFC 6749
   §5.2 `unauthorized_client`; RFC 7591 §2) and gets a refresh token only if they include
   `refresh_token`. Static and implicit clients: every grant, as in Konnect (the YAML's
@@ -31,6 +33,7 @@ from shared.session import wait_past
 from shared.store import CodeOutcome, RotationOutcome
 from shared.tokens import Tokens, new_jti, random_token
 
+from . import konnect_refresh
 from .request import FormRequest
 
 _VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
@@ -169,6 +172,8 @@ async def refresh_token(request: FormRequest, client: Client, issuer: Issuer) ->
     if not token:
         raise OAuth2Error(INVALID_REQUEST, "refresh_token is required")
     requested = scopelib.parse(request.get("scope"))
+    if konnect_refresh.is_jwt(token):  # konnectd's, from before the switch: exchanged once
+        return await konnect_refresh.exchange(token, requested, client, issuer)
     store, tokens = issuer.store, issuer.tokens
     now, new_token = int(tokens.now()), random_token(32)
     rotation = await store.rotate_refresh(token, new_token, client_id=client.id, now=now,

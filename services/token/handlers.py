@@ -13,7 +13,7 @@ from shared.grants import Grant
 from shared.tokens import TokenError, is_revoked
 from shared.web import FORM, CORSHandler
 
-from . import grants
+from . import grants, konnect_refresh
 from .clientauth import authenticate
 from .request import FormRequest
 
@@ -136,6 +136,8 @@ class RevokeHandler(FormHandler):
         self.finish()
 
     async def _revoke_access(self, token: str, client) -> None:
+        """An access token of ours (its jti), or a refresh token konnectd issued before the
+        switch (it can no longer be exchanged; what it was exchanged for ends)."""
         try:
             claims = self.deps.tokens.verify(token)
         except TokenError:
@@ -145,6 +147,8 @@ class RevokeHandler(FormHandler):
             until = self.deps.tokens.accepted_until(claims["exp"])
             if until > self.deps.now():
                 await self.deps.store.revoke_jti(claims["jti"], until)
+        elif claims.get("kc.isRefreshToken") is True:
+            await konnect_refresh.revoke(token, client, self.deps.tokens, self.deps.store)
 
 
 class IntrospectHandler(FormHandler):

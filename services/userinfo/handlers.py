@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from shared import scopes as scopelib
-from shared.clients import is_dynamic_id
+from shared.clients import DYNAMIC_PREFIX
 from shared.errors import INSUFFICIENT_SCOPE, INVALID_REQUEST, INVALID_TOKEN, OAuth2Error
 from shared.identity import Identity
 from shared.tokens import TokenError, is_revoked
@@ -80,12 +80,13 @@ def userinfo_claims(identity: Identity, claims: dict, *, as_asked: bool = False)
 def claims_authorized_as_asked(client: Any, client_id: Any) -> bool:
     """Whether a token's claims request was authorized without narrowing to its scopes:
     a trusted client's without consent (authorize `_respond`, as Konnect's
-    identity/managers/identifier.go). An id the registry does not know and that is not a
-    dynamic one can only be an implicitly trusted client's (Konnect's
-    identity/clients/registry.go; its lookup needs the redirect URI), or one removed since."""
+    identity/managers/identifier.go). An id the registry does not know and that has no
+    dynamic prefix (ours, or Konnect's `dyn.<JWT>`) can only be an implicitly trusted
+    client's (Konnect's identity/clients/registry.go; its lookup needs the redirect URI), or
+    one removed since."""
     if client is not None:
         return bool(client.trusted)
-    return isinstance(client_id, str) and not is_dynamic_id(client_id)
+    return isinstance(client_id, str) and not client_id.startswith(DYNAMIC_PREFIX)
 
 
 class UserInfoHandler(CORSHandler):

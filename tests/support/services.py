@@ -27,6 +27,19 @@ PASSWORD = "ldap pw*(1)"  # filter metacharacters on purpose
 ALL_SCOPES = ("openid", "profile", "email", "konnect/id", "konnect/uuid", "offline_access")
 
 
+@contextlib.asynccontextmanager
+async def serving(application):
+    """Another app on a port of its own (another process, as far as the client can tell)."""
+    sock, port = bind_unused_port()
+    server = HTTPServer(application)
+    server.add_sockets([sock])
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
 class OP:
     """The token, userinfo and identifier services, each served on its own port."""
 
@@ -139,16 +152,3 @@ def delete(server, dn: str) -> None:
         conn.delete(dn)
     finally:
         conn.unbind()
-
-
-@contextlib.asynccontextmanager
-async def serving(application):
-    """Another app on a port of its own (another process, as far as the client can tell)."""
-    sock, port = bind_unused_port()
-    server = HTTPServer(application)
-    server.add_sockets([sock])
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        await server.close_all_connections()

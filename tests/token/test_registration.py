@@ -9,19 +9,20 @@ import re
 from urllib.parse import urlencode
 
 import pytest
-import tornado.httpserver
+import tornado.web
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.authorize.app import make_app as authorize_app
 from services.identifier.app import make_app as identifier_app
 from services.token.app import make_app
-from services.token.register import MAX_BODY, RATE_LIMIT, parse_registration
+from services.token.register import MAX_BODY, RATE_LIMIT
 from services.userinfo.app import make_app as userinfo_app
 from shared import jose
 from shared.clients import ClientRegistry, RegistryError, client_from_record
 from shared.errors import OAuth2Error, Unavailable
 from shared.keys import public_jwk
+from shared.registration import parse_registration
 from shared.users.passwords import hash_password
 from shared.users.userfile import UsersFileBackend
 from tests.support.browser import Browser, query_of, sign_in
