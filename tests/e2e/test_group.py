@@ -386,3 +386,41 @@ def test_make_run_killed_leaves_no_process(tmp_path):
     for pid in alive:  # do not leave a failed test's group behind
         os.kill(pid, sig.SIGKILL)
     assert alive == []
+
+
+BANNER = "sign-in page  "  # a line of make run's banner (deploy/run.py)
+
+
+def test_right_after_the_banner_a_post_to_every_service_is_answered(tmp_path):
+    """`make run` prints its addresses only once the group answers, and the proxy starts
+    only once the services do: a POST the moment the banner appears reaches every service
+    (no connection refused, no 502 from a proxy whose upstream is still starting)."""
+    g = Group(tmp_path / "state", token_procs=1)
+    g.launch()
+    try:
+        deadline = time.monotonic() + 120
+        while BANNER not in g.output():
+            assert g.process.poll() is None and time.monotonic() < deadline, g.output()[-3000:]
+            time.sleep(0.02)
+        s, demo = g.session(), g.demo
+        answers = {
+            "identifier": s.post(g.issuer + "/signin/v1/identifier/_/logon", timeout=10,
+                                 json={"state": "s", "params": [demo["username"],
+                                                                demo["password"], "1"]},
+                                 headers={"Kopano-Konnect-XSRF": "1", "Origin": g.issuer}),
+            "token": s.post(g.issuer + "/konnect/v1/token", timeout=10,
+                            data={"grant_type": "authorization_code", "code": "nope",
+                                  "redirect_uri": g.demo_url + "/callback"},
+                            headers={"Authorization": basic(demo["client_id"],
+                                                            demo["client_secret"])}),
+            "authorize": s.post(g.issuer + "/signin/v1/identifier/_/authorize", timeout=10,
+                                allow_redirects=False,
+                                data={"client_id": demo["client_id"], "response_type": "code",
+                                      "redirect_uri": g.demo_url + "/callback", "scope": "openid"}),
+            "userinfo": s.post(g.issuer + "/konnect/v1/userinfo", timeout=10),
+        }
+        assert {name: r.status_code for name, r in answers.items()} == {
+            "identifier": 200, "token": 400, "authorize": 302, "userinfo": 401}
+        assert answers["token"].json()["error"] == "invalid_grant"
+    finally:
+        assert g.stop() == 0

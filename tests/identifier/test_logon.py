@@ -14,6 +14,7 @@ from shared.session import LOGON_COOKIE
 from tests.support.browser import Browser, sign_in
 from tests.support.fixtures import DYNAMIC_REGISTRATION
 from tests.support.users import cheap_hash
+from tests.support.op import ISSUER
 
 USERS = [f"user{i}" for i in range(3)]
 
@@ -40,7 +41,7 @@ BAD_STATES = ["a\r\nX-Evil: 1", "中", "tab\there", "\x00", 5, ["s"], {"s": 1}, 
 def _raw(b: Browser, name: str, raw: str):
     return b.fetch(f"/signin/v1/identifier/_/{name}", method="POST", body=raw.encode(),
                    headers={"Content-Type": "application/json", "Kopano-Konnect-XSRF": "1",
-                            "Origin": b.base})
+                            "Origin": b.origin})
 
 
 DEEP = "[" * 3000 + "]" * 3000          # past every parser's limit (json: RecursionError)
@@ -55,12 +56,12 @@ async def test_api_csrf_defences_and_bad_credentials(http_client, base_url):
     b = Browser(http_client, base_url)
     body = {"state": "s", "params": ["alice", "wonderland", "1"]}
     no_header = await b.fetch("/signin/v1/identifier/_/logon", method="POST", body=json.dumps(body),
-                              headers={"Content-Type": "application/json", "Origin": base_url})
-    assert no_header.code == 400 and "__Secure-KKT" not in b.cookies
+                              headers={"Content-Type": "application/json", "Origin": ISSUER})
+    assert no_header.code == 400 and "__Host-KKT" not in b.cookies
     foreign = await b.api("logon", body, Origin="https://evil.example")
-    assert foreign.code == 400 and "__Secure-KKT" not in b.cookies
+    assert foreign.code == 400 and "__Host-KKT" not in b.cookies
     wrong = await sign_in(b, password="nope")
-    assert wrong.code == 204 and "__Secure-KKT" not in b.cookies
+    assert wrong.code == 204 and "__Host-KKT" not in b.cookies
     hello = await b.api("hello", {"state": "h"})
     assert hello.code == 204
 
@@ -205,5 +206,5 @@ async def test_identifier_api_deep_json_is_400(http_client, base_url, name):
     b = Browser(http_client, base_url)
     resp = await b.fetch(f"/signin/v1/identifier/_/{name}", method="POST", body=DEEP,
                          headers={"Content-Type": "application/json", "Kopano-Konnect-XSRF": "1",
-                                  "Origin": base_url})
+                                  "Origin": ISSUER})
     assert resp.code == 400 and json.loads(resp.body)["error"] == "invalid_request"

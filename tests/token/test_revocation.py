@@ -21,9 +21,11 @@ from services.userinfo.app import make_app as userinfo_app
 from shared import jose
 from shared.deps import Core
 from shared.keys import public_jwk
+from shared.session import LOGON_COOKIE
 from tests.support.fixtures import DYNAMIC_REGISTRATION
 from tests.support.http import basic, code_form, introspect, post, token
 from tests.support.op import (
+    ISSUER,
     REGISTRY,
     SECRET,
     mint_code,
@@ -177,16 +179,15 @@ class OP:
 
 
 async def _logon_cookie(op: OP, username: str, password: str) -> str:
-    origin = op.urls["identifier"]
     resp, body = await op.fetch("identifier", "/signin/v1/identifier/_/logon", method="POST",
                                 body=json.dumps({"state": "s1", "params": [username, password, "1"]}),
-                                headers={"Content-Type": "application/json", "Origin": origin,
+                                headers={"Content-Type": "application/json", "Origin": ISSUER,
                                          "Kopano-Konnect-XSRF": "1"})
     assert resp.code == 200, body
     jar = SimpleCookie()
     for header in resp.headers.get_list("Set-Cookie"):
         jar.load(header)
-    return f"__Secure-KKT={jar['__Secure-KKT'].value}"
+    return f"{LOGON_COOKIE}={jar[LOGON_COOKIE].value}"
 
 
 def _remaining(redis_server, op: OP, kind: str, ident: str) -> float:
@@ -328,7 +329,7 @@ async def test_logoff_makes_userinfo_refuse_access_tokens_issued_before(op_user)
     resp, body = await op.fetch("identifier", "/signin/v1/identifier/_/logoff", method="POST",
                                 body=json.dumps({"state": "o1"}),
                                 headers={"Content-Type": "application/json", "Cookie": cookie,
-                                         "Origin": op.urls["identifier"],
+                                         "Origin": ISSUER,
                                          "Kopano-Konnect-XSRF": "1"})
     assert resp.code == 200 and body["success"] is True
     assert await op.userinfo_status(before["access_token"]) == 401
