@@ -137,6 +137,42 @@ def test_proxy_routes_exactly_the_table(group):
     assert home.status_code == 302 and home.headers["Location"].endswith("/signin/v1/welcome")
 
 
+def test_through_the_proxy_a_second_logon_cookie_and_a_foreign_origin_are_refused(group):
+    """The rows of the hardening issue, through Caddy: a logon cookie planted beside the
+    user's (the other one of two sign-ins) gets no code, and an http Origin of the
+    issuer's host signs nobody in."""
+    demo, s = group.demo, group.session()
+    host = group.issuer.split("://", 1)[1]
+
+    def logon(origin: str):
+        return s.post(group.issuer + "/signin/v1/identifier/_/logon", timeout=10,
+                      json={"state": "s", "params": [demo["username"], demo["password"], "1"]},
+                      headers={"Kopano-Konnect-XSRF": "1", "Origin": origin})
+
+    foreign = logon("http://" + host)
+    assert foreign.status_code == 400 and "Set-Cookie" not in foreign.headers
+    values = []
+    for _ in range(2):
+        answer = logon(group.issuer)
+        assert answer.status_code == 200
+        assert "__Host-KKT=" in answer.headers["Set-Cookie"]
+        assert "Path=/;" in answer.headers["Set-Cookie"]
+        values.append(answer.cookies["__Host-KKT"])
+    s.cookies.clear()
+    query = urlencode({"client_id": demo["client_id"], "response_type": "code",
+                       "redirect_uri": group.demo_url + "/callback", "scope": "openid",
+                       "prompt": "none"})
+    url = group.issuer + "/signin/v1/identifier/_/authorize?" + query
+    for cookie in (f"__Host-KKT={values[0]}; __Host-KKT={values[1]}",
+                   f"__Host-KKT={values[1]}; __Host-KKT={values[0]}"):
+        refused = s.get(url, headers={"Cookie": cookie}, allow_redirects=False, timeout=10)
+        assert refused.status_code == 400 and "Location" not in refused.headers
+    alone = s.get(url, headers={"Cookie": f"__Host-KKT={values[0]}"}, allow_redirects=False,
+                  timeout=10)
+    # one cookie: a session (the demo client asks for consent: not login_required)
+    assert alone.status_code == 302 and "error=consent_required" in alone.headers["Location"]
+
+
 def test_request_id_from_the_proxy_reaches_the_service(group):
     resp = group.session().get(group.issuer + "/.well-known/openid-configuration", timeout=5)
     rid = resp.headers["X-Request-Id"]

@@ -205,3 +205,21 @@ async def test_every_cookie_the_services_set_or_clear_is_a_host_cookie(http_clie
     assert any(n.startswith(CONSENT_PREFIX) for n in names)
     assert any(n.startswith(FLOW_PREFIX) for n in names)
     assert [h for h in seen if not host_cookie(h)] == []
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_abandoned_authority_sign_ins_are_cleared_past_four(http_client, base_url):
+    """Each hop's cookie goes with every request to the host (Path=/): a browser that
+    started many sign-ins through an authority and finished none keeps at most four, so
+    its requests stay within the proxies' header limits. The newest one always works."""
+    b = Browser(http_client, base_url)
+    states = []
+    for _ in range(6):
+        start = await b.fetch("/signin/v1/identifier/oauth2/start?authority_id=upstream")
+        states.append(query_of(start.headers["Location"])["state"])
+        flows = [k for k in b.cookies if k.startswith(FLOW_PREFIX)]
+        assert 1 <= len(flows) <= 4
+    resp = await b.fetch("/signin/v1/identifier/oauth2/cb", method="POST",
+                         body=urlencode({"state": states[-1], "id_token": "x.y.z"}),
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.code == 403  # its flow was there: the (bad) answer was checked
