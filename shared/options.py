@@ -134,6 +134,10 @@ OPTIONS: tuple[Option, ...] = (
        "most 10 years)", minimum=0, maximum=TEN_YEARS),
     _o("refresh_token_expiration", "int", 94608000, "refresh token lifetime, seconds (0: the "
        "default; at most 10 years)", minimum=0, maximum=TEN_YEARS),
+    _o("logon_cookie_expiration", "int", 0, "the longest a sign-in at the identifier lasts, "
+       "seconds (0: as long as the browser keeps its session cookie, as Konnect, bounded by "
+       "400 days; a sign-out is remembered that long) (extension)", minimum=0,
+       maximum=400 * 86400, extension=True),
     _o("dynamic_client_secret_expiration", "int", 0,
        "dynamic client secret lifetime, seconds (0: never; at most 10 years)", minimum=0,
        maximum=TEN_YEARS),

@@ -21,9 +21,9 @@ from shared.errors import (ACCESS_DENIED, CONSENT_REQUIRED, INTERACTION_REQUIRED
                            add_params, response_location)
 from shared.grants import Grant
 from shared.origins import origin_of, serialized_origin
-from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
-                            browser_state, clear_cookie, consent_cookie_name, current_logon,
-                            new_sid, open_consent, session_state, set_cookie)
+from shared.session import (BROWSER_STATE_COOKIE, LOGON_COOKIE, Logon, browser_state,
+                            clear_cookie, consent_cookie_name, current_logon, new_sid,
+                            open_consent, session_state, set_cookie)
 from shared.tokens import TokenError, random_token
 from shared.users import guest as guests
 from shared.web import PageHandler
@@ -133,7 +133,7 @@ class AuthorizeHandler(PageHandler):
         application's sign-in; `select_account` is ignored (one account: Konnect's too)."""
         if "login" in req.prompt:
             return None
-        cookie = self.request.headers.get("Cookie", "")
+        cookie = self.cookie_header
         identity = await self.deps.users.identify(
             cookie, self.request.headers.get("Accept-Language", ""),
             self.request.headers.get("User-Agent", ""))
@@ -239,7 +239,7 @@ class AuthorizeHandler(PageHandler):
         if req.konnect:
             name = consent_cookie_name(req.konnect, req.client.id, req.redirect_uri, req.state, req.nonce)
             decision = open_consent(self.deps.sealer, self.get_cookie(name))
-            clear_cookie(self, name, path=API_PATH)
+            clear_cookie(self, name)
         if decision is not None and decision.get("sub") == logon.identity.sub:
             if not decision.get("allow"):
                 raise self._redirect_error(req, ACCESS_DENIED, "the user denied the request")
@@ -298,7 +298,7 @@ class AuthorizeHandler(PageHandler):
                 nonce=req.nonce, sid=logon.sid, auth_time=auth_time,
                 access_token=access.token if access else None, code=code, extra=extra)))
         state = browser_state(logon, deps.settings.iss)
-        set_cookie(self, BROWSER_STATE_COOKIE, state, path=SESSION_PATH, http_only=False)
+        set_cookie(self, BROWSER_STATE_COOKIE, state, http_only=False)
         origin = serialized_origin(req.redirect_uri)
         if req.state:
             params.append(("state", req.state))

@@ -22,7 +22,6 @@ secretbox.
 from __future__ import annotations
 
 import re
-from http.cookies import SimpleCookie
 from typing import Any, Mapping, Optional
 
 import tornado.simple_httpclient
@@ -30,6 +29,7 @@ import tornado.simple_httpclient
 from ..identity import Identity
 from ..jose import parse_json
 from ..sealed import SealError
+from ..web import AmbiguousCookie, cookie_pairs
 from .base import BackendUnavailable, UserBackend
 
 PROVIDER = "cookie"
@@ -95,18 +95,21 @@ class CookieBackend(UserBackend):
     def forwarded(self, cookie_header: str) -> str:
         """The request's cookies with an allowed name, as one Cookie header ("" if none).
 
-        Only values in RFC 6265 §4.1.1's cookie-value grammar are forwarded: SimpleCookie
-        accepts a quoted value holding `;`, `,` or spaces (`webapp="x; admin=1"`), which the
-        backend's cookie parser (RFC 6265 §5.4 splits on `;`) reads as a second cookie whose
-        name is not in the configured list (Konnect forwards only the configured names).
+        Only values in RFC 6265 §4.1.1's cookie-value grammar are forwarded: a quoted value
+        holding `;`, `,` or spaces (`webapp="x; admin=1"`) would reach the backend's cookie
+        parser (RFC 6265 §5.4 splits on `;`) as a second cookie whose name is not in the
+        configured list (Konnect forwards only the configured names). A configured name
+        sent more than once (a sibling subdomain's or another path's cookie beside the
+        web application's) is `AmbiguousCookie`: which session is the user's cannot be
+        told, and the OP must not pick one by order (shared/web.py `single_cookie`).
         """
-        jar = SimpleCookie()
-        try:
-            jar.load(cookie_header or "")
-        except Exception:  # noqa: BLE001 - a malformed header forwards nothing
-            return ""
-        return "; ".join(f"{name}={jar[name].coded_value}" for name in self.names
-                         if name in jar and _COOKIE_VALUE.match(jar[name].coded_value))
+        pairs = [(n, v) for n, v in cookie_pairs(cookie_header or "") if n in self.names]
+        found = dict(pairs)
+        if len(found) < len(pairs):
+            name = next(n for n in found if sum(1 for m, _ in pairs if m == n) > 1)
+            raise AmbiguousCookie(name, sum(1 for m, _ in pairs if m == name))
+        return "; ".join(f"{name}={found[name]}" for name in self.names
+                         if name in found and _COOKIE_VALUE.match(found[name]))
 
     async def identify(self, cookie_header: str, accept_language: str = "",
                        user_agent: str = "") -> Optional[Identity]:

@@ -58,7 +58,7 @@ def post(b, target, fields):
 
 
 def signed_in(b):
-    return any(c.name == "__Secure-KKT" for c in b.session.cookies)
+    return any(c.name == "__Host-KKT" for c in b.session.cookies)
 
 
 def test_our_sp_metadata_is_served_at_the_entity_id(op):
@@ -101,7 +101,7 @@ def test_an_idp_user_unknown_to_the_local_backend_is_refused(op):
 def test_a_replayed_assertion_is_refused(op):
     b = Browser(op["down"].ca)
     target, fields = to_idp_answer(op, b, "alice", "alice-idp-pw")
-    flow = {c.name: c.value for c in b.session.cookies if c.name.startswith("__Secure-KKAF-")}
+    flow = {c.name: c.value for c in b.session.cookies if c.name.startswith("__Host-KKAF-")}
     assert post(b, target, fields).status_code == 302
     # the same POST again, with the flow cookie an attacker copied
     thief = Browser(op["down"].ca)

@@ -39,7 +39,7 @@ from tests.support.users import (
 async def _session(b: Browser) -> tuple[str, str]:
     resp = await b.fetch(authorize_url(**TRUSTED))
     result = query_of(resp.headers["Location"])
-    return b.cookies["__Secure-KKBS"], result["session_state"]
+    return b.cookies["__Host-KKBS"], result["session_state"]
 
 
 def _konnect_state(sub: str, issuer: str) -> str:
@@ -55,7 +55,7 @@ let handler = null;
 const parent = { postMessage: (answer, origin) => { out.push([answer, origin]); next(); } };
 const out = [];
 global.window = { parent, addEventListener: (type, fn) => { handler = fn; } };
-global.document = { cookie: input.cookie, getElementById: () => ({ textContent: "__Secure-KKBS" }) };
+global.document = { cookie: input.cookie, getElementById: () => ({ textContent: "__Host-KKBS" }) };
 new Function(script)();
 let i = 0;
 function next() {
@@ -143,7 +143,7 @@ async def test_check_session_page_is_frameable_with_a_nonce_script(http_client, 
     nonce = csp.split("'nonce-")[1].split("'")[0]
     assert f'<script nonce="{nonce}">'.encode() in resp.body
     assert "frame-ancestors" not in csp and "X-Frame-Options" not in resp.headers
-    assert b">__Secure-KKBS</script>" in resp.body
+    assert b">__Host-KKBS</script>" in resp.body
 
 
 @pytest.mark.gen_test
@@ -152,33 +152,55 @@ async def test_authorize_sets_the_browser_state_cookie_the_iframe_reads(http_cli
     await sign_in(b)
     resp = await b.fetch(authorize_url(client_id="trusted-rp",
                                        redirect_uri="https://trusted.example.test/cb"))
-    header = [h for h in resp.headers.get_list("Set-Cookie") if h.startswith("__Secure-KKBS=")][0]
-    assert "Path=/konnect/v1/session/" in header and "HttpOnly" not in header
+    header = [h for h in resp.headers.get_list("Set-Cookie") if h.startswith("__Host-KKBS=")][0]
+    assert "Path=/;" in header and "HttpOnly" not in header
 
 
-def test_check_session_script_answers_as_session_management_says(tmp_path):
+IFRAME_ORIGIN = "https://rp.example.test"
+IFRAME_STATE = browser_state(Logon(ALICE, 1700000000, "sid-1", "key-1"), ISSUER)
+GOOD = session_state("web-rp", IFRAME_ORIGIN, IFRAME_STATE)
+
+
+def iframe_answers(tmp_path, cookie: str, messages: list) -> list:
+    """What static/check-session.js answers (run by node) to `messages` ([data, from the
+    parent]) with `document.cookie` = `cookie`."""
     node = shutil.which("node")
     assert node, "node is needed to run the iframe's script (Debian: nodejs)"
     harness = tmp_path / "harness.js"
     harness.write_text(NODE_HARNESS)
     script = Path(__file__).resolve().parents[2] / "services/authorize/static/check-session.js"
-    origin = "https://rp.example.test"
-    state = browser_state(Logon(ALICE, 1700000000, "sid-1", "key-1"), ISSUER)
-    good = session_state("web-rp", origin, state)
-    messages = [[f"web-rp {good}", True],              # unchanged
-                [f"other-rp {good}", True],            # changed (client differs)
-                [f"other-rp {good}", True],            # the same change again: error (loop)
-                [f"web-rp {good}", True],              # unchanged again
-                ["garbage", True], [f"web-rp {good}", False]]  # malformed; not from parent
     run = subprocess.run([node, str(harness), str(script)], capture_output=True, text=True,
-                         timeout=30, input=json.dumps({
-                             "cookie": f"x=1; __Secure-KKBS={state}", "origin": origin,
-                             "messages": messages}))
+                         timeout=30, input=json.dumps({"cookie": cookie, "origin": IFRAME_ORIGIN,
+                                                       "messages": messages}))
     assert run.returncode == 0, run.stderr
-    answers = [a for a, _ in json.loads(run.stdout)]
+    return [a for a, _ in json.loads(run.stdout)]
+
+
+def test_check_session_script_answers_as_session_management_says(tmp_path):
+    messages = [[f"web-rp {GOOD}", True],              # unchanged
+                [f"other-rp {GOOD}", True],            # changed (client differs)
+                [f"other-rp {GOOD}", True],            # the same change again: error (loop)
+                [f"web-rp {GOOD}", True],              # unchanged again
+                ["garbage", True], [f"web-rp {GOOD}", False]]  # malformed; not from parent
+    answers = iframe_answers(tmp_path, f"x=1; {BROWSER_STATE_COOKIE}={IFRAME_STATE}", messages)
     assert answers == ["unchanged", "changed", "error", "unchanged", "error", "ignored"]
-    signed_out = subprocess.run([node, str(harness), str(script)], capture_output=True,
-                                text=True, timeout=30, input=json.dumps({
-                                    "cookie": "", "origin": origin,
-                                    "messages": [[f"web-rp {good}", True]]}))
-    assert [a for a, _ in json.loads(signed_out.stdout)] == ["changed"]
+    assert iframe_answers(tmp_path, "", [[f"web-rp {GOOD}", True]]) == ["changed"]
+
+
+@pytest.mark.parametrize("cookie", [
+    "{name}={state}; x=1; {name}={state}",          # even the same value twice
+    "{name}={state}; {name}=planted",
+    "{name}=planted; {name}={state}",
+    "{name}={state};{name} =planted",
+])
+def test_check_session_script_says_error_when_the_browser_state_cookie_is_there_twice(
+        tmp_path, cookie):
+    """A second browser-state cookie (a sibling subdomain's or another path's, where the
+    browser keeps such) makes the state unknown: "error", never one of them by order, and
+    never "unchanged". Other cookies that merely start with the name are not it."""
+    messages = [[f"web-rp {GOOD}", True]] * 3
+    jar = cookie.format(name=BROWSER_STATE_COOKIE, state=IFRAME_STATE)
+    assert iframe_answers(tmp_path, jar, messages) == ["error"] * 3
+    others = f"{BROWSER_STATE_COOKIE}x=1; x{BROWSER_STATE_COOKIE}=2; " \
+        f"{BROWSER_STATE_COOKIE}={IFRAME_STATE}"
+    assert iframe_answers(tmp_path, others, messages) == ["unchanged"] * 3

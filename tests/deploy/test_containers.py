@@ -328,7 +328,7 @@ def test_konnect_readme_docker_run_serves_with_its_secrets_and_flags(daemon, ima
             if logon.status_code != 200:
                 print(daemon.docker("logs", names[1], check=False).stderr[-6000:])
             assert logon.status_code == 200, logon.text
-            assert "__Secure-KKT=" in logon.headers.get("Set-Cookie", "")
+            assert "__Host-KKT=" in logon.headers.get("Set-Cookie", "")
             assert any(call[0] == "alice" and call[3] == 0 for call in kc.state.logons)
             assert "unix" in kc.state.transports
             for name in names[1:]:  # Konnect's flags on the command line, the user it gave

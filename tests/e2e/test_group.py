@@ -137,6 +137,42 @@ def test_proxy_routes_exactly_the_table(group):
     assert home.status_code == 302 and home.headers["Location"].endswith("/signin/v1/welcome")
 
 
+def test_through_the_proxy_a_second_logon_cookie_and_a_foreign_origin_are_refused(group):
+    """The rows of the hardening issue, through Caddy: a logon cookie planted beside the
+    user's (the other one of two sign-ins) gets no code, and an http Origin of the
+    issuer's host signs nobody in."""
+    demo, s = group.demo, group.session()
+    host = group.issuer.split("://", 1)[1]
+
+    def logon(origin: str):
+        return s.post(group.issuer + "/signin/v1/identifier/_/logon", timeout=10,
+                      json={"state": "s", "params": [demo["username"], demo["password"], "1"]},
+                      headers={"Kopano-Konnect-XSRF": "1", "Origin": origin})
+
+    foreign = logon("http://" + host)
+    assert foreign.status_code == 400 and "Set-Cookie" not in foreign.headers
+    values = []
+    for _ in range(2):
+        answer = logon(group.issuer)
+        assert answer.status_code == 200
+        assert "__Host-KKT=" in answer.headers["Set-Cookie"]
+        assert "Path=/;" in answer.headers["Set-Cookie"]
+        values.append(answer.cookies["__Host-KKT"])
+    s.cookies.clear()
+    query = urlencode({"client_id": demo["client_id"], "response_type": "code",
+                       "redirect_uri": group.demo_url + "/callback", "scope": "openid",
+                       "prompt": "none"})
+    url = group.issuer + "/signin/v1/identifier/_/authorize?" + query
+    for cookie in (f"__Host-KKT={values[0]}; __Host-KKT={values[1]}",
+                   f"__Host-KKT={values[1]}; __Host-KKT={values[0]}"):
+        refused = s.get(url, headers={"Cookie": cookie}, allow_redirects=False, timeout=10)
+        assert refused.status_code == 400 and "Location" not in refused.headers
+    alone = s.get(url, headers={"Cookie": f"__Host-KKT={values[0]}"}, allow_redirects=False,
+                  timeout=10)
+    # one cookie: a session (the demo client asks for consent: not login_required)
+    assert alone.status_code == 302 and "error=consent_required" in alone.headers["Location"]
+
+
 def test_request_id_from_the_proxy_reaches_the_service(group):
     resp = group.session().get(group.issuer + "/.well-known/openid-configuration", timeout=5)
     rid = resp.headers["X-Request-Id"]
@@ -386,3 +422,41 @@ def test_make_run_killed_leaves_no_process(tmp_path):
     for pid in alive:  # do not leave a failed test's group behind
         os.kill(pid, sig.SIGKILL)
     assert alive == []
+
+
+BANNER = "sign-in page  "  # a line of make run's banner (deploy/run.py)
+
+
+def test_right_after_the_banner_a_post_to_every_service_is_answered(tmp_path):
+    """`make run` prints its addresses only once the group answers, and the proxy starts
+    only once the services do: a POST the moment the banner appears reaches every service
+    (no connection refused, no 502 from a proxy whose upstream is still starting)."""
+    g = Group(tmp_path / "state", token_procs=1)
+    g.launch()
+    try:
+        deadline = time.monotonic() + 120
+        while BANNER not in g.output():
+            assert g.process.poll() is None and time.monotonic() < deadline, g.output()[-3000:]
+            time.sleep(0.02)
+        s, demo = g.session(), g.demo
+        answers = {
+            "identifier": s.post(g.issuer + "/signin/v1/identifier/_/logon", timeout=10,
+                                 json={"state": "s", "params": [demo["username"],
+                                                                demo["password"], "1"]},
+                                 headers={"Kopano-Konnect-XSRF": "1", "Origin": g.issuer}),
+            "token": s.post(g.issuer + "/konnect/v1/token", timeout=10,
+                            data={"grant_type": "authorization_code", "code": "nope",
+                                  "redirect_uri": g.demo_url + "/callback"},
+                            headers={"Authorization": basic(demo["client_id"],
+                                                            demo["client_secret"])}),
+            "authorize": s.post(g.issuer + "/signin/v1/identifier/_/authorize", timeout=10,
+                                allow_redirects=False,
+                                data={"client_id": demo["client_id"], "response_type": "code",
+                                      "redirect_uri": g.demo_url + "/callback", "scope": "openid"}),
+            "userinfo": s.post(g.issuer + "/konnect/v1/userinfo", timeout=10),
+        }
+        assert {name: r.status_code for name, r in answers.items()} == {
+            "identifier": 200, "token": 400, "authorize": 302, "userinfo": 401}
+        assert answers["token"].json()["error"] == "invalid_grant"
+    finally:
+        assert g.stop() == 0

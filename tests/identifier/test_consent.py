@@ -43,7 +43,7 @@ async def test_consent_of_the_wrong_type_is_400_and_sets_no_decision(http_client
     resp = await b.api("consent", {**CONSENT, **bad})
     assert resp.code == 400 and json.loads(resp.body)["error"] == "invalid_request"
     assert next(iter(bad)) in json.loads(resp.body)["error_description"]
-    assert not any(k.startswith("__Secure-KKTC-") for k in b.cookies)
+    assert not any(k.startswith("__Host-KKTC-") for k in b.cookies)
 
 
 @pytest.mark.gen_test

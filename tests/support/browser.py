@@ -1,5 +1,6 @@
 """A browser for the in-process services: cookies carried by hand, redirects not followed,
-and the identifier JSON API as the sign-in page calls it (XSRF header, Origin)."""
+and the identifier JSON API as the sign-in page calls it (XSRF header, the Origin of the
+issuer's pages, where the browser would have loaded them)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ from http.cookies import SimpleCookie
 from typing import Optional
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from tornado.httputil import HTTPHeaders
+
+from tests.support.op import ISSUER
+
 TRUSTED = {"client_id": "trusted-rp", "redirect_uri": "https://trusted.example.test/cb"}
 WEB_RP = {"client_id": "web-rp", "redirect_uri": "https://rp.example.test/cb"}
 
 
 class Browser:
+    #: the origin of the pages whose scripts call the API: the issuer's (the services check it)
+    origin = ISSUER
+
     def __init__(self, http_client, base_url):
         self.http, self.base, self.cookies = http_client, base_url, {}
 
@@ -38,7 +46,7 @@ class Browser:
 
     async def api(self, name, body, **headers):
         hdrs = {"Content-Type": "application/json", "Kopano-Konnect-XSRF": "1",
-                "Origin": self.base, **headers}
+                "Origin": self.origin, **headers}
         return await self.fetch(f"/signin/v1/identifier/_/{name}", method="POST",
                                 body=json.dumps(body), headers=hdrs)
 
@@ -106,3 +114,30 @@ async def register(b: Browser, **metadata) -> dict:
                               body=json.dumps(body), headers={"Content-Type": "application/json"})
     assert resp.code == 201, resp.body
     return json.loads(resp.body)
+
+
+# The same cookie twice, as browsers send it when a sibling subdomain (Domain=) or a page at
+# another path set one of the same name beside ours (more specific path first, RFC 6265
+# §5.4): in either order, split over two Cookie fields (HTTP/2, RFC 9113 §8.2.3), spaced.
+SHAPES = ["ours first", "planted first", "two fields", "spaces"]
+
+
+def cookie_headers(name: str, ours: str, planted: str, shape: str, extra: str = "") -> list:
+    """The Cookie field values of a request carrying `name` twice (`SHAPES`); `extra` is
+    more `; name=value` pairs."""
+    if shape == "ours first":
+        return [f"{name}={ours}; {name}={planted}{extra}"]
+    if shape == "planted first":
+        return [f"{name}={planted}; {name}={ours}{extra}"]
+    if shape == "two fields":
+        return [f"{name}={ours}{extra}", f"{name}={planted}"]
+    return [f"{name} = {planted} ;{name}={ours}{extra}"]
+
+
+async def send_cookies(http_client, base_url, path: str, cookies: list, **kw):
+    """A request with exactly these Cookie fields (no jar), redirects not followed."""
+    headers = HTTPHeaders(kw.pop("headers", {}))
+    for value in cookies:
+        headers.add("Cookie", value)
+    return await http_client.fetch(base_url + path, headers=headers, follow_redirects=False,
+                                   raise_error=False, **kw)

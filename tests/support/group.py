@@ -86,13 +86,17 @@ class Group:
 
     # -- life cycle -------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> None:
+    def launch(self) -> None:
+        """Run the command (make run's), its output to `log`, without waiting for anything."""
         self.state.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
         self.process = subprocess.Popen(self.command,
                                         cwd=ROOT, env=self.env, stdout=out,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -10,9 +10,11 @@ import pytest
 
 from shared import jose
 from tests.support.clients import EXTRA_CLIENTS, JWT_CLIENT
+from shared.session import LOGON_COOKIE
 from tests.support.fixtures import DYNAMIC_REGISTRATION
 from tests.support.http import basic, code_form, introspect, post, redeem, token
 from tests.support.op import (
+    ISSUER,
     REGISTRY,
     SECRET,
     mint_code,
@@ -23,16 +25,15 @@ from tests.support.users import TOKEN_ALICE
 
 
 async def _logon_cookie(op: OP, username: str, password: str) -> str:
-    origin = op.urls["identifier"]
     resp, body = await op.fetch("identifier", "/signin/v1/identifier/_/logon", method="POST",
                                 body=json.dumps({"state": "s1", "params": [username, password, "1"]}),
-                                headers={"Content-Type": "application/json", "Origin": origin,
+                                headers={"Content-Type": "application/json", "Origin": ISSUER,
                                          "Kopano-Konnect-XSRF": "1"})
     assert resp.code == 200, body
     jar = SimpleCookie()
     for header in resp.headers.get_list("Set-Cookie"):
         jar.load(header)
-    return f"__Secure-KKT={jar['__Secure-KKT'].value}"
+    return f"{LOGON_COOKIE}={jar[LOGON_COOKIE].value}"
 
 
 def _remaining(redis_server, op: OP, kind: str, ident: str) -> float:
@@ -174,7 +175,7 @@ async def test_logoff_makes_userinfo_refuse_access_tokens_issued_before(op_user)
     resp, body = await op.fetch("identifier", "/signin/v1/identifier/_/logoff", method="POST",
                                 body=json.dumps({"state": "o1"}),
                                 headers={"Content-Type": "application/json", "Cookie": cookie,
-                                         "Origin": op.urls["identifier"],
+                                         "Origin": ISSUER,
                                          "Kopano-Konnect-XSRF": "1"})
     assert resp.code == 200 and body["success"] is True
     assert await op.userinfo_status(before["access_token"]) == 401
