@@ -100,6 +100,7 @@ class SharedMaterial:
             self.name = "key." + sealer.tag(_PURPOSE)
         self.redis_key = store.key("ephemeral", self.name)
         self._held: Optional[bytes] = None  # the record this process uses (confirmed)
+        self._refused: Optional[bytes] = None  # the last record it could not use (logged)
         self._candidate = self._record()     # what it stores when Redis has none
 
     def warn(self, logger: logging.Logger = log) -> None:
@@ -157,10 +158,12 @@ class SharedMaterial:
                 if not isinstance(kid, str) or not kid:
                     raise ValueError("no kid")
         except (ValueError, KeyError, TypeError, KeyLoadError, SealError) as err:
-            log.error("the shared ephemeral material in Redis (%s) cannot be used: %s. Every "
-                      "process of a group needs the same --signing-private-key and "
-                      "--encryption-secret settings; delete that key to start over",
-                      self.redis_key, type(err).__name__)
+            if record != self._refused:  # once per record, not once per request
+                self._refused = record
+                log.error("the shared ephemeral material in Redis (%s) cannot be used: %s. "
+                          "Every process of a group needs the same --signing-private-key and "
+                          "--encryption-secret settings; delete that key to start over",
+                          self.redis_key, type(err).__name__)
             raise MaterialError("the shared ephemeral material cannot be used") from None
         if secret is not None:
             try:
@@ -189,7 +192,7 @@ class SharedMaterial:
                 name, ttl=self.lifetime, held=self._held,
                 candidate=self._held or self._candidate)
             refresh = True
-        if stored is not self._held:
+        if stored != self._held:
             self._adopt(stored)
         if refresh:
             self._refreshed = now

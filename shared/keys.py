@@ -1,11 +1,13 @@
 """Signing and validation keys: loading, policy, the keyring and the JWKS document.
 
 Files are read once at start-up into `cryptography` key objects and python-jose backend
-objects; nothing is parsed per request. Each of our keys is pinned to ONE algorithm
-(its JWK `alg`, else `--signing-method` when the key fits it, else its family's default),
-so the alg in a token header can only ever confirm what we already decided (RFC 8725 §3.1).
-Client keys (private_key_jwt, request objects) without an `alg` accept their family's
-algorithms only.
+objects; nothing is parsed per request. Algorithms are pinned by key type
+(`our_key_algs`): an RSA key signs and verifies RS256/384/512 and PS256/384/512, as
+Konnect's, an EC key only its curve's ES alg, Ed25519 EdDSA, and a key whose JWK names an
+`alg` only that one; the alg in a token header can only ever pick among those, never HS*,
+`none` or another family (RFC 8725 §3.1). A client's registered alg is signed exactly, or
+not at all (`AlgorithmNotSigned`). Client keys (private_key_jwt, request objects) without
+an `alg` accept their family's algorithms only.
 
 Key files (konnect.md §8): `.json` is a JWK; anything else is PEM (PKCS#1, PKCS#8, SEC1
 EC; public PKIX/PKCS#1 for validation keys). The kid is the JWK's `kid`, else the file

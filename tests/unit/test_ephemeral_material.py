@@ -281,3 +281,14 @@ async def test_every_request_confirms_the_material_and_the_jwks_follows_it(cores
     finally:
         server.stop()
         await server.close_all_connections()
+
+
+@pytest.mark.gen_test
+async def test_concurrent_first_requests_of_a_process_take_one_record_quietly(cores, caplog):
+    core = cores()
+    with caplog.at_level(logging.WARNING, logger="konnect.ephemeral"):
+        await asyncio.gather(*(core.shared_material.ensure() for _ in range(8)))
+    assert not [r for r in caplog.records if "changed" in r.getMessage()]
+    other = cores()
+    await other.shared_material.ensure()
+    agree([core, other])

@@ -210,3 +210,30 @@ async def test_paused_redis_times_out_to_503(http_client, base_url, app):
     finally:
         deps["redis"].resume()
     await deps["store"].close()
+
+
+@pytest.mark.parametrize("kind,alg,half", [("ec384", "ES384", 24), ("ed25519", "EdDSA", 32),
+                                           ("ec256", "ES256", 16)])
+def test_an_ec_or_ed25519_key_signs_its_alg_when_a_client_registered_it(tmp_path, clock, kind,
+                                                                        alg, half):
+    """With an EC or Ed25519 key beside the RSA one, a client's registered ES*/EdDSA signs
+    its tokens, at_hash of that alg's hash (SHA-512 for EdDSA over Ed25519); the RSA key
+    signs the rest."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    keytool.generate(tmp_path, bits=2048, access_token_key=False)
+    other = {"ec384": lambda: ec.generate_private_key(ec.SECP384R1()),
+             "ec256": lambda: ec.generate_private_key(ec.SECP256R1()),
+             "ed25519": ed25519.Ed25519PrivateKey.generate}[kind]()
+    (tmp_path / "other.pem").write_bytes(other.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    ring = load_keyring([str(tmp_path / keytool.LINK_NAME), str(tmp_path / "other.pem")])
+    tokens = Tokens(ring, ISSUER, now=clock)
+    header, claims = ring.verify(tokens.id_token(client_id="rp", identity=ALICE,
+                                                 access_token="AT", alg=alg))
+    assert header["alg"] == alg and header["kid"] == "other"
+    assert claims["at_hash"] == jose.left_hash("AT", alg)
+    assert len(base64.urlsafe_b64decode(claims["at_hash"] + "==")) == half
+    assert ring.verify(tokens.id_token(client_id="rp", identity=ALICE))[0]["alg"] == "RS256"
+    assert alg in ring.signing_algs and len({a for a in ring.signing_algs if a[:2] == alg[:2]}) == 1
