@@ -126,6 +126,10 @@ OPTIONS: tuple[Option, ...] = (
     _o("allow_client_guests", "bool", False, "allow sign in of client controlled guest users "
        "(Konnect: a signed request object with scope konnect/guestok names the guest)"),
     _o("allow_dynamic_client_registration", "bool", False, "enable /konnect/v1/register"),
+    _o("allow_public_clients_without_pkce", "bool", False, "let clients without a secret "
+       "(public clients, implicitly trusted ones) use the code flow without PKCE, as Konnect "
+       "did; for migrating relying parties only: PKCE protects their codes (RFC 9700 "
+       "§2.1.1), and a warning says so at start-up (extension)", extension=True),
     _o("access_token_expiration", "int", 600, "access token lifetime, seconds (0: the "
        "default; at most 10 years, as every token lifetime: a bound against typos, larger "
        "values made every token request fail)", minimum=0,

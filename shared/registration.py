@@ -12,6 +12,7 @@ into the OP's own endpoints.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, Optional
 
@@ -22,26 +23,35 @@ from .clients import (Client, RegistryError, alg_problem, application_type_probl
 from .errors import INVALID_CLIENT_METADATA, INVALID_REDIRECT_URI, OAuth2Error
 from .origins import into_op
 
+log = logging.getLogger("konnect.register")
+
 MAX_URIS = 20
 MAX_CONTACTS = 10
 MAX_KEYS = 10
 MAX_TEXT = 256
 
 GRANT_TYPES = ("authorization_code", "implicit", "refresh_token")
-# Metadata we understand but cannot honour: refused rather than silently ignored.
+# Metadata we understand but cannot honour, and whose absence would hand out in the clear
+# what the client asked to be encrypted: refused (RFC 7591 §3.2.1 lets a server reject a
+# value) instead of ignored as Konnect ignored it.
 REFUSED = {
-    "jwks_uri": "jwks_uri is not supported: register the keys inline with jwks",
-    "sector_identifier_uri": "sector_identifier_uri is not supported (public subjects only)",
-    "request_uris": "request_uri is not supported",
     "id_token_encrypted_response_alg": "encrypted ID tokens are not supported",
     "id_token_encrypted_response_enc": "encrypted ID tokens are not supported",
     "userinfo_encrypted_response_alg": "encrypted userinfo responses are not supported",
     "userinfo_encrypted_response_enc": "encrypted userinfo responses are not supported",
     "request_object_encryption_alg": "encrypted request objects are not supported",
     "request_object_encryption_enc": "encrypted request objects are not supported",
-    "default_max_age": "default_max_age is not supported: send max_age with each request",
-    "software_statement": "software statements are not supported",
 }
+# Metadata we do not honour and whose absence weakens nothing: ignored, like any member we
+# do not understand (RFC 7591 §2; Konnect's oidc/payload/registration.go reads none of
+# them), and left out of the response, which lists only what is registered (§3.2.1).
+# jwks_uri: the keys must be inline (`jwks`), else private_key_jwt is refused and request
+# objects fail to verify; request_uris: `request_uri` is refused at authorize;
+# sector_identifier_uri: only for pairwise subjects (refused below); default_max_age: the
+# client sends max_age with each request; software_statement: RFC 7591 §2.3 lets a server
+# that does not support them ignore them.
+IGNORED = ("jwks_uri", "request_uris", "sector_identifier_uri", "default_max_age",
+           "software_statement")
 # RFC 6749 §5.2: the characters an error_description may hold
 _DESCRIPTION = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 
@@ -124,6 +134,9 @@ def parse_registration(body: dict, *, client_id: str, signing_algs: list,
     for name, why in REFUSED.items():
         if body.get(name) is not None:
             raise metadata_error(why)
+    ignored = [name for name in IGNORED if body.get(name) is not None]
+    if ignored:
+        log.info("registration: ignored metadata %s (not supported)", ", ".join(ignored))
     subject_type = body.get("subject_type")
     if subject_type is not None and subject_type != "public":
         raise metadata_error("subject_type must be public")
@@ -150,7 +163,10 @@ def parse_registration(body: dict, *, client_id: str, signing_algs: list,
 
     method = _string(body, "token_endpoint_auth_method") or "client_secret_basic"
     jwks = _check_jwks(body.get("jwks"))
-    _refuse(auth_method_problem(method, jwks))
+    problem = auth_method_problem(method, jwks)
+    if problem and "jwks_uri" in ignored:
+        problem += " (jwks_uri is not supported: register the keys inline)"
+    _refuse(problem)
 
     entry: dict[str, Any] = {
         "id": client_id, "application_type": app_type, "redirect_uris": redirect_uris,

@@ -217,6 +217,24 @@ return string.format('%d', nbf)
 """
 
 
+# The group's shared ephemeral material (Store.shared_material). KEYS: its key. ARGV: the
+# lifetime in seconds, "1" to start that lifetime again, the record to store when there is
+# none ("": store nothing), the SHA-1 of the record the caller holds ("": none).
+# Returns 1 when the stored record is the caller's, else the stored record, or false.
+_SHARED_MATERIAL = """
+local value = redis.call('GET', KEYS[1])
+if not value then
+  if ARGV[3] == '' then return false end
+  redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[1])
+  value = ARGV[3]
+elseif ARGV[2] == '1' then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+if redis.sha1hex(value) == ARGV[4] then return 1 end
+return value
+"""
+
+
 class _Script:
     """A Lua script run with EVALSHA, loaded again on NOSCRIPT (Redis restarted or flushed).
 
@@ -371,6 +389,8 @@ class Store:
     - ``ratelimit:<bucket>:<sha256>`` counters
     - ``client:<client_id>``     a dynamically registered client (its secret only as a hash)
     - ``kv:<kind>:<sha256>``     JSON values of the services and backends
+    - ``ephemeral:<name>``       the group's shared ephemeral key and secret, when none is
+      configured (`shared_material`)
 
     Every key is written with a TTL and values are compact JSON. Every method either
     returns, raises `ValueError` for a bad argument (before any round trip), or raises
@@ -398,6 +418,7 @@ class Store:
         self._give_back_script = _Script(client, _GIVE_BACK)
         self._rotate_refresh_script = _Script(client, _ROTATE_REFRESH)
         self._redeem_code_script = _Script(client, _REDEEM_CODE)
+        self._shared_material_script = _Script(client, _SHARED_MATERIAL)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "konnect:", socket_timeout: float = 2.0,
@@ -729,6 +750,25 @@ class Store:
         """The record `put_client` stored, or None (unknown or expired)."""
         k = self.key("client", _check_name("client_id", client_id))
         return _loads(await self._call("get_client", lambda: self._redis.get(k)))
+
+    # -- the group's shared ephemeral key and secret (shared/ephemeral.py) -----------------
+
+    async def shared_material(self, name: str, *, ttl: int, held: bytes | None = None,
+                              refresh: bool = False, candidate: bytes | None = None
+                              ) -> bytes | None:
+        """The record under ``ephemeral:<name>``, in one round trip: `held` itself when the
+        stored record is that one (it does not travel back), another stored record, or None
+        when there is none. With a `candidate` and no record, the candidate is stored first
+        (atomically: of processes racing, exactly one record wins and all of them get it).
+        Storing a record or `refresh` starts its lifetime (`ttl` seconds) again."""
+        k = self.key("ephemeral", _check_name("name", name))
+        args = [_check_ttl(ttl), _flag(refresh), candidate or b"",
+                hashlib.sha1(held).hexdigest() if held else ""]
+        value = await self._call("shared_material", lambda: self._shared_material_script(
+            keys=[k], args=args))
+        if value == 1:
+            return held
+        return value or None
 
     # -- generic JSON values ---------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import secrets
-from typing import Any, Iterable, Optional
+from typing import Any, Awaitable, Iterable, Optional
 
 import orjson
 import tornado.web
@@ -111,8 +111,22 @@ class BaseHandler(tornado.web.RequestHandler):
     # Content-Security-Policy for responses that are not HTML pages.
     csp = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 
+    #: whether this endpoint may sign, verify, seal or open anything (not the health check,
+    #: metrics or the JSON 404)
+    uses_keys = True
+
     def initialize(self, deps: Any = None) -> None:
         self.deps = deps
+
+    def prepare(self) -> Optional[Awaitable[None]]:
+        """Without a configured signing key or encryption secret, the group's shared ephemeral
+        ones are confirmed with Redis before the handler runs (shared/ephemeral.py; Tornado
+        waits for the awaitable returned here): a 503 when Redis cannot answer. Nothing to
+        wait for otherwise. Subclasses that override this return what it returns."""
+        shared = getattr(self.deps, "shared_material", None)
+        if shared is not None and self.uses_keys:
+            return shared.ensure()
+        return None
 
     def compute_etag(self) -> None:
         """No ETag: answers are `no-store` (RFC 9111 §5.2.2.5), so a validator would only
@@ -344,6 +358,8 @@ class PageHandler(BaseHandler):
 class NotFoundHandler(BaseHandler):
     """Default handler: a JSON 404 for any path no route claims."""
 
+    uses_keys = False
+
     def prepare(self) -> None:
         raise OAuth2Error(NOT_FOUND, _DESCRIPTIONS[NOT_FOUND])
 
@@ -351,6 +367,8 @@ class NotFoundHandler(BaseHandler):
 class MetricsHandler(BaseHandler):
     """`/metrics`: Prometheus text format (shared/metrics.py), on the service's own listener;
     the proxy routes no path to it."""
+
+    uses_keys = False
 
     def get(self) -> None:
         from . import metrics
@@ -363,6 +381,8 @@ class HealthCheckHandler(BaseHandler):
     """`/health-check`: 200 "ok" while the process serves. Every method answers, as
     Konnect's (its server/server.go routes the path without a method; its `healthcheck`
     command and Docker HEALTHCHECK send POST). A body is never read."""
+
+    uses_keys = False
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")

@@ -80,7 +80,8 @@ class AuthorizeHandler(PageHandler):
             get = await self._request_object(get)
         client, redirect_uri = await verified_client(get, deps.lookup_client)
         self._dynamic_client = client.dynamic
-        req = parse(get, client, redirect_uri, deps.settings.iss)  # form_post: write_error
+        req = parse(get, client, redirect_uri, deps.settings.iss,  # form_post: write_error
+                    pkce_required=deps.requires_pkce(client))
         logon = await (self._web_app_logon(req) if self._signs_in_elsewhere else self._logon(req))
         if logon is None and signed_request and deps.settings.allow_client_guests:
             guest = self._guest(req)
@@ -277,13 +278,17 @@ class AuthorizeHandler(PageHandler):
                       auth_time=logon.auth_time, sid=logon.sid, created=now)
         params: list = []
         code = access = None
+        # the client's registered alg signs the front channel's tokens as the token
+        # endpoint's (services/token/grants.py), and sizes at_hash and c_hash
+        alg = req.client.id_token_signed_response_alg or None
         if "code" in types:
             code = random_token(32)
             await deps.store.put_code(code, grant.to_record(), deps.settings.code_expiration)
             params.append(("code", code))
         if "token" in types:
             access = deps.tokens.access_token(client_id=req.client.id, identity=identity,
-                                              scopes=scopes, family=grant.family, claims=claims)
+                                              scopes=scopes, family=grant.family, claims=claims,
+                                              alg=alg)
             params += [("access_token", access.token), ("token_type", "Bearer"),
                        ("expires_in", str(deps.tokens.access_ttl))]
         if "id_token" in types:
@@ -296,7 +301,8 @@ class AuthorizeHandler(PageHandler):
             params.append(("id_token", deps.tokens.id_token(
                 client_id=req.client.id, identity=identity, sub=scopelib.subject(identity, scopes),
                 nonce=req.nonce, sid=logon.sid, auth_time=auth_time,
-                access_token=access.token if access else None, code=code, extra=extra)))
+                access_token=access.token if access else None, code=code, extra=extra,
+                alg=alg)))
         state = browser_state(logon, deps.settings.iss)
         set_cookie(self, BROWSER_STATE_COOKIE, state, http_only=False)
         origin = serialized_origin(req.redirect_uri)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any, Optional
+from typing import Any, Awaitable, Optional
 
 from shared import discovery, scopes as scopelib
 from shared.errors import (ACCESS_DENIED, INVALID_REQUEST, TOO_MANY_REQUESTS, OAuth2Error,
@@ -90,7 +90,7 @@ def check_hello(request: Optional[dict]) -> int:
 
 
 class APIHandler(BaseHandler):
-    def prepare(self) -> None:
+    def prepare(self) -> Optional[Awaitable[None]]:
         if self.request.method != "POST":
             raise OAuth2Error(INVALID_REQUEST, "use POST", status=405)
         if self.request.headers.get("Kopano-Konnect-XSRF") != "1":
@@ -104,6 +104,7 @@ class APIHandler(BaseHandler):
         if len(state) > STATE_MAX or not _STATE_OK.fullmatch(state):
             raise _invalid(f"state must be at most {STATE_MAX} printable ASCII characters")
         self.state = state
+        return super().prepare()
 
     def no(self) -> None:
         self.set_status(204)

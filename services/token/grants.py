@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from shared import scopes as scopelib
 from shared.clients import Client
@@ -79,8 +79,11 @@ def s256(verifier: Optional[str]) -> str:
 class Issuer:
     """Mints the tokens of a grant the store let through."""
 
-    def __init__(self, tokens: Tokens, store: Any, users: Any = None) -> None:
+    def __init__(self, tokens: Tokens, store: Any, users: Any = None, *,
+                 requires_pkce: Callable[[Client], bool]) -> None:
+        """`requires_pkce`: `Core.requires_pkce`, whether a client's code needs PKCE."""
         self.tokens, self.store, self.users = tokens, store, users
+        self.requires_pkce = requires_pkce
 
     async def _current_identity(self, grant: Grant):
         if self.users is None:
@@ -138,7 +141,8 @@ async def authorization_code(request: FormRequest, client: Client, issuer: Issue
     jti, refresh = new_jti(), random_token(32)
     redemption = await store.redeem_code(
         code, client_id=client.id, redirect_uri=request.get("redirect_uri") or "",
-        challenge=s256(verifier), verifier_sent=bool(verifier), public=client.is_public,
+        challenge=s256(verifier), verifier_sent=bool(verifier),
+        public=issuer.requires_pkce(client),  # the script's "public client needs PKCE" rule
         refresh_allowed=grant_type_allowed(client, "refresh_token"), jti=jti,
         refresh_token=refresh, now=int(tokens.now()), access_ttl=tokens.access_ttl,
         refresh_ttl=tokens.refresh_ttl)

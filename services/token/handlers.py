@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Awaitable, Optional
 
 import tornado.web
 
@@ -46,15 +46,16 @@ class FormHandler(CORSHandler):
     allow = ("POST", "OPTIONS")  # RFC 9110 §15.5.6: a 405's Allow; also the CORS methods
     cors_headers = ("Authorization", "Content-Type", "Accept", "X-Requested-With")
 
-    def prepare(self) -> None:
+    def prepare(self) -> Optional[Awaitable[None]]:
         if self.request.method == "OPTIONS":
-            return
+            return None
         if self.request.method != "POST":
             raise OAuth2Error(METHOD_NOT_ALLOWED, "use POST", status=405)
         self.require_media_type(FORM)
         for name in self.body_params:
             if name in self.request.query_arguments:
                 raise _not_in_body(name)
+        return super().prepare()
 
     def form(self) -> FormRequest:
         """The parameters this endpoint reads (`body_params`), each once and from the body
@@ -238,7 +239,12 @@ class JWKSHandler(PublicDocumentHandler):
     content_type = "application/jwk-set+json"
 
     def body(self) -> bytes:
-        return self.deps.jwks_json
+        """The keyring's JWKS, encoded once per set of keys (the group's shared ephemeral key
+        may change while the process runs: shared/ephemeral.py)."""
+        deps, jwks = self.deps, self.deps.keyring.jwks()
+        if deps.jwks_source is not jwks:
+            deps.jwks_json, deps.jwks_source = encode(jwks), jwks
+        return deps.jwks_json
 
 
 def encode(doc: Any) -> bytes:

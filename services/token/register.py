@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any, Awaitable, Optional
 
 from shared.clients import DYNAMIC_PREFIX, Client, dynamic_record
 from shared.errors import METHOD_NOT_ALLOWED, TOO_MANY_REQUESTS, OAuth2Error
@@ -60,9 +60,10 @@ class RegisterHandler(BaseHandler):
 
     allow = ("POST",)  # the `Allow` of the 405 below (RFC 9110 §15.5.6)
 
-    def prepare(self) -> None:
+    def prepare(self) -> Optional[Awaitable[None]]:
         if self.request.method != "POST":
             raise OAuth2Error(METHOD_NOT_ALLOWED, "use POST", status=405)
+        return super().prepare()
 
     def get(self) -> None:  # prepare() answers; these exist so tornado routes the method
         pass
@@ -94,7 +95,7 @@ class RegisterHandler(BaseHandler):
         ttl = lifetime or max(NO_EXPIRY_TTL, deps.settings.refresh_token_expiration)
         record = dynamic_record(client, issued_at=issued_at, expires_at=expires_at)
         await store.put_client(client.id, record, ttl)
-        default_alg = deps.keyring.id_token_signer(None).alg
+        default_alg = deps.keyring.id_token_signer().alg
         self.write_json(registration_response(client, secret=secret, issued_at=issued_at,
                                               expires_at=expires_at,
                                               default_id_token_alg=default_alg), status=201)

@@ -143,7 +143,7 @@ class UserInfoHandler(CORSHandler):
         body = userinfo_claims(identity, claims,
                                as_asked=claims_authorized_as_asked(client, claims.get("aud")))
         alg = client.userinfo_signed_response_alg if client else ""
-        if alg and alg in deps.keyring.can_sign:
+        if alg:  # signed with exactly that alg (keys.AlgorithmNotSigned otherwise, a 500)
             # OIDC Core §5.3.2: signed, with `iss` and `aud`. Nothing in it is the client's
             # choice, and it has neither `kc.isAccessToken` nor `exp`, so neither our access
             # token validation nor `open_id_token_hint` takes it (RFC 8725 §3.12: mutually

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import re
-import secrets
 import signal
 import socket
 import threading
 import time
-from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -25,34 +21,6 @@ from tests.support.http import basic
 def group(tmp_path_factory):
     with Group(tmp_path_factory.mktemp("group-caddy"), proxy="caddy", token_procs=2) as g:
         yield g
-
-
-def pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-    return verifier, challenge.rstrip(b"=").decode()
-
-
-def code_flow(g: Group, agent: Agent, **extra: str) -> dict:
-    """Sign in as the demo user for the demo client; returns the token response."""
-    demo = g.demo
-    redirect_uri = g.demo_url + "/callback"
-    verifier, challenge = pkce()
-    params = {"client_id": demo["client_id"], "redirect_uri": redirect_uri,
-              "response_type": "code", "scope": "openid profile email offline_access",
-              "state": secrets.token_hex(8), "nonce": secrets.token_hex(8),
-              "code_challenge": challenge, "code_challenge_method": "S256", **extra}
-    start = f"{g.issuer}/signin/v1/identifier/_/authorize?{urlencode(params)}"
-    outcome = agent.run(start, demo["username"], demo["password"], stop_outside=True)
-    assert outcome.url.startswith(redirect_uri), (outcome.status, outcome.body[:300], outcome.url)
-    result = outcome.params
-    assert result["state"] == params["state"] and result["iss"] == g.issuer
-    resp = agent.session.post(g.issuer + "/konnect/v1/token", timeout=10, data={
-        "grant_type": "authorization_code", "code": result["code"],
-        "redirect_uri": redirect_uri, "code_verifier": verifier},
-        headers={"Authorization": basic(demo["client_id"], demo["client_secret"])})
-    assert resp.status_code == 200, resp.text
-    return resp.json()
 
 
 def _metric(text: str, handler: str) -> float:
@@ -100,7 +68,7 @@ def test_full_flow_sign_in_code_token_userinfo_refresh_revoke(group):
     agent = Agent(group.issuer, group.ca)
     s, demo = agent.session, group.demo
     auth = {"Authorization": basic(demo["client_id"], demo["client_secret"])}
-    tokens = code_flow(group, agent)
+    tokens = group.code_flow(agent)
     assert {"access_token", "id_token", "refresh_token"} <= tokens.keys()
     info = s.get(group.issuer + "/konnect/v1/userinfo", timeout=10,
                  headers={"Authorization": "Bearer " + tokens["access_token"]})
@@ -255,7 +223,7 @@ def test_token_process_killed_under_load_is_restarted_and_routed_around(group):
 
 def test_redis_restart_gives_503_then_recovers_without_restarting_services(group):
     agent = Agent(group.issuer, group.ca)
-    tokens = code_flow(group, agent)
+    tokens = group.code_flow(agent)
     pids = {p: group.pids(p) for p in ("userinfo", "token")}
     bearer = {"Authorization": "Bearer " + tokens["access_token"]}
     assert "stopped" in group.ctl("stop", "konnect:redis")
@@ -284,7 +252,7 @@ def test_a_redis_crash_brings_back_no_spent_token_and_no_revoked_one(group):
     kill -9 of Redis (the append-only file; a 60 s snapshot would bring them back)."""
     agent = Agent(group.issuer, group.ca)
     auth = {"Authorization": basic(group.demo["client_id"], group.demo["client_secret"])}
-    tokens = code_flow(group, agent)
+    tokens = group.code_flow(agent)
     s = agent.session
     rotated = s.post(group.issuer + "/konnect/v1/token", headers=auth, timeout=10, data={
         "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
@@ -349,7 +317,7 @@ def test_sigterm_drains_a_request_in_flight(group):
 def test_full_flow_through_apache(apache_group):
     g = apache_group
     agent = Agent(g.issuer, g.ca)
-    tokens = code_flow(g, agent)
+    tokens = g.code_flow(agent)
     s, demo = agent.session, g.demo
     auth = {"Authorization": basic(demo["client_id"], demo["client_secret"])}
     info = s.get(g.issuer + "/konnect/v1/userinfo", timeout=10,
@@ -383,7 +351,7 @@ def test_make_run_passes_the_environment_and_stops_everything_on_sigterm(tmp_pat
     assert missing.status_code == 404 and "Strict-Transport-Security" in missing.headers
     doc = resp.json()
     assert doc["registration_endpoint"] == g.issuer + "/konnect/v1/register"
-    tokens = code_flow(g, Agent(g.issuer, g.ca))
+    tokens = g.code_flow(Agent(g.issuer, g.ca))
     assert tokens["expires_in"] == 123
     assert '"service": "token"' in g.output()  # JSON log lines
     pids = [pid for p in ("identifier", "authorize", "token", "userinfo", "caddy", "redis",
