@@ -92,7 +92,6 @@ def test_an_alias_maps_the_upstream_user_and_a_missing_one_is_refused(op):
 
 
 def test_an_upstream_user_unknown_to_the_local_backend_is_refused(op):
-    up = op["up"]
     b, page, _ = through(op, "code", "ext-bob", "bob-upstream-pw")  # no local ext-bob
     assert page.status_code == 403 and "did not succeed" in page.text
     assert "Traceback" not in page.text

@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from urllib.parse import urlencode
 
 import pytest
 import requests
