@@ -18,7 +18,7 @@ from .ephemeral import SharedMaterial, new_signing_key
 from .keys import KeyLoadError, Keyring, load_keyring
 from .konnect_clients import is_konnect_id, konnect_client
 from .sealed import Sealer, SecretError, load_secret, new_secret
-from .session import LOGON_TTL
+from .session import logon_ttl
 from .scopes import ScopeDefinitions, ScopesError
 from .store import Store
 from .tokens import Tokens
@@ -156,7 +156,7 @@ class Core:
         """How long the group's shared ephemeral material outlives its last use: as long
         as anything signed or sealed with it is honoured (a logon cookie, an ID token as
         `id_token_hint`, an access token), plus the clock skew."""
-        return max(LOGON_TTL, settings.id_token_expiration,
+        return max(logon_ttl(settings), settings.id_token_expiration,
                    settings.access_token_expiration) + settings.clock_skew
 
     def requires_pkce(self, client: Any) -> bool:
