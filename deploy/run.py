@@ -1,4 +1,4 @@
-"""`make run`: the whole process group in the foreground (docs/architecture.md, "The process group").
+"""`make run`: the whole process group in the foreground (docs/architecture.md, "Processes").
 
     python deploy/run.py            (what `make run` does after installing what is missing)
 

@@ -195,7 +195,7 @@ async def test_a_refresh_in_the_sign_outs_second_gives_a_working_access_token(
     started = time.monotonic()
     resp = await token_request(b, {"grant_type": "refresh_token",
                                    "refresh_token": tokens["refresh_token"]})
-    assert resp.code == 200  # offline_access outlives the browser sign-out (architecture.md)
+    assert resp.code == 200  # offline_access outlives the browser sign-out (docs/operations.md)
     refreshed = json.loads(resp.body)
     _, claims = core.keyring.verify(refreshed["access_token"])
     assert claims["iat"] > signed_out and time.monotonic() - started < 2.5
