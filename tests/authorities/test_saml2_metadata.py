@@ -365,7 +365,7 @@ async def test_refused_metadata_leaves_no_password_sign_in(site, tmp_path, redis
         assert await op.sign_in() == REFUSED
         resp = await AsyncHTTPClient().fetch(
             op.base + "/signin/v1/identifier/_/logon", method="POST", raise_error=False,
-            headers={"Kopano-Konnect-XSRF": "1", "Origin": op.base,
+            headers={"Kopano-Konnect-XSRF": "1", "Origin": ISSUER,
                      "Content-Type": "application/json"},
             body='{"state": "s", "params": ["alice", "wonderland", "1"]}')
         assert resp.code == 403

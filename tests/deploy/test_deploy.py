@@ -481,7 +481,8 @@ def test_compose_services_ports_and_environment_agree_with_addresses_env():
         assert env["KONNECTD_REDIS_URL"] == f"redis://redis:{redis_port}/0"
         # key and secret: Docker secrets with Konnect's names, found by the entrypoint
         assert "KONNECTD_SIGNING_PRIVATE_KEY" not in env and "KONNECTD_ENCRYPTION_SECRET" not in env
-        assert svc["secrets"] == ["konnectd_signing_private_key", "konnectd_encryption_secret"]
+        assert svc["secrets"] == ["konnectd_signing_private_key", "konnectd_encryption_secret",
+                                  "konnectd_access_token_signing_key"]
         assert "state:/var/lib/konnect" in svc["volumes"]
         assert svc["depends_on"]["init"]["condition"] == "service_completed_successfully"
         assert "ports" not in svc  # only the proxy is published
@@ -513,7 +514,8 @@ def test_compose_services_ports_and_environment_agree_with_addresses_env():
     assert default(published) == f"{ADDRESSES['KONNECT_PROXY_BIND']}:{issuer_port}:{issuer_port}"
     trusted = services["identifier"]["environment"]["KONNECTD_TRUSTED_PROXY"]
     assert trusted == caddy["networks"]["konnect"]["ipv4_address"] + "/32"
-    assert set(doc["secrets"]) == {"konnectd_signing_private_key", "konnectd_encryption_secret"}
+    assert set(doc["secrets"]) == {"konnectd_signing_private_key", "konnectd_encryption_secret",
+                                   "konnectd_access_token_signing_key"}
     for name, secret in doc["secrets"].items():
         assert default(secret["file"]) == f"./secrets/{name}"
     # init makes the users file and the registry the services are pointed at

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -172,12 +173,15 @@ async def test_another_clients_konnect_token_is_refused_and_not_spent(http_clien
 
 
 def _unsigned(state: dict, alg: str) -> str:
-    """A Konnect refresh token's claims under `alg: none`, or HS256 keyed with the public key."""
+    """A Konnect refresh token's claims under `alg: none`, HS256 keyed with the public key,
+    or another family's alg (ES256) with a signature of that alg's size."""
     claims = claims_of(konnect_refresh(state))
     header = {"alg": alg, "kid": state["kid"], "typ": "JWT"}
     signing_input = kt.b64(kt.go_json(header)) + "." + kt.b64(kt.go_json(claims))
     if alg == "none":
         return signing_input + "."
+    if alg == "ES256":
+        return signing_input + "." + kt.b64(os.urandom(64))
     public = konnect_key(state).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     mac = hmac.new(public, signing_input.encode(), hashlib.sha256).digest()
@@ -216,7 +220,7 @@ REFUSED = {
                                                                 provider=""),
     "an unknown kid": lambda s: konnect_refresh(s, key=OTHER_KEY, kid="konnect-20180101-dead"),
     "a key that is not the kid's": lambda s: konnect_refresh(s, key=OTHER_KEY),
-    "RS256 under a key pinned to PS256": lambda s: konnect_refresh(s, alg="RS256"),
+    "ES256 named for an RSA key": lambda s: _unsigned(s, "ES256"),
     "alg none": lambda s: _unsigned(s, "none"),
     "HS256 keyed with the public key": lambda s: _unsigned(s, "HS256"),
     "a tampered claim": lambda s: (lambda t: t.split(".")[0] + "." + kt.b64(kt.go_json(
@@ -246,7 +250,7 @@ REASONS = {
     "the subject of another backend": "user not found",
     "an unknown kid": "unknown kid",
     "a key that is not the kid's": "signature verification failed",
-    "RS256 under a key pinned to PS256": "algorithm not allowed",
+    "ES256 named for an RSA key": "algorithm not allowed",
     "alg none": "algorithm not allowed",
     "HS256 keyed with the public key": "algorithm not allowed",
     "a tampered claim": "signature verification failed",
@@ -371,19 +375,20 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("signing_method", ["PS256", "RS256"])
+@pytest.mark.parametrize("form", ["pem", "jwk with alg RS256"])
 async def test_konnects_key_as_a_validation_key(http_client, tmp_path, redis_url, users_path,
-                                                signing_method):
-    """Our own new signing key, konnectd's in the validation keys directory. A konnectd
-    that ran with `--signing-method RS256` signed with RS256: its key file is then a JWK
-    with `"alg": "RS256"` (`keys jwk-from-pem`); a PEM there is pinned to our method."""
+                                                form):
+    """Our own new signing key, konnectd's in the validation keys directory. A PEM there
+    verifies every RSA alg, as Konnect's RSA keys did (konnectd signed PS256 by default,
+    RS256 with `--signing-method RS256`); a JWK naming an `alg` (`keys jwk-from-pem`, then
+    `"alg"` added) verifies that alg only."""
     state = make_state(tmp_path / "ours")
     konnect = kt.rsa_key()
     keys = tmp_path / "konnectkeys"
     keys.mkdir()
     pem = konnect.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    if signing_method == "PS256":
+    if form == "pem":
         _write_private(keys / "konnect-20210920-a1b2.pem", pem)
     else:
         _write_private(keys / "konnect-20210920-a1b2.json",
@@ -393,15 +398,14 @@ async def test_konnects_key_as_a_validation_key(http_client, tmp_path, redis_url
     try:
         async with serving(serve_on_one_origin(core, ("token",))) as base:
             kid = "konnect-20210920-a1b2"
-            rt = konnect_refresh(state, key=konnect, kid=kid, alg=signing_method)
-            resp, body = await token(http_client, base, refresh_form(rt))
-            assert resp.code == 200, resp.body
-            assert claims_of(body["access_token"])["kc.family"]
-            # the same key under the other method: refused (one alg per key)
-            other = "RS256" if signing_method == "PS256" else "PS256"
-            wrong = konnect_refresh(state, key=konnect, kid=kid, alg=other)
-            resp, body = await token(http_client, base, refresh_form(wrong))
-            assert resp.code == 400 and body["error"] == "invalid_grant"
+            for alg in ("RS256", "PS256"):
+                rt = konnect_refresh(state, key=konnect, kid=kid, alg=alg)
+                resp, body = await token(http_client, base, refresh_form(rt))
+                if form == "pem" or alg == "RS256":
+                    assert resp.code == 200, (alg, resp.body)
+                    assert claims_of(body["access_token"])["kc.family"]
+                else:  # the JWK pins RS256: another alg under its kid is refused
+                    assert resp.code == 400 and body["error"] == "invalid_grant", resp.body
     finally:
         await core.close()
 
