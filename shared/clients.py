@@ -202,8 +202,8 @@ _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 
 def _origin_problems(origin: str) -> list[str]:
     """An origin is `scheme://host[:port]` (RFC 6454 §6.1): a valid port, no userinfo, path,
-    query or fragment, never a script scheme. A malformed one stops the start-up instead of
-    loading as a value no browser ever sends."""
+    query or fragment, never a script scheme. A malformed one is a problem of its entry
+    instead of loading as a value no browser ever sends."""
     problem = uri_problem(origin)
     if problem:
         return [problem]

@@ -13,7 +13,7 @@ identity/clients/claims.go `RegistrationClaims`, identity/clients/registry.go
   `redirect_uris`, `id_token_signed_response_alg`, `userinfo_signed_response_alg`,
   `request_object_signing_alg`, `token_endpoint_auth_method`,
   `token_endpoint_auth_signing_alg`, `post_logout_redirect_uris`; never `jwks`, which it
-  did not keep) next to `sub`, `iat` and, with `--dynamic-client-secret-duration`, `exp`;
+  did not keep) next to `sub`, `iat` and, with `--dynamic-client-secret-expiration`, `exp`;
   no `iss`, no `aud`;
 - the client secret is 64 random bytes, base64url without padding, and `sub` is
   base64url(BLAKE2b-512 keyed with those bytes, over name + " " + "konnect-client-v1"):

@@ -4,11 +4,11 @@ Registration 1.0 §3, RFC 7591 §3; Konnect's oidc/payload/registration.go), rou
 
 The metadata is checked by `shared.registration.parse_registration` (the static registry's
 rules plus those of a self-registered client). Konnect's dynamic clients were stateless
-(the client id a JWT signed with the OP key, §5.6); ours are stored in Redis
-(`client:<id>`, with the secret only as a SHA-256), so every process of every service
-finds them, they outlive a key rotation, and an operator can delete one. No initial access
-token and no RFC 7592 management, as in Konnect; registrations are rate-limited per client
-IP instead.
+(the client id a JWT signed with the OP key: its identity/clients/models.go `SetDynamic`);
+ours are stored in Redis (`client:<id>`, with the secret only as a SHA-256), so every
+process of every service finds them, they outlive a key rotation, and an operator can
+delete one. No initial access token and no RFC 7592 management, as in Konnect;
+registrations are rate-limited per client IP instead.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ Konnect's identity/authorities/models.go names the keys; oidc.go and saml2.go gi
 defaults (OIDC: scopes `openid profile`, response type `id_token`, PKCE `S256`, identity
 claim `preferred_username`; SAML2: identity attribute `uid`, our entity ID
 `<issuer>/signin/v1/identifier/saml2/metadata`). Konnect skipped a broken entry with a
-warning; here every problem stops the start, like a broken client entry: a `default`
-authority that silently disappeared would put the password form back in front of users
-whose site never had local passwords.
+warning; here every problem stops the start (a broken client entry is skipped, as in
+Konnect): a `default` authority that silently disappeared would put the password form
+back in front of users whose site never had local passwords.
 
 One key is ours, not Konnect's: `metadata_signing_certificates` (saml2), the certificate(s)
 whose key signs the IdP's metadata (saml2.py verifies the metadata with them): a PEM file's

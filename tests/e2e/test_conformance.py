@@ -514,7 +514,7 @@ async def test_oidcc_refresh_token(http_client, base_url, rp):
     assert status == 200, new
     old_claims = await rp.check_id_token(tokens["id_token"])
     new_claims = await rp.check_id_token(new["id_token"])
-    assert new_claims["sub"] == old_claims["sub"] and new_claims["iss"] == old_claims["iss"]  # §12.2
+    assert new_claims["sub"] == old_claims["sub"] and new_claims["iss"] == old_claims["iss"]  # Core §12.2
     assert new_claims["aud"] == old_claims["aud"]
 
 
