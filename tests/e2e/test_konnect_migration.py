@@ -124,7 +124,10 @@ def test_konnectds_key_signs_and_is_published_under_its_kid(migrated):
     assert meta["issuer"] == migrated.issuer
     (published,) = [k for k in jwks["keys"] if k["kid"] == KID]
     numbers = migrated.key.public_key().public_numbers()
-    assert kt.b64(numbers.n.to_bytes(512, "big")) == published["n"] and published["alg"] == "PS256"
+    assert kt.b64(numbers.n.to_bytes(512, "big")) == published["n"]
+    # as konnectd's JWKS (oidc/provider/handlers.go): use "sig", no alg (an RSA key signs
+    # the RSA family: PS256 access tokens, RS256 ID tokens)
+    assert published["use"] == "sig" and "alg" not in published
 
 
 def test_konnectds_access_tokens_work_at_userinfo(migrated):
