@@ -5,7 +5,7 @@
 - `GET /hello`: a JSON hello world (Tornado + asyncio + json, no logging, nothing else).
 - `POST /base`: reads a form body, makes ONE Redis round trip (GETDEL of a missing key)
   and answers a small JSON document: the per-request cost of a token request before any
-  signature (the "300 µs" term of the cost model in perf.md, re-measured in each run).
+  signature (the `base` term of the cost-model floor in docs/benchmarks.md, measured in each run).
 - `GET /userinfo`: the userinfo floor: takes the Bearer JWT, verifies its signature with
   raw `cryptography` (ES256, RS256 or PS256, key loaded once), checks exp and iss, makes ONE
   Redis round trip (EXISTS of the jti's revocation key) and answers the claims as JSON.

@@ -1,4 +1,4 @@
-"""CPU and memory accounting from /proc, as in the reference method (perf.md).
+"""CPU and memory accounting from /proc (the method of docs/benchmarks.md, "Method").
 
 A `Snapshot` holds, for a set of named processes, utime+stime (their own and their reaped
 children's, from /proc/<pid>/stat) and the machine's busy time (/proc/stat). The delta of

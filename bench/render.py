@@ -205,7 +205,7 @@ def floors_section(results: dict, fl: dict) -> str:
     return "\n".join(out)
 
 
-PEERS = (("peer", "opaque (peers.md §1)"), ("peer_jwt", "JWT, RS256 (two signatures, as ours)"))
+PEERS = (("peer", "opaque (its default)"), ("peer_jwt", "JWT, RS256 (two signatures, as ours)"))
 
 
 def peer_table(results: dict) -> str:

@@ -1,4 +1,4 @@
-"""One command for the benchmarks (method: shared/reference/perf.md):
+"""One command for the benchmarks (method: docs/benchmarks.md, "Method"):
 
     .venv/bin/python bench/run.py [--quick] [--runs 3] [--duration 10]
 

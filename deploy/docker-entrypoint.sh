@@ -18,6 +18,8 @@
 # KONNECTD_DOCKER_SECRETS_PATH (/run/secrets) sets its variable, as in Konnect's image:
 #   konnectd_signing_private_key     -> KONNECTD_SIGNING_PRIVATE_KEY (the path)
 #   konnectd_encryption_secret       -> KONNECTD_ENCRYPTION_SECRET (the path)
+#   konnectd_access_token_signing_key -> KONNECTD_ACCESS_TOKEN_SIGNING_KEY (the path; ours,
+#                                       named in Konnect's style: docs/operations.md "Signing keys")
 #   konnectd_kopano_server_username  -> KOPANO_SERVER_USERNAME (the file's content)
 #   konnectd_kopano_server_password  -> KOPANO_SERVER_PASSWORD (the file's content)
 #   konnectd_ldap_bind_dn            -> LDAP_BINDDN (the file's content)
@@ -35,6 +37,7 @@ secret_file() {  # the path of the secret named by $1 (a KONNECTD_*_FILE value),
 
 if f=$(secret_file "${KONNECTD_SIGNING_PRIVATE_KEY_FILE:-}"); then export KONNECTD_SIGNING_PRIVATE_KEY="$f"; fi
 if f=$(secret_file "${KONNECTD_ENCRYPTION_SECRET_FILE:-}"); then export KONNECTD_ENCRYPTION_SECRET="$f"; fi
+if f=$(secret_file "${KONNECTD_ACCESS_TOKEN_SIGNING_KEY_FILE:-}"); then export KONNECTD_ACCESS_TOKEN_SIGNING_KEY="$f"; fi
 if f=$(secret_file "${KONNECTD_KOPANO_SERVER_USERNAME_FILE:-}"); then export KOPANO_SERVER_USERNAME="$(<"$f")"; fi
 if f=$(secret_file "${KONNECTD_KOPANO_SERVER_PASSWORD_FILE:-}"); then export KOPANO_SERVER_PASSWORD="$(<"$f")"; fi
 if f=$(secret_file "${KONNECTD_LDAP_BIND_DN_FILE:-}"); then export LDAP_BINDDN="$(<"$f")"; fi

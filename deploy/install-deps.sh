@@ -10,6 +10,9 @@ PYTHON=${PYTHON:-python3}
 
 # binary -> Debian package
 declare -A need=([redis-server]=redis-server [caddy]=caddy)
+if [ "$purpose" = test ] || [ "${KONNECT_REDIS:-single}" = sentinel ]; then
+  need+=([redis-sentinel]=redis-sentinel)  # the failover tests; make run's HA variant
+fi
 if [ "$purpose" = test ]; then
   need+=([slapd]=slapd [ldapwhoami]=ldap-utils [apache2]=apache2 [chromium]=chromium
          [node]=nodejs [npm]=npm [wrk]=wrk)

@@ -1,4 +1,4 @@
-"""`make run`: the whole process group in the foreground (design.md §8).
+"""`make run`: the whole process group in the foreground (docs/architecture.md, "Processes").
 
     python deploy/run.py            (what `make run` does after installing what is missing)
 
@@ -6,10 +6,12 @@ On first run it creates the development state in `$KONNECT_STATE_DIR` (default `
 a signing key and the encryption secret, a client registry with the demo client, a users
 file with the demo user. Then it fills in the environment for the programs (only where the
 caller has not set a variable: every `KONNECTD_*`, `LDAP_*`, `KOPANO_*` and
-`OIDC_ISSUER_IDENTIFIER` given by the user reaches the services unchanged), prints the URLs
-and credentials, and replaces itself with supervisord (deploy/supervisord.conf), which runs
-Redis, the four services (token with `TOKEN_PROCS` processes), Caddy and the demo relying
-party. Ctrl-C or SIGTERM stops all of them.
+`OIDC_ISSUER_IDENTIFIER` given by the user reaches the services unchanged), and replaces
+itself with supervisord (deploy/supervisord.conf), which runs Redis, the four services
+(token with `TOKEN_PROCS` processes), Caddy (once the services answer: konnect-program) and
+the demo relying party. The URLs and credentials are printed when the group answers (every
+service's health check, the discovery document through the proxy, the demo app), by a
+small watcher started beside supervisord (`announce`). Ctrl-C or SIGTERM stops all of them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 import secrets
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -137,6 +140,9 @@ def prepare_environment(env: dict, state: Path) -> dict:
     env["KONNECT_STATE_DIR"] = str(state)
     demo = ensure_state(state, env)
     redis_given = "KONNECTD_REDIS_URL" in env
+    sentinel = env.get("KONNECT_REDIS", "single") == "sentinel"
+    sentinels = ",".join((env["KONNECT_SENTINEL1_LISTEN"], env["KONNECT_SENTINEL2_LISTEN"],
+                          env["KONNECT_SENTINEL3_LISTEN"]))
     proxy = env.setdefault("KONNECT_PROXY", "caddy")
     if proxy == "apache" and "KONNECT_TLS_CERT" not in env:
         dev_certificate(state / "tls", urlsplit(env["OIDC_ISSUER_IDENTIFIER"]).hostname or "")
@@ -153,11 +159,15 @@ def prepare_environment(env: dict, state: Path) -> dict:
         "KONNECTD_ENCRYPTION_SECRET": str(state / "keys" / keytool.SECRET_NAME),
         "KONNECTD_IDENTIFIER_REGISTRATION_CONF": str(state / "identifier-registration.yaml"),
         "KONNECTD_USERS_FILE": str(state / "users.yaml"),
-        "KONNECTD_REDIS_URL": f"redis://{env['KONNECT_REDIS_LISTEN']}/0",
+        # HA variant: the Sentinels name the primary; every single-use write waits for
+        # both replicas (shared/redis_url.py)
+        "KONNECTD_REDIS_URL": f"redis+sentinel://{sentinels}/konnect/0?replicas=2" if sentinel
+        else f"redis://{env['KONNECT_REDIS_LISTEN']}/0",
         # the proxy is on loopback: believe its X-Forwarded-* (and nobody else's)
         "KONNECTD_TRUSTED_PROXY": "127.0.0.1/32 ::1/128",
         "KONNECTD_METRICS_DIR": str(state / "run" / "metrics"),
         "KONNECT_START_REDIS": "false" if redis_given else "true",
+        "KONNECT_START_SENTINEL": "true" if sentinel and not redis_given else "false",
         "KONNECT_START_CADDY": "true" if proxy == "caddy" else "false",
         "KONNECT_START_APACHE": "true" if proxy == "apache" else "false",
         "KONNECT_START_DEMO": "true",
@@ -192,8 +202,11 @@ def problems(env: dict) -> list[str]:
         found.append(f"TOKEN_PROCS={tokens!r}: a number from 1 to 64")
     if env.get("KONNECT_PROXY") not in ("caddy", "apache"):
         found.append(f"KONNECT_PROXY={env.get('KONNECT_PROXY')!r}: caddy or apache")
+    if env.get("KONNECT_REDIS", "single") not in ("single", "sentinel"):
+        found.append(f"KONNECT_REDIS={env.get('KONNECT_REDIS')!r}: single or sentinel")
     proxy_binary = "apache2" if env.get("KONNECT_PROXY") == "apache" else "caddy"
-    for program in (proxy_binary, "redis-server", "supervisord"):
+    ha = ("redis-sentinel",) if env.get("KONNECT_REDIS") == "sentinel" else ()
+    for program in (proxy_binary, "redis-server", *ha, "supervisord"):
         if not shutil.which(program, path=env.get("PATH", "") + os.pathsep
                             + str(ROOT / ".venv" / "bin")):
             if not (program == "apache2" and Path("/usr/sbin/apache2").exists()):
@@ -232,12 +245,17 @@ def preflight(env: dict) -> list[str]:
     return unique
 
 
+READY = "Konnect-compatible OpenID Provider: ready"
+#: seconds the group has to answer before the watcher gives up saying so
+READY_WAIT = 180
+
+
 def banner(env: dict, demo: dict) -> str:
     issuer = env["OIDC_ISSUER_IDENTIFIER"].rstrip("/")
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(issuer))  # endpoints: shared/discovery.py
     lines = [
         "",
-        "  Konnect-compatible OpenID Provider: starting the process group",
+        f"  {READY}",
         f"    issuer        {issuer}",
         f"    discovery     {issuer}/.well-known/openid-configuration",
         f"    sign-in page  {origin}/signin/v1/identifier",
@@ -261,6 +279,37 @@ def banner(env: dict, demo: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def readiness_checks(env: dict) -> list:
+    """What must answer before the banner: every service's health check, the discovery
+    document through the proxy (the development certificate is not checked) and the demo
+    app (healthcheck.wait's (url, insecure, method) tuples)."""
+    from shared.healthcheck import service_urls
+    from shared.options import SERVICES
+    checks = [(url, False, "POST") for url in service_urls(SERVICES, env)]
+    checks.append((env["OIDC_ISSUER_IDENTIFIER"].rstrip("/") + "/.well-known/openid-configuration",
+                   True, "GET"))
+    if env.get("KONNECT_START_DEMO") == "true":
+        checks.append((demo_origin(env) + "/", True, "GET"))
+    return checks
+
+
+def announce() -> None:
+    """`run.py --announce`, started beside supervisord: waits until the group answers, then
+    prints the banner it reads on stdin, so that what it shows works at once. Ends with
+    the group (PR_SET_PDEATHSIG: its parent becomes supervisord)."""
+    from shared.healthcheck import wait
+    _stop_with_parent()
+    text = sys.stdin.read()
+    env = dict(os.environ)
+    problems = wait(readiness_checks(env), READY_WAIT)
+    if problems:
+        print(f"make run: the group does not answer after {READY_WAIT} s (see the log above; "
+              "supervisorctl -c deploy/supervisord.conf status):", *problems, sep="\n  ",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    print(text, flush=True)
 
 
 def _stop_with_parent() -> None:
@@ -289,11 +338,16 @@ def main() -> None:
         for problem in found:
             print(f"  - {problem}", file=sys.stderr)
         raise SystemExit(2)
-    print(banner(env, demo), flush=True)
+    print(f"make run: starting the process group ({state}); the addresses follow once it "
+          "answers. Ctrl-C stops everything.", flush=True)
     supervisord = shutil.which("supervisord", path=str(ROOT / ".venv" / "bin")) \
         or shutil.which("supervisord")
     os.chdir(ROOT)
     _stop_with_parent()
+    watcher = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--announce"],
+                               stdin=subprocess.PIPE, env=env, cwd=ROOT, text=True)
+    watcher.stdin.write(banner(env, demo))
+    watcher.stdin.close()
     argv = [supervisord, "-c", str(DEPLOY / "supervisord.conf")]
     if os.geteuid() == 0:
         argv += ["-u", "root"]  # say so explicitly (supervisord warns otherwise)
@@ -301,4 +355,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    announce() if sys.argv[1:] == ["--announce"] else main()

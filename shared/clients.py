@@ -1,7 +1,9 @@
-"""The client registry: `identifier-registration.yaml` (konnect.md §5).
+"""The client registry: `identifier-registration.yaml` (Konnect's identity/clients/).
 
-Every entry is validated at load and every problem is reported at once; an entry that
-fails stops the start-up (Konnect skipped it with a warning, which hides mistakes).
+Every entry is validated at load. An entry with a problem is skipped with a loud warning
+naming every problem, as Konnect skips it; unknown keys are ignored with a warning (a
+likely meant key named). A file that cannot be read as a registry at all stops the
+start-up, and so does a registered signing alg no key signs (`unsignable`, `Core`).
 Redirect URIs match exactly, query included (RFC 6749 §3.1.2.2, RFC 9700 §4.1.3), with
 one exception for native clients: a registered http loopback URI matches any port and any
 loopback host (RFC 8252 §7.3, §8.3). Secrets compare in constant time.
@@ -14,6 +16,7 @@ read back by `client_from_record` (`Core.lookup_client` does the lookup); their 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import hmac
 import logging
@@ -31,7 +34,7 @@ log = logging.getLogger("konnect.clients")
 
 MAX_CLIENT_ID = 255
 MAX_URI = 2048
-# A static client's secret shorter than this is warned about at load (security.md IN-07;
+# A static client's secret shorter than this is warned about at load (OIDC Core §16.19;
 # RFC 6819 §5.1.4.2.2: secrets with enough entropy); not refused, Konnect files keep working.
 MIN_SECRET = 16
 # Top-level keys of the registry file: `clients`, and Konnect's `authorities`
@@ -178,8 +181,9 @@ class Client:
 
 def redirect_uri_problem(client_type: str, insecure: bool, uri: Any, *,
                          hint: bool = True) -> Optional[str]:
-    """Why `uri` cannot be registered for a client of this type (None if it can), §5.2.
-    `hint` names the registry's `insecure` switch (not for dynamic clients)."""
+    """Why `uri` cannot be registered for a client of this type (None if it can), by the
+    rules of Konnect's identity/clients/registry.go. `hint` names the registry's `insecure`
+    switch (not for dynamic clients)."""
     problem = uri_problem(uri)
     if problem:
         return problem
@@ -198,8 +202,8 @@ _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 
 def _origin_problems(origin: str) -> list[str]:
     """An origin is `scheme://host[:port]` (RFC 6454 §6.1): a valid port, no userinfo, path,
-    query or fragment, never a script scheme. A malformed one stops the start-up instead of
-    loading as a value no browser ever sends."""
+    query or fragment, never a script scheme. A malformed one is a problem of its entry
+    instead of loading as a value no browser ever sends."""
     problem = uri_problem(origin)
     if problem:
         return [problem]
@@ -266,13 +270,21 @@ def jwks_problems(jwks: Any) -> list[str]:
     return problems
 
 
+def unknown_fields(entry: Mapping) -> list[str]:
+    """The keys of a registry entry we do not know, each with a likely meant one: ignored
+    with a warning, as Konnect's YAML decoding ignores them (a misspelt key only ever
+    leaves a setting at its default, checked like any other)."""
+    found = []
+    for name in sorted(set(map(str, entry)) - _KNOWN):
+        meant = difflib.get_close_matches(name, sorted(_KNOWN), n=1, cutoff=0.75)
+        found.append(f"{name} (did you mean {meant[0]}?)" if meant else name)
+    return found
+
+
 def _validate(entry: Any) -> tuple[Optional[Client], list[str]]:
     if not isinstance(entry, Mapping):
         return None, ["must be a mapping"]
     problems: list[str] = []
-    unknown = sorted(set(map(str, entry)) - _KNOWN)
-    if unknown:
-        problems.append("unknown field(s) " + ", ".join(unknown))
     client_id = entry.get("id")
     if not isinstance(client_id, str) or not client_id:
         problems.append("id is required")
@@ -325,8 +337,9 @@ def _validate(entry: Any) -> tuple[Optional[Client], list[str]]:
 
 
 def parse_entry(entry: Any) -> Client:
-    """One registry entry (a mapping with the YAML keys of §5.1) as a `Client`, validated
-    as at load; raises `RegistryError` with every problem."""
+    """One registry entry (a mapping with the YAML keys of Konnect's
+    identity/clients/models.go) as a `Client`, validated as at load; raises `RegistryError`
+    with every problem."""
     client, problems = _validate(entry)
     if problems:
         raise RegistryError(problems)
@@ -376,45 +389,67 @@ class ClientRegistry:
         self._clients: dict[str, Client] = dict(clients or {})
         self.issuer_origin = origin_of(issuer) if issuer else ""
         self.authorities: Any = ()  # the `authorities:` list (authorities.registry.Authorities)
+        self.skipped: dict[str, list[str]] = {}  # entry label -> why it was skipped
+        self._blocked: frozenset = frozenset()   # ids of skipped entries: never implicit
 
     @classmethod
     def from_document(cls, doc: Any, *, issuer: str, source: str = "registry") -> "ClientRegistry":
+        """The registry of a parsed YAML document. What makes the whole file unreadable is a
+        `RegistryError` (start-up error); an entry with a problem is skipped with a loud
+        warning, as Konnect's identity/clients/registry.go skips it, and so are all entries
+        of a duplicated id (which one was meant is unknown). A skipped id is never taken
+        for an implicitly trusted client (`lookup`). Unknown keys are ignored with a
+        warning (`unknown_fields`)."""
         if doc is None:
             doc = {}
         if not isinstance(doc, Mapping):
             raise RegistryError([f"{source}: expected a mapping with a 'clients' list"])
         unknown = sorted(set(map(str, doc)) - _TOP_LEVEL)
-        if unknown:  # `client:` for `clients:` loaded an empty registry without a word
+        if unknown and "clients" not in doc:
+            # `client:` for `clients:` would start the OP without any client, all of them
+            # failing while the OP looks healthy: the one misspelling refused at start-up
             raise RegistryError([f"{source}: unknown top-level key(s) " + ", ".join(unknown)
-                                 + " (expected 'clients', 'authorities')"])
+                                 + " and no 'clients' list (expected 'clients', 'authorities')"])
+        if unknown:
+            log.warning("%s: unknown top-level key(s) %s ignored (expected 'clients', "
+                        "'authorities')", source, ", ".join(unknown))
         from .authorities.registry import parse_authorities  # it uses jwks_problems of ours
         authorities, problems = parse_authorities(doc.get("authorities"), issuer=issuer)
         problems = [f"{source}: {p}" for p in problems]
         entries = doc.get("clients") or []
         if not isinstance(entries, list):
             raise RegistryError([f"{source}: 'clients' must be a list"])
+        ids = [e.get("id") if isinstance(e, Mapping) else None for e in entries]
+        duplicated = {i for i in ids if isinstance(i, str) and ids.count(i) > 1}
         clients: dict[str, Client] = {}
-        seen: set = set()
+        skipped: dict[str, list[str]] = {}
+        blocked: set = set(duplicated)
         for i, entry in enumerate(entries):
             label = f"clients[{i}]"
             if isinstance(entry, Mapping) and isinstance(entry.get("id"), str):
                 label += f' (id "{entry["id"][:80]}")'
+            if isinstance(entry, Mapping) and (extra := unknown_fields(entry)):
+                log.warning("%s: %s: unknown field(s) ignored: %s", source, label,
+                            ", ".join(extra))
             client, found = _validate(entry)
-            problems += [f"{label}: {p}" for p in found]
-            entry_id = entry.get("id") if isinstance(entry, Mapping) else None
-            if isinstance(entry_id, str) and entry_id in seen:
-                problems.append(f"{label}: duplicate id")
-            seen.add(entry_id)
-            if client is not None:
-                clients[client.id] = client
-                if client.secret and len(client.secret) < MIN_SECRET:
-                    log.warning("%s: client %r has a secret of %d characters; use at least %d "
-                                "random ones (RFC 6819 §5.1.4.2.2)", source, client.id[:80],
-                                len(client.secret), MIN_SECRET)
+            if ids[i] in duplicated:
+                found.append("duplicate id: every entry of this id is skipped")
+            if found:
+                skipped[label] = found
+                if isinstance(ids[i], str):
+                    blocked.add(ids[i])
+                log.warning("%s: CLIENT SKIPPED, %s: %s", source, label, "; ".join(found))
+                continue
+            clients[client.id] = client
+            if client.secret and len(client.secret) < MIN_SECRET:
+                log.warning("%s: client %r has a secret of %d characters; use at least %d "
+                            "random ones (RFC 6819 §5.1.4.2.2)", source, client.id[:80],
+                            len(client.secret), MIN_SECRET)
         if problems:
             raise RegistryError(problems)
         registry = cls(clients, issuer=issuer)
         registry.authorities = authorities
+        registry.skipped, registry._blocked = skipped, frozenset(blocked)
         return registry
 
     @classmethod
@@ -436,6 +471,20 @@ class ClientRegistry:
         logger.info("client registry loaded: %d client(s)", len(registry))
         return registry
 
+    def unsignable(self, can_sign: frozenset) -> list[str]:
+        """A start-up problem for each client whose registered `id_token_signed_response_alg`
+        or `userinfo_signed_response_alg` no signing key signs (`Keyring.can_sign`): its
+        tokens would fail, and signing another alg instead would break the client."""
+        problems = []
+        for client in self:
+            for name in ("id_token_signed_response_alg", "userinfo_signed_response_alg"):
+                alg = getattr(client, name)
+                if alg and alg not in can_sign:
+                    problems.append(f"client {client.id[:80]!r}: {name} {alg} cannot be signed "
+                                    "with the configured keys (they sign "
+                                    + ", ".join(sorted(can_sign)) + ")")
+        return problems
+
     def __len__(self) -> int:
         return len(self._clients)
 
@@ -456,8 +505,9 @@ class ClientRegistry:
         """The client for an authorization request, or None.
 
         Unregistered ids are accepted only with a redirect URI on the issuer's own origin,
-        as trusted implicit clients (konnect.md §5.4); never an id with the dynamic prefix
-        (an expired or unknown dynamic client must not turn into a trusted one), and never
+        as trusted implicit clients (Konnect's identity/clients/registry.go); never an id with
+        the dynamic prefix (an expired or unknown dynamic client must not turn into a trusted
+        one), and never
         a redirect URI into the OP's own endpoints (`is_op_path`): a redirect to the
         authorization endpoint would carry an implicit response's fragment on to a second
         request's redirect (RFC 9110 §10.2.2), to any client's URI (RFC 9700 §4.1.3, §4.11).
@@ -465,7 +515,8 @@ class ClientRegistry:
         client = self.get(client_id)
         if client is not None:
             return client
-        if not isinstance(client_id, str) or client_id.startswith(DYNAMIC_PREFIX):
+        if not isinstance(client_id, str) or client_id.startswith(DYNAMIC_PREFIX) \
+                or client_id in self._blocked:  # a skipped entry is no trusted client
             return None
         if not client_id or len(client_id) > MAX_CLIENT_ID \
                 or _BAD_CHARS.search(client_id) or uri_problem(redirect_uri) is not None:
@@ -480,5 +531,6 @@ class ClientRegistry:
         copy = ClientRegistry(self._clients, issuer="")
         copy.issuer_origin = self.issuer_origin
         copy.authorities = self.authorities
+        copy.skipped, copy._blocked = self.skipped, self._blocked
         copy._clients[client.id] = replace(client)
         return copy

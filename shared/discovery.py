@@ -1,6 +1,6 @@
 """Every public URL of the OP, and the discovery document (OpenID Connect Discovery 1.0 §3).
 
-One place computes the URLs so that all services agree (design.md §1). The document
+One place computes the URLs so that all services agree. The document
 lists exactly what is implemented (Konnect omitted `code` and others: quirk fixed).
 """
 

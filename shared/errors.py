@@ -147,7 +147,8 @@ class OAuth2Error(Exception):
 def add_params(uri: str, params: list[tuple[str, str]], *, fragment: bool = False) -> str:
     """Append response parameters to a redirect URI, in the query or the fragment.
 
-    Keys the URI's query already has are replaced, never duplicated (Konnect quirk Q3).
+    Keys the URI's query already has are replaced, never duplicated (Konnect appended them,
+    duplicating keys).
     """
     parts = urlsplit(uri)
     if fragment:

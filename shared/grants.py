@@ -4,7 +4,7 @@ authorize writes it behind a code (`Store.put_code`, single use); the token serv
 redeems it and, with `offline_access`, stores it again behind a refresh token
 (`Store.put_refresh`) under the same `family`, rotated on every use. The family id is
 also the `kc.family` claim of every access token issued from the grant, so revoking the
-family revokes them all (design.md §3).
+family revokes them all (docs/architecture.md, "State in Redis").
 """
 
 from __future__ import annotations

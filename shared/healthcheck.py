@@ -5,6 +5,7 @@
     python -m shared.healthcheck --listen 127.0.0.1:8779
     python -m shared.healthcheck http://127.0.0.1:8780/health-check
     python -m shared.healthcheck --hostname 127.0.0.1:8777 [--path P] [--scheme https --insecure]
+    python -m shared.healthcheck --wait 120           until all answer (the proxy's start)
 
 `--hostname`, `--path`, `--scheme` and `--insecure` are the flags of Konnect's
 `konnectd healthcheck` (its cmd/konnectd/healthcheck.go), so a health check written for
@@ -12,7 +13,10 @@ Konnect keeps working; like it, the check is a POST (every service answers any m
 `/health-check`). A service's address is `KONNECT_<SERVICE>_LISTEN` from the environment, else from
 deploy/addresses.env (as deploy/bin/konnect-program does); a wildcard host (0.0.0.0, ::) is
 checked on loopback. Exit status 0 when every URL answers 200 within the timeout (2 s
-each), 1 otherwise with one line per failing URL on stdout, 2 for bad arguments.
+each), 1 otherwise with one line per failing URL on stdout, 2 for bad arguments. With
+`--wait SECONDS` the URLs are asked again until all of them answer, for at most that long
+(deploy/bin/konnect-program starts the proxy only then: no request meets a service that is
+still starting).
 Standard library only, no proxies from the environment, redirects not followed; https
 certificates are verified unless `--insecure`.
 """
@@ -25,6 +29,7 @@ import os
 import socket
 import ssl
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Mapping, Optional, Sequence
@@ -100,11 +105,12 @@ def _timeout(text: str) -> float:
     return value
 
 
-def check(url: str, timeout: float = TIMEOUT, insecure: bool = False) -> Optional[str]:
-    """None when a POST to `url` (empty body, as Konnect's check) answers 200 within
-    `timeout`, else why not (one line)."""
-    request = urllib.request.Request(url, data=b"", method="POST",
-                                     headers={"Connection": "close"})
+def check(url: str, timeout: float = TIMEOUT, insecure: bool = False,
+          method: str = "POST") -> Optional[str]:
+    """None when a POST to `url` (empty body, as Konnect's check; or a GET) answers 200
+    within `timeout`, else why not (one line)."""
+    request = urllib.request.Request(url, data=b"" if method == "POST" else None,
+                                     method=method, headers={"Connection": "close"})
     try:
         with _opener(insecure).open(request, timeout=timeout) as resp:
             resp.read(1024)
@@ -122,6 +128,19 @@ def check(url: str, timeout: float = TIMEOUT, insecure: bool = False) -> Optiona
     except (OSError, ValueError, http.client.HTTPException) as err:
         return str(getattr(err, "strerror", None) or err) or type(err).__name__
     return None if status == 200 else f"HTTP {status}"
+
+
+def wait(checks: Sequence[tuple], seconds: float, timeout: float = TIMEOUT,
+         interval: float = 0.2) -> list[str]:
+    """Ask `checks` ((url, insecure, method) each) until every one answers 200, for at most
+    `seconds`; the last problems (empty: all answered)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        problems = [f"{url}: {problem}" for url, insecure, method in checks
+                    if (problem := check(url, timeout, insecure, method)) is not None]
+        if not problems or time.monotonic() >= deadline:
+            return problems
+        time.sleep(interval)
 
 
 def main(argv: Optional[Sequence[str]] = None,
@@ -143,6 +162,8 @@ def main(argv: Optional[Sequence[str]] = None,
                         help="do not verify https certificates (Konnect's flag)")
     parser.add_argument("--timeout", type=_timeout, default=TIMEOUT,
                         help=f"seconds per URL (default {TIMEOUT:g})")
+    parser.add_argument("--wait", type=_timeout, default=None, metavar="SECONDS",
+                        help="ask again until every URL answers, for at most SECONDS")
     args = parser.parse_intermixed_args(argv)
     environ = os.environ if environ is None else environ
     try:
@@ -152,13 +173,15 @@ def main(argv: Optional[Sequence[str]] = None,
             urls += service_urls(args.service or SERVICES, environ, args.path, args.scheme)
     except (ValueError, KeyError, OSError) as err:
         parser.error(str(err))
-    failed = 0
-    for url in urls:
-        problem = check(url, args.timeout, args.insecure)
-        if problem is not None:
-            failed += 1
-            print(f"{url}: {problem}", flush=True)
-    return 1 if failed else 0
+    if args.wait is not None:
+        problems = wait([(url, args.insecure, "POST") for url in urls], args.wait,
+                        args.timeout)
+    else:
+        problems = [f"{url}: {problem}" for url in urls
+                    if (problem := check(url, args.timeout, args.insecure)) is not None]
+    for line in problems:
+        print(line, flush=True)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Who signed in: the identity every backend returns, and Konnect's public subject.
 
-The public `sub` is Konnect's (konnect.md §6.4), so subjects survive a migration:
+The public `sub` is Konnect's (identity/managers/utils.go), so subjects survive a migration:
 base64url_nopad(BLAKE2b-512(key="konnect-IDToken-v1", raw_sub + " " + backend)) + "@konnect".
 The identity travels inside sealed cookies, code records and the `kc.identity` claim of
 access tokens; `to_record`/`from_record` are its one serialisation.

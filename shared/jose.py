@@ -138,7 +138,7 @@ MAX_JSON_DEPTH = 64
 
 def parse_json(data: bytes | str) -> Any:
     """JSON from outside (RFC 8259): any malformed input is a ValueError, never another
-    exception (security.md CR-05). UTF-8 only (§8.1), no NaN/Infinity (§6), nesting at
+    exception (a 400, never a 500). UTF-8 only (§8.1), no NaN/Infinity (§6), nesting at
     most MAX_JSON_DEPTH. Every parser of untrusted JSON (bodies, JOSE segments, the
     `claims` parameter) goes through here."""
     doc = orjson.loads(data)  # orjson.JSONDecodeError is a ValueError (also for depth > 1024)

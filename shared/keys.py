@@ -1,13 +1,15 @@
 """Signing and validation keys: loading, policy, the keyring and the JWKS document.
 
 Files are read once at start-up into `cryptography` key objects and python-jose backend
-objects; nothing is parsed per request. Each of our keys is pinned to ONE algorithm
-(its JWK `alg`, else `--signing-method` when the key fits it, else its family's default),
-so the alg in a token header can only ever confirm what we already decided (RFC 8725 §3.1).
-Client keys (private_key_jwt, request objects) without an `alg` accept their family's
-algorithms only.
+objects; nothing is parsed per request. Algorithms are pinned by key type
+(`our_key_algs`): an RSA key signs and verifies RS256/384/512 and PS256/384/512, as
+Konnect's, an EC key only its curve's ES alg, Ed25519 EdDSA, and a key whose JWK names an
+`alg` only that one; the alg in a token header can only ever pick among those, never HS*,
+`none` or another family (RFC 8725 §3.1). A client's registered alg is signed exactly, or
+not at all (`AlgorithmNotSigned`). Client keys (private_key_jwt, request objects) without
+an `alg` accept their family's algorithms only.
 
-Key files (konnect.md §8): `.json` is a JWK; anything else is PEM (PKCS#1, PKCS#8, SEC1
+Key files (as in Konnect's bootstrap/utils.go): `.json` is a JWK; else PEM (PKCS#1, PKCS#8, SEC1
 EC; public PKIX/PKCS#1 for validation keys). The kid is the JWK's `kid`, else the file
 name without extension; for a symlink, the name of its target (rotation by symlink).
 """
@@ -18,7 +20,6 @@ import base64
 import json
 import logging
 import os
-import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from . import jose
+from .errors import Unavailable
 
 log = logging.getLogger("konnect.keys")
 
@@ -169,14 +171,15 @@ def key_from_jwk(data: Mapping[str, Any], *, private: bool) -> Any:
 
 
 def kid_for_path(path: str | Path) -> str:
-    """The file name without extension; for a symlink, its target's (konnect.md §8)."""
+    """The file name without extension; for a symlink, its target's (as Konnect's
+    bootstrap/utils.go)."""
     return Path(path).resolve().stem
 
 
 def _read(path: str | Path) -> tuple[bytes, int]:
     """The bytes and permission bits of a regular key file of at most 64 KiB.
 
-    Anything else is refused before a byte is read (security.md FT-15): a directory, a
+    Anything else is refused before a byte is read: a directory, a
     device (a symlink to /dev/zero would read without end), a FIFO (O_NONBLOCK: opening
     it does not wait for a writer), a socket. The read itself is capped too, so a file
     that grows after the check cannot make it unbounded.
@@ -215,7 +218,7 @@ def _file_kind(mode: int) -> str:
 
 
 def _warn_if_exposed(path: str | Path, mode: int) -> None:
-    """docs/operations.md: private keys are 0600. security.md FT-15 allows refusing or a
+    """docs/operations.md: private keys are 0600. OpenSSH refuses others; the choice is refusing or a
     loud warning; we warn, because existing Konnect installations may hold their keys at
     0640 (group `kopano`) or 0644, and refusing would stop them at upgrade."""
     if mode & 0o066:
@@ -292,7 +295,8 @@ def load_key_file(path: str | Path, *, private: bool = True) -> tuple[str, Any, 
 
 @dataclass
 class VerificationKey:
-    """A public key under a kid, with the algorithms it may verify."""
+    """A public key under a kid, with the algorithms it may verify (`algs`) and its
+    default one (`alg`). A key with ONE algorithm is pinned to it, and the JWKS says so."""
 
     kid: str
     public: Any = field(repr=False)
@@ -304,6 +308,10 @@ class VerificationKey:
     def kty(self) -> str:
         return key_family(self.public)
 
+    @property
+    def pinned(self) -> bool:
+        return len(self.algs) == 1
+
     def backend(self, alg: str) -> Any:
         if alg not in self.algs:
             raise jose.JoseError("algorithm not allowed for this key")
@@ -312,24 +320,45 @@ class VerificationKey:
         return self._backends[alg]
 
     def public_jwk(self) -> dict:
-        return {**public_jwk(self.public), "kid": self.kid, "use": "sig", "alg": self.alg}
+        """RFC 7517 §4.4: `alg` only for a key pinned to one algorithm. An RSA key that
+        signs every RS*/PS* algorithm has none (as Konnect publishes its keys): naming one
+        would make relying parties that honour it refuse the others."""
+        jwk = {**public_jwk(self.public), "kid": self.kid, "use": "sig"}
+        if self.pinned:
+            jwk["alg"] = self.alg
+        return jwk
 
 
 @dataclass
 class SigningKey(VerificationKey):
-    """A private key pinned to one algorithm; `backend` signs."""
+    """A private key that signs `algs`; `alg` is what it signs unless asked for another.
+    `for_alg` is the same key bound to another of its algorithms (what `jose.sign` and
+    the at_hash/c_hash of an ID token read as `alg`)."""
 
     private: Any = field(default=None, repr=False)
+    _views: dict = field(default_factory=dict, repr=False)
 
     def backend(self, alg: str) -> Any:
-        if alg != self.alg:
+        if alg not in self.algs:
             raise jose.JoseError("algorithm not allowed for this key")
         if alg not in self._backends:
             self._backends[alg] = jose.backend_key(self.private, alg)
         return self._backends[alg]
 
+    def for_alg(self, alg: str) -> "SigningKey":
+        if alg == self.alg:
+            return self
+        if alg not in self.algs:
+            raise jose.JoseError("algorithm not allowed for this key")
+        view = self._views.get(alg)
+        if view is None:  # built once; it shares the key's backends
+            view = self._views[alg] = SigningKey(
+                kid=self.kid, public=self.public, algs=self.algs, alg=alg,
+                _backends=self._backends, private=self.private, _views=self._views)
+        return view
+
     def verifier(self) -> VerificationKey:
-        return VerificationKey(kid=self.kid, public=self.public, algs=frozenset({self.alg}), alg=self.alg)
+        return VerificationKey(kid=self.kid, public=self.public, algs=self.algs, alg=self.alg)
 
 
 def client_key(jwk: Mapping[str, Any]) -> VerificationKey:
@@ -366,39 +395,98 @@ def client_key_lookup(jwks: Optional[Mapping[str, Any]]) -> Optional[Callable[[s
     return lambda kid: keys.get(kid) or single
 
 
-def _pin(crypto_key: Any, alg: Optional[str], signing_method: str) -> str:
-    allowed = family_algs(crypto_key)
-    if alg:
-        return alg
-    if signing_method in allowed:
+def our_key_algs(crypto_key: Any, alg: Optional[str]) -> frozenset:
+    """What one of OUR keys (a signing or validation key) signs or verifies: the JWK's
+    `alg` when it names one (the key is pinned to it), else every algorithm of its type
+    (`family_algs`): RS256…PS512 for an RSA key, as Konnect's oidc/provider/provider.go
+    `SetSigningKey` signs with one, the curve's ES alg for EC, EdDSA for Ed25519. Never an
+    alg the key type cannot have, never HS* or none (RFC 8725 §3.1)."""
+    return frozenset({alg}) if alg else family_algs(crypto_key)
+
+
+def _default_alg(algs: frozenset, signing_method: str) -> str:
+    """What a key signs when nobody asked for an alg: `--signing-method` when it can,
+    else PS256 for RSA (Konnect's default), else its one alg."""
+    if signing_method in algs:
         return signing_method
-    return "PS256" if key_family(crypto_key) == "RSA" else sorted(allowed)[0]
+    return "PS256" if "PS256" in algs else sorted(algs)[0]
+
+
+#: the order of the algorithms in discovery's `*_signing_alg_values_supported`
+ALG_ORDER = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+             "EdDSA")
+#: ID tokens signed by versions before RSA keys signed every RSA alg name an RS256-pinned
+#: copy of the RSA key, `<kid>-rs256`: still verified (an `id_token_hint` may be old), no
+#: longer published or signed with
+LEGACY_RS256_SUFFIX = "-rs256"
+
+
+class AlgorithmNotSigned(Exception):
+    """No signing key signs this algorithm (a client registered one our keys cannot sign:
+    refused at start-up and at registration, so only a client registered under other keys
+    gets here). Never answered with another algorithm instead."""
+
+
+class KeysUnavailable(Unavailable):
+    """The group's shared ephemeral key or secret is not confirmed yet (shared/ephemeral.py):
+    nothing is signed, verified, sealed or opened with material the other processes may
+    not have (503 `temporarily_unavailable`)."""
 
 
 class Keyring:
     """All keys of this OP: the signer, other signing keys, validation-only keys, and the
     key that signs access tokens (`access_signer`: the signer unless one was configured
-    with `--access-token-signing-key`)."""
+    with `--access-token-signing-key`).
+
+    `ephemeral`: the signer is the group's shared ephemeral key (no `--signing-private-key`,
+    shared/ephemeral.py). Such a keyring is not `ready` until that module has confirmed its
+    key with Redis, and `adopt_signer` swaps in the group's key in place, so every holder of
+    this object (tokens, handlers, backends) signs with the group's key at once.
+    """
 
     def __init__(self, signer: SigningKey, signing: Sequence[SigningKey],
                  validation: Sequence[VerificationKey], *, ephemeral: bool = False,
                  access_signer: Optional[SigningKey] = None) -> None:
-        self.signer = signer
-        self.access_signer = access_signer or signer
         self.ephemeral = ephemeral
-        self._signing = {key.kid: key for key in signing}
-        self._signing[signer.kid] = signer
-        self._signing[self.access_signer.kid] = self.access_signer
-        self._verify: dict[str, VerificationKey] = {}
-        for key in validation:
-            self._verify[key.kid] = key
+        self.ready = not ephemeral
+        self._validation = list(validation)
+        self._configured_access = access_signer
+        self._install(signer, signing)
+
+    def _install(self, signer: SigningKey, signing: Sequence[SigningKey]) -> None:
+        self.signer = signer
+        self.access_signer = self._configured_access or signer
+        keys = {key.kid: key for key in signing}
+        keys[signer.kid] = signer
+        keys[self.access_signer.kid] = self.access_signer
+        # the signer first: what a client's registered alg is signed with when it can
+        self._signing = {signer.kid: signer, **{k: v for k, v in keys.items() if k != signer.kid}}
+        published: dict[str, VerificationKey] = {key.kid: key for key in self._validation}
         for key in self._signing.values():
-            self._verify[key.kid] = key.verifier()
-        self._verify["default"] = signer.verifier()
-        self._jwks = {"keys": [dict(key.public_jwk(), kid=kid) for kid, key in self._verify.items()]}
-        self._signing_algs = tuple([signer.alg] + sorted(
-            {k.alg for k in self._signing.values()} - {signer.alg}))
-        self.can_sign = frozenset(self._signing_algs)
+            published[key.kid] = key.verifier()
+        published["default"] = signer.verifier()
+        self._jwks = {"keys": [dict(key.public_jwk(), kid=kid) for kid, key in published.items()]}
+        verify = dict(published)
+        for kid, key in published.items():
+            alias = kid + LEGACY_RS256_SUFFIX
+            if kid != "default" and key.kty == "RSA" and alias not in verify:
+                verify[alias] = VerificationKey(kid=alias, public=key.public,
+                                                algs=frozenset({"RS256"}), alg="RS256")
+        self._verify = verify
+        algs = set().union(*(key.algs for key in self._signing.values()))
+        self.can_sign = frozenset(algs)
+        self._signing_algs = tuple([signer.alg] + [a for a in ALG_ORDER
+                                                   if a in algs and a != signer.alg])
+
+    def adopt_signer(self, kid: str, private: Any, signing_method: str) -> None:
+        """Sign with the group's shared ephemeral key from now on (shared/ephemeral.py)."""
+        algs = family_algs(private)
+        self._install(_signing_key(kid, private, algs, _default_alg(algs, signing_method)), [])
+        self.ready = True
+
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise KeysUnavailable("the group's shared ephemeral signing key is not confirmed yet")
 
     @property
     def signing_algs(self) -> list[str]:
@@ -406,33 +494,40 @@ class Keyring:
         return list(self._signing_algs)
 
     def id_token_signer(self, registered_alg: Optional[str] = None) -> SigningKey:
-        """A client's registered alg, else RS256 where we have it, else the signer."""
-        for alg in (registered_alg, "RS256"):
-            if alg and alg in self.can_sign:
-                return self.signer_for(alg)
-        return self.signer
+        """The key bound to a client's registered alg (`AlgorithmNotSigned` when no key
+        signs it: never another alg instead); without one RS256 where we sign it (the
+        default of OIDC Registration §2), else the signer's alg."""
+        if registered_alg:
+            return self.signer_for(registered_alg)
+        return self.signer_for("RS256" if "RS256" in self.can_sign else None)
 
     def access_token_signer(self, registered_alg: Optional[str] = None) -> SigningKey:
         """A client's registered alg where we sign it (Konnect signs a client's access
         tokens like its ID tokens), else the access-token key."""
         if registered_alg and registered_alg in self.can_sign:
             return self.signer_for(registered_alg)
+        self._check_ready()
         return self.access_signer
 
     def signer_for(self, alg: Optional[str] = None) -> SigningKey:
-        """The signer, or the first signing key pinned to `alg` (a client's registered alg)."""
+        """The signer bound to `alg` (None: its own), else the first signing key that signs
+        `alg`; `AlgorithmNotSigned` when none does."""
+        self._check_ready()
         if alg is None or alg == self.signer.alg:
             return self.signer
         for key in self._signing.values():
-            if key.alg == alg:
-                return key
-        raise KeyError(alg)
+            if alg in key.algs:
+                return key.for_alg(alg)
+        raise AlgorithmNotSigned(f"no signing key signs {alg} (we sign "
+                                 + ", ".join(self._signing_algs) + ")")
 
     def verification_key(self, kid: str) -> Optional[VerificationKey]:
+        self._check_ready()
         return self._verify.get(kid)
 
     def jwks(self) -> dict:
-        """The JWK Set (RFC 7517 §5): public parts only, built once."""
+        """The JWK Set (RFC 7517 §5): public parts only, built once per set of keys."""
+        self._check_ready()
         return self._jwks
 
     def sign(self, claims: Mapping[str, Any], *, alg: Optional[str] = None, typ: str = "JWT") -> str:
@@ -442,20 +537,46 @@ class Keyring:
         return jose.verify(token, self.verification_key, **kwargs)
 
 
-def _signing_key(kid: str, key: Any, alg: str) -> SigningKey:
-    return SigningKey(kid=kid, public=key.public_key(), algs=frozenset({alg}), alg=alg, private=key)
+def _signing_key(kid: str, key: Any, algs: frozenset, alg: str) -> SigningKey:
+    return SigningKey(kid=kid, public=key.public_key(), algs=algs, alg=alg, private=key)
+
+
+def _validation_keys(directory: Path, logger: logging.Logger) -> list[VerificationKey]:
+    """The `*.pem`/`*.json` files of the validation keys directory. A file that cannot be
+    used is skipped with a warning, as Konnect's bootstrap/utils.go `addValidatorsFromPath`
+    does: a missing validation key only refuses the tokens it would have verified, so it
+    must not stop the OP (a signing key that cannot be loaded does). The first file of a
+    kid wins, the others are skipped with a warning (Konnect too)."""
+    keys: dict[str, VerificationKey] = {}
+    for path in sorted(p for p in directory.iterdir() if p.suffix in (".pem", ".json")):
+        try:
+            kid, key, alg = load_key_file(path, private=False)
+        except KeyLoadError as err:
+            logger.warning("VALIDATION KEY SKIPPED: %s; tokens signed with it are refused", err)
+            continue
+        if kid in keys:
+            logger.warning("validation key %s skipped: kid %r is already loaded from another "
+                           "file", path, kid)
+            continue
+        public = key.public_key() if hasattr(key, "private_bytes") else key
+        algs = our_key_algs(public, alg)
+        keys[kid] = VerificationKey(kid=kid, public=public, algs=algs, alg=_default_alg(algs, ""))
+    return list(keys.values())
 
 
 def load_keyring(paths: Iterable[str], *, signing_kid: Optional[str] = None,
                  signing_method: str = "PS256", validation_keys_path: Optional[str] = None,
                  access_token_key: Optional[str] = None,
+                 ephemeral_signer: Optional[tuple[str, Any]] = None,
                  logger: logging.Logger = log) -> Keyring:
     """Load every key; one `KeyLoadError` lists every problem.
 
-    The signer is deterministic (fixing Konnect's quirk Q11): the key whose kid equals
+    The signer is deterministic (Konnect's depended on Go's map order): the key whose kid equals
     `signing_kid`, else the first key, which is then also known under `signing_kid`.
     `access_token_key`: a key file that signs access tokens instead of the signer (an EC
     key: ES256); published and verified like every signing key.
+    `ephemeral_signer`: (kid, private key) of the group's shared ephemeral key when no
+    signing key is configured (shared/ephemeral.py); that keyring starts not `ready`.
     """
     problems: list[str] = []
     signing: list[SigningKey] = []
@@ -464,14 +585,16 @@ def load_keyring(paths: Iterable[str], *, signing_kid: Optional[str] = None,
     for path in paths or ():
         try:
             kid, key, alg = load_key_file(path, private=True)
-            signing.append(_signing_key(kid, key, _pin(key, alg, signing_method)))
+            algs = our_key_algs(key, alg)
+            signing.append(_signing_key(kid, key, algs, _default_alg(algs, signing_method)))
         except KeyLoadError as err:
             problems.append(str(err))
     access_signer = None
     if access_token_key:
         try:
             kid, key, alg = load_key_file(access_token_key, private=True)
-            access_signer = _signing_key(kid, key, _pin(key, alg, signing_method))
+            algs = our_key_algs(key, alg)
+            access_signer = _signing_key(kid, key, algs, _default_alg(algs, signing_method))
         except KeyLoadError as err:
             problems.append(str(err))
         if access_signer is not None and any(k.kid == access_signer.kid for k in signing):
@@ -483,33 +606,18 @@ def load_keyring(paths: Iterable[str], *, signing_kid: Optional[str] = None,
         if not directory.is_dir():
             problems.append(f"{validation_keys_path}: validation keys path is not a directory")
         else:
-            for path in sorted(p for p in directory.iterdir() if p.suffix in (".pem", ".json")):
-                try:
-                    kid, key, alg = load_key_file(path, private=False)
-                    public = key.public_key() if hasattr(key, "private_bytes") else key
-                    pinned = _pin(public, alg, signing_method)
-                    validation.append(VerificationKey(kid=kid, public=public,
-                                                      algs=frozenset({pinned}), alg=pinned))
-                    if key_family(public) == "RSA" and pinned != "RS256":
-                        # ID tokens of a rotated-out RSA signer carry its RS256 view's kid
-                        # (`_rs256_view`): id_token_hint must keep verifying after rotation.
-                        validation.append(VerificationKey(kid=f"{kid}-rs256", public=public,
-                                                          algs=frozenset({"RS256"}), alg="RS256"))
-                except KeyLoadError as err:
-                    problems.append(str(err))
+            validation = _validation_keys(directory, logger)
+    if not signing and ephemeral_signer is None:
+        problems.append("no signing key")
     if problems:
         raise KeyLoadError("; ".join(problems))
-    ephemeral = not signing
-    if ephemeral:
-        kid = signing_kid or f"ephemeral-{secrets.token_hex(4)}"
-        logger.warning("NO SIGNING KEY CONFIGURED: using a random RSA-2048 key (kid %s). Tokens "
-                       "will not survive a restart and other processes cannot verify them; "
-                       "set --signing-private-key (make keys creates one)", kid)
-        signer = _signing_key(kid, rsa.generate_private_key(65537, 2048), "PS256")
-        return Keyring(signer, _rs256_view(signer, []), validation, ephemeral=True,
-                       access_signer=access_signer)
+    if not signing:
+        kid, private = ephemeral_signer
+        algs = family_algs(private)
+        signer = _signing_key(kid, private, algs, _default_alg(algs, signing_method))
+        return Keyring(signer, [], validation, ephemeral=True, access_signer=access_signer)
     chosen = next((k for k in signing if signing_kid and k.kid == signing_kid), signing[0])
-    if chosen.alg != signing_method:
+    if signing_method not in chosen.algs:
         if signing_method in family_algs(chosen.private):
             reason = f"its JWK pins alg {chosen.alg}"
         else:
@@ -517,16 +625,5 @@ def load_keyring(paths: Iterable[str], *, signing_kid: Optional[str] = None,
         raise KeyLoadError(f"signing method {signing_method} cannot be used with the signing "
                            f"key {chosen.kid!r}: {reason}")
     if signing_kid and chosen.kid != signing_kid:
-        chosen = _signing_key(signing_kid, chosen.private, chosen.alg)
-    return Keyring(chosen, signing + _rs256_view(chosen, signing), validation,
-                   access_signer=access_signer)
-
-
-def _rs256_view(signer: SigningKey, signing: Sequence[SigningKey]) -> list[SigningKey]:
-    """RS256 is the default ID-token alg of clients that registered none (OIDC Registration
-    §2) and MUST be offered (OIDC Discovery §3). When the signer is an RSA key pinned to
-    another alg, the same key is also published as `<kid>-rs256`, pinned to RS256, so that
-    each kid keeps exactly one algorithm."""
-    if key_family(signer.private) != "RSA" or any(k.alg == "RS256" for k in [signer, *signing]):
-        return []
-    return [_signing_key(f"{signer.kid}-rs256", signer.private, "RS256")]
+        chosen = _signing_key(signing_kid, chosen.private, chosen.algs, chosen.alg)
+    return Keyring(chosen, signing, validation, access_signer=access_signer)

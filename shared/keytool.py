@@ -1,6 +1,6 @@
 """`python -m shared.keytool`: create signing keys and the encryption secret; PEM -> JWK.
 
-`generate` does what Konnect's setup does (konnect.md §8): a dated key file
+`generate` does what Konnect's setup does (scripts/kopano-konnectd.binscript): a dated key file
 `konnect-YYYYMMDD-XXXX.pem` (mode 0600), a stable relative symlink
 `konnectd-signing-private-key.pem` pointing at it (so the kid is the dated name and a
 rotation is a new file plus a moved link), and a 32-byte `konnectd-encryption-secret.key`

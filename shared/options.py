@@ -2,7 +2,7 @@
 
 Flags, env variables, cfg keys, `--help` and the README table are all derived from
 `OPTIONS`, so they cannot drift apart (Konnect's hand-written binscript mapping did).
-Konnect's names are kept (reference: konnect.md §3); options Konnect does not have are
+Konnect's names are kept (cmd/konnectd/serve.go, scripts/konnectd.cfg); options it lacks are
 marked "(extension)" in their help. Parsing and validation live in `shared.config`.
 """
 
@@ -77,7 +77,7 @@ MAX_USER_CACHE_TTL = 60         # how stale a directory entry may be: "a few sec
 
 
 OPTIONS: tuple[Option, ...] = (
-    # --- the provider (Konnect §3.2)
+    # --- the provider (Konnect's `serve` flags, cmd/konnectd/serve.go)
     _o("config", "path", None, "konnectd.cfg-style file of `key = value` lines (extension)",
        env=("KONNECTD_CONFIG",), extension=True),
     _o("iss", "str", None, "OIDC issuer URL (https://host[:port][/path]); required",
@@ -126,6 +126,10 @@ OPTIONS: tuple[Option, ...] = (
     _o("allow_client_guests", "bool", False, "allow sign in of client controlled guest users "
        "(Konnect: a signed request object with scope konnect/guestok names the guest)"),
     _o("allow_dynamic_client_registration", "bool", False, "enable /konnect/v1/register"),
+    _o("allow_public_clients_without_pkce", "bool", False, "let clients without a secret "
+       "(public clients, implicitly trusted ones) use the code flow without PKCE, as Konnect "
+       "did; for migrating relying parties only: PKCE protects their codes (RFC 9700 "
+       "§2.1.1), and a warning says so at start-up (extension)", extension=True),
     _o("access_token_expiration", "int", 600, "access token lifetime, seconds (0: the "
        "default; at most 10 years, as every token lifetime: a bound against typos, larger "
        "values made every token request fail)", minimum=0,
@@ -134,6 +138,10 @@ OPTIONS: tuple[Option, ...] = (
        "most 10 years)", minimum=0, maximum=TEN_YEARS),
     _o("refresh_token_expiration", "int", 94608000, "refresh token lifetime, seconds (0: the "
        "default; at most 10 years)", minimum=0, maximum=TEN_YEARS),
+    _o("logon_cookie_expiration", "int", 0, "the longest a sign-in at the identifier lasts, "
+       "seconds (0: as long as the browser keeps its session cookie, as Konnect, bounded by "
+       "400 days; a sign-out is remembered that long) (extension)", minimum=0,
+       maximum=400 * 86400, extension=True),
     _o("dynamic_client_secret_expiration", "int", 0,
        "dynamic client secret lifetime, seconds (0: never; at most 10 years)", minimum=0,
        maximum=TEN_YEARS),
@@ -150,7 +158,11 @@ OPTIONS: tuple[Option, ...] = (
        "summed Prometheus metrics (extension)", env=("KONNECTD_METRICS_DIR",), extension=True),
     # --- extensions of this implementation
     _o("redis_url", "str", "redis://127.0.0.1:6379/0", "Redis for codes, refresh tokens, "
-       "the revocation list and rate limits: redis://, rediss://, unix:// (extension)",
+       "the revocation list and rate limits: redis://, rediss://, unix:// (one server), "
+       "redis+sentinel://host:port,.../service_name[/db], redis+cluster://host:port,... "
+       "(and rediss+...), with ?replicas=, wait_timeout=, max_connections=, "
+       "sentinel_username=, sentinel_password= (docs/operations.md, \"Redis Sentinel and "
+       "Cluster\") (extension)",
        env=("KONNECTD_REDIS_URL",), extension=True),
     _o("redis_prefix", "str", "konnect:", "prefix of every Redis key (extension)", extension=True),
     _o("redis_timeout", "int", 2, "Redis connect and socket timeout, seconds (at most 600: "
@@ -183,7 +195,7 @@ OPTIONS: tuple[Option, ...] = (
     _o("max_body_size", "int", 65536, "largest accepted request body, bytes (at most 16 "
        "MiB: bodies are held in memory, and no OP request comes near it) (extension)",
        minimum=1024, maximum=MAX_BODY_SIZE, extension=True),
-    # --- LDAP backend (Konnect reads these from the environment only, §3.3/§4.3)
+    # --- LDAP backend (Konnect reads these from the environment only, bootstrap/ldap.go)
     _o("ldap_uri", "str", None, "LDAP server: ldap://host[:389] or ldaps://host[:636]",
        env=("LDAP_URI",)),
     _o("ldap_binddn", "str", "", "service bind DN (empty: anonymous)", env=("LDAP_BINDDN",)),
@@ -211,7 +223,7 @@ OPTIONS: tuple[Option, ...] = (
        "round trips and the wait for a free connection, answers within it, else 503 (at "
        "most 600) (extension)",
        minimum=1, maximum=MAX_TIMEOUT, extension=True),
-    # --- Kopano server backend (kc, §4.2)
+    # --- Kopano server backend (kc; Konnect's bootstrap/kc.go)
     _o("kopano_server_default_uri", "str", "file:///run/kopano/server.sock",
        "Kopano server: http(s)://host:port or file:///path/to/socket",
        env=("KOPANO_SERVER_DEFAULT_URI",), cfg="kc_server_uri"),

@@ -23,8 +23,9 @@ Several questions look alike and have different answers on purpose. Use which wh
   is the host loopback? (RFC 8252 native    is_loopback_host     `localhost` or a loopback IP
   redirect URIs, an http issuer)                                 literal only
 
-  did the request come from our own pages?  names_host           Origin/Referer authority
-  (Origin or Referer against Host)                               against Host; none: no
+  did the request come from our own pages?  same_origin          scheme, host and port as
+  (Origin or Referer against the issuer)                         serialized_origin; none,
+                                                                 `null` or unparsable: no
 """
 
 from __future__ import annotations
@@ -47,12 +48,21 @@ def origin_of(uri: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-def names_host(source: str, host: str) -> bool:
-    """Whether the URL `source` (an `Origin` or `Referer` header) has the authority `host`
-    (the request's `Host`): a same-origin check for forms and scripts of our own pages
-    (OWASP CSRF: verifying the origin with standard headers). Empty never matches."""
-    authority = urlsplit(source or "").netloc
-    return bool(authority) and authority.lower() == (host or "").lower()
+def same_origin(source: str, origin: str) -> bool:
+    """Whether the URL `source` (an `Origin` header, else a `Referer`) is of the origin of
+    `origin` (the issuer): scheme, host and port, each compared as a browser serialises
+    them (`serialized_origin`, RFC 6454 §5, §6.1). The check of the forms and scripts of
+    our own pages (OWASP CSRF: verifying the origin with standard headers): an http page
+    of the issuer's host, another port or a subdomain is another origin. Empty, `null`
+    (an opaque origin), a URL without a host or with a malformed port never matches."""
+    parts = urlsplit(source or "")
+    if not parts.scheme or not parts.hostname or not origin:
+        return False
+    try:
+        parts.port
+    except ValueError:
+        return False
+    return serialized_origin(source) == serialized_origin(origin)
 
 
 def is_loopback_host(host: Optional[str]) -> bool:

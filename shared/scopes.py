@@ -1,4 +1,5 @@
-"""Scopes, the claims each scope releases, and `scopes.yaml` (konnect.md §6.1-6.3).
+"""Scopes, the claims each scope releases, and `scopes.yaml` (Konnect's scopes.go,
+identifier/meta/scopes/).
 
 Scopes the active manager does not support are dropped from a request (Konnect's
 behaviour; RFC 6749 §3.3 lets the server grant fewer scopes and say so in `scope`).
@@ -48,7 +49,7 @@ class ScopesError(Exception):
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
-def _is_scope_token(name: Any) -> bool:
+def is_scope_token(name: Any) -> bool:
     """RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ). A scopes.yaml key that
     is not one (YAML `~:` or `yes:` are null and true, "my scope" has a space) would become
     a supported scope named "None", "True" or one no request can ever name."""
@@ -92,7 +93,7 @@ class ScopeDefinitions:
         if not isinstance(mapping, dict) or not isinstance(definitions, dict):
             raise ScopesError(f"{path}: 'mapping' and 'scopes' must be mappings")
         for name, spec in definitions.items():
-            if not _is_scope_token(name):
+            if not is_scope_token(name):
                 raise ScopesError(f"{path}: scopes key {name!r} is not a scope name")
             if spec is not None and not isinstance(spec, dict):
                 raise ScopesError(f"{path}: scopes.{name} must be a mapping")
@@ -104,7 +105,7 @@ class ScopeDefinitions:
                                          or isinstance(priority, bool)):
                 raise ScopesError(f"{path}: scopes.{name}.priority must be a whole number")
         for name, alias in mapping.items():
-            if not _is_scope_token(name) or not _is_scope_token(alias):
+            if not is_scope_token(name) or not is_scope_token(alias):
                 raise ScopesError(f"{path}: mapping {name!r}: {alias!r} must map a scope name "
                                   "to an alias name")
         return cls({str(k): str(v) for k, v in mapping.items()},
@@ -149,7 +150,8 @@ class ScopeDefinitions:
 
 def supported(manager: str, allow_scope: Sequence[str] = (),
               definitions: Optional[ScopeDefinitions] = None) -> list[str]:
-    """`scopes_supported` for discovery: openid first (konnect.md §6.3)."""
+    """`scopes_supported` for discovery: openid first, then the manager's (Konnect's
+    oidc/provider/provider.go)."""
     if allow_scope:
         scopes = list(allow_scope)
     else:
@@ -173,12 +175,12 @@ def backend_claims(identity: Any, scopes: Iterable[str]) -> dict:
 
 def subject(identity: Any, scopes: Iterable[str]) -> str:
     """The `sub` of the ID token and of userinfo for a grant of `scopes`: the raw backend
-    subject with `konnect/raw_sub`, else the public (hashed) one (konnect.md §6.1, §6.8).
+    subject with `konnect/raw_sub`, else the public (hashed) one (Konnect's oidc/provider/subject.go).
 
     One rule for the authorization endpoint's ID tokens (implicit, hybrid), the token
     endpoint's and userinfo: OIDC Core §3.3.3.6 (hybrid: both ID tokens' `sub` MUST be
     identical) and §5.3.2 (userinfo `sub` MUST equal the ID token's). The access token's
-    `sub` stays the public one (konnect.md §6.6)."""
+    `sub` stays the public one (as Konnect's oidc/provider/tokens.go)."""
     return identity.raw_sub if RAW_SUB in scopes else identity.sub
 
 
@@ -186,14 +188,14 @@ def narrow_claims(claims: Optional[dict], scopes: Iterable[str], *,
                   within: Optional[Iterable[str]] = None) -> Optional[dict]:
     """The claims request (OIDC Core §5.5) without the standard claims of scopes not
     granted: `email` only with `email`, `name` only with `profile` (§5.4; Konnect filters
-    the claims request to the approved scopes, konnect.md §6.9). Other members (`sub`,
+    the claims request to the approved scopes: identity/managers/identifier.go). Other members (`sub`,
     `auth_time`, names no scope releases) stay: they are a record of the request, and
     userinfo never echoes a requested `value` (services/userinfo/handlers.py).
 
     `within`: narrow only the claims of these scopes. A refresh with a narrower `scope`
     (RFC 6749 §6) drops the claims of the scopes it leaves out (`within` = the grant's
     scopes), while claims a trusted client was given as asked, without their scope
-    (konnect.md §6.9), stay with the grant as they were issued."""
+    (as in Konnect's identity/managers/identifier.go), stay with the grant as they were issued."""
     if not claims:
         return claims
     granted = set(scopes)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +26,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .keys import KeysUnavailable
 
 SECRET_BYTES = 32
 MAX_SEALED = 8 * 1024
@@ -45,17 +48,18 @@ class SealError(Exception):
         self.reason = reason
 
 
-def load_secret(path: Optional[str], *, logger: logging.Logger) -> bytes:
+def new_secret() -> bytes:
+    """A random encryption secret (the group's shared ephemeral one, shared/ephemeral.py)."""
+    return secrets.token_bytes(SECRET_BYTES)
+
+
+def load_secret(path: str, *, logger: Optional[logging.Logger] = None) -> bytes:
     """Exactly 32 raw bytes from `path` (Konnect: `openssl rand -out secret.key 32`).
 
     No other encoding is accepted: a hex or base64 file of the right length would silently
-    weaken the key. Without a path, a random secret with a loud warning.
+    weaken the key. Without a path there is no secret to load: the group shares an
+    ephemeral one (shared/ephemeral.py).
     """
-    if not path:
-        logger.warning("NO ENCRYPTION SECRET CONFIGURED: using a random one. Sign-ins will "
-                       "not survive a restart and other services cannot open this one's "
-                       "cookies; set --encryption-secret (make keys creates one)")
-        return secrets.token_bytes(SECRET_BYTES)
     try:
         size = os.stat(path).st_size
         if size != SECRET_BYTES:
@@ -70,17 +74,46 @@ def load_secret(path: Optional[str], *, logger: logging.Logger) -> bytes:
     return data
 
 
+def _check_secret(key: Any) -> None:
+    if not isinstance(key, bytes) or len(key) != SECRET_BYTES:
+        raise SecretError(f"encryption secret must be {SECRET_BYTES} bytes")
+
+
 class Sealer:
-    """Seal and unseal JSON values for a purpose with an expiry; `previous` secrets still open."""
+    """Seal and unseal JSON values for a purpose with an expiry; `previous` secrets still open.
+
+    `ephemeral`: the secret is the group's shared ephemeral one (no `--encryption-secret`,
+    shared/ephemeral.py); such a sealer neither seals nor opens anything until that module
+    has confirmed its secret with Redis (`KeysUnavailable`, a 503), and `adopt` swaps in the
+    group's secret in place, for every holder of this object at once.
+    """
 
     def __init__(self, secret: bytes, *, now: Callable[[], float] = time.time,
-                 previous: Sequence[bytes] = ()) -> None:
+                 previous: Sequence[bytes] = (), ephemeral: bool = False) -> None:
         for key in (secret, *previous):
-            if not isinstance(key, bytes) or len(key) != SECRET_BYTES:
-                raise SecretError(f"encryption secret must be {SECRET_BYTES} bytes")
+            _check_secret(key)
+        self._secret = secret
         self._current = AESGCM(secret)
         self._all = [self._current] + [AESGCM(key) for key in previous]
         self.now = now
+        self.ephemeral = ephemeral
+        self.ready = not ephemeral
+
+    def adopt(self, secret: bytes) -> None:
+        """Seal and open with the group's shared ephemeral secret from now on."""
+        _check_secret(secret)
+        self._secret, self._current, self._all = secret, AESGCM(secret), [AESGCM(secret)]
+        self.ready = True
+
+    def tag(self, label: str) -> str:
+        """A short name derived from the secret (keyed BLAKE2b of `label`): the same in
+        every process with this secret, and it tells nothing about the secret."""
+        return hashlib.blake2b(label.encode("ascii"), key=self._secret, digest_size=8).hexdigest()
+
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise KeysUnavailable("the group's shared ephemeral encryption secret is not "
+                                  "confirmed yet")
 
     @staticmethod
     def _aad(purpose: str) -> bytes:
@@ -89,6 +122,7 @@ class Sealer:
         return b"konnect-sealed-v1:" + purpose.encode("ascii")
 
     def seal(self, purpose: str, payload: Any, ttl: int) -> str:
+        self._check_ready()
         if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
             raise ValueError("ttl must be a positive number of seconds")
         plain = json.dumps({"exp": int(self.now()) + ttl, "v": payload},
@@ -98,6 +132,7 @@ class Sealer:
         return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
 
     def unseal(self, purpose: str, token: Any) -> Any:
+        self._check_ready()
         if not isinstance(token, str) or not token:
             raise SealError("malformed")
         if len(token) > MAX_SEALED:

@@ -69,7 +69,7 @@ async def serve(service: str, app: tornado.web.Application, settings: Any, deps:
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
     host, port = split_listen(settings.listen)
-    # Several token processes share one address (design.md §1): SO_REUSEPORT.
+    # Several token processes share one address (docs/architecture.md, "Processes"): SO_REUSEPORT.
     sockets = tornado.netutil.bind_sockets(port, host or None, reuse_port=(service == "token"))
     server = make_server(app, settings)
     server.add_sockets(sockets)
@@ -214,7 +214,7 @@ def application(routes: list, deps: Any, **kwargs: Any) -> Application:
 
 def runner(event_loop: str) -> Callable[[Any], Any]:
     """`asyncio.run` or `uvloop.run` (`--event-loop`). uvloop makes the loop, socket I/O
-    and the Redis client cheaper (perf.md §2); Tornado serves HTTP unchanged on it. Its
+    and the Redis client cheaper (docs/benchmarks.md); Tornado serves HTTP unchanged on it. Its
     one incompatibility, `tornado.process.Subprocess`, is not used by any service."""
     if event_loop == "uvloop":
         import uvloop

@@ -1,15 +1,23 @@
 """Browser state shared by identifier and authorize: the cookies and their sealed contents.
 
-Names and paths are Konnect's (konnect.md §7.8). The contents are sealed (sealed.py)
-instead of JWE; cookies need not survive a switch from Konnect (Appendix B).
+Konnect's cookies (its identifier/cookie.go), renamed from `__Secure-` to `__Host-` and set
+at `Path=/` (docs/konnect-compatibility.md, "Cookies"): a `__Host-` cookie is accepted by a
+browser only from this very host, with `Secure`, `Path=/` and no `Domain` (RFC 6265bis
+§4.1.3.2), so no sibling subdomain can plant one and no other path can hold a second one
+of the same name. The contents are sealed (sealed.py) instead of JWE; cookies need not
+survive a switch from Konnect. Every cookie is read through `BaseHandler.get_cookie`
+(shared/web.py), which refuses a name the request carries more than once.
 
-- `__Secure-KKT`, the logon: identity, auth_time, sid, a random browser-state key; path
-  `/signin/v1/identifier/_/`. Sealed for 24 h, but a session only while no sign-out of its
-  subject came after it (`Logon.open_live`: the subject's not-before in the store).
-- `__Secure-KKTC-<hash>`, a consent decision for one authorization request, 60 s, used once.
-- `__Secure-KKBS`, the browser state for Session Management 1.0 (not HttpOnly: the
+- `__Host-KKT`, the logon: identity, auth_time, sid, a random browser-state key. A browser
+  session cookie, as Konnect's; its sealed contents last `logon_ttl` (at most
+  `--logon-cookie-expiration`), and it is a session only while no sign-out of its subject
+  came after it (`Logon.open_live`: the subject's not-before in the store).
+- `__Host-KKTC-<hash>`, a consent decision for one authorization request, 60 s, used once.
+- `__Host-KKBS`, the browser state for Session Management 1.0 (not HttpOnly: the
   check-session iframe reads it). Keyed by a random per-logon value, so no third party can
   compute it for a user it knows (Konnect's unkeyed hash could be: `browser_state`).
+- `__Host-KKAF-<hash>`, the hop of a sign-in through an external authority
+  (services/identifier/authorities.py).
 """
 
 from __future__ import annotations
@@ -23,15 +31,25 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from .identity import Identity
+from .options import BY_NAME
 from .sealed import SealError, Sealer
 
-LOGON_COOKIE = "__Secure-KKT"
-CONSENT_PREFIX = "__Secure-KKTC-"
-BROWSER_STATE_COOKIE = "__Secure-KKBS"
-API_PATH = "/signin/v1/identifier/_/"
-SESSION_PATH = "/konnect/v1/session/"
-LOGON_TTL = 24 * 3600
+HOST_PREFIX = "__Host-"
+LOGON_COOKIE = HOST_PREFIX + "KKT"
+CONSENT_PREFIX = HOST_PREFIX + "KKTC-"
+BROWSER_STATE_COOKIE = HOST_PREFIX + "KKBS"
 CONSENT_TTL = 60
+#: how long a logon lasts without `--logon-cookie-expiration` (its maximum): as long as the
+#: browser keeps its session cookie (Konnect's), bounded so that a sign-out need not be
+#: remembered for ever (its not-before lives as long as a logon can: `signout.py`). 400
+#: days is the longest a browser keeps a cookie it was told to keep (RFC 6265bis §5.5).
+LOGON_TTL_MAX = BY_NAME["logon_cookie_expiration"].maximum
+
+
+def logon_ttl(settings: Any) -> int:
+    """How long a logon's sealed contents last: `--logon-cookie-expiration`, or (0)
+    `LOGON_TTL_MAX`."""
+    return int(getattr(settings, "logon_cookie_expiration", 0) or 0) or LOGON_TTL_MAX
 
 
 @dataclass
@@ -47,13 +65,14 @@ class Logon:
     authority: str = ""
     authority_ref: Any = None
 
-    def seal(self, sealer: Sealer) -> str:
+    def seal(self, sealer: Sealer, ttl: int) -> str:
+        """The cookie's value, sealed for `ttl` seconds (`logon_ttl`)."""
         doc = {"identity": self.identity.to_record(), "auth_time": self.auth_time, "sid": self.sid}
         if self.state_key:
             doc["bsk"] = self.state_key
         if self.authority:
             doc["ext"] = {"a": self.authority, "r": self.authority_ref}
-        return sealer.seal("logon", doc, LOGON_TTL)
+        return sealer.seal("logon", doc, ttl)
 
     @classmethod
     def open(cls, sealer: Sealer, value: Optional[str]) -> Optional["Logon"]:
@@ -76,7 +95,7 @@ class Logon:
         cookie: a sealed logon is a session only while no sign-out of its subject came after
         it. Signing out (services/identifier/signout.py) writes the subject's not-before;
         a logon whose auth_time is at or before it is over (OIDC RP-Initiated Logout 1.0
-        §2: the OP logs the End-User out; the sealed cookie alone would live 24 h).
+        §2: the OP logs the End-User out; the sealed cookie alone would live on).
         Fails closed: Redis unreachable raises `StoreUnavailable` (503), never a session."""
         logon = cls.open(sealer, value)
         if logon is None:
@@ -121,7 +140,8 @@ def new_sid() -> str:
 
 
 def consent_cookie_name(state: str, client_id: str, redirect_uri: str, ref: str, nonce: str) -> str:
-    """Konnect's per-request consent cookie name (konnect.md §7.6)."""
+    """Konnect's per-request consent cookie name (its identifier/cookie.go
+    `getConsentCookieName`), with our prefix."""
     data = f"{state}h{client_id}e{redirect_uri}l{ref}o{nonce}".encode("utf-8")
     digest = hashlib.blake2b(data, digest_size=32).digest()
     return CONSENT_PREFIX + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
@@ -166,11 +186,23 @@ def session_state(client_id: str, origin: str, state: str) -> str:
     return f"{digest}.{salt}"
 
 
-def set_cookie(handler: Any, name: str, value: str, *, path: str, http_only: bool = True,
+def set_cookie(handler: Any, name: str, value: str, *, http_only: bool = True,
                max_age: Optional[int] = None) -> None:
-    handler.set_cookie(name, value, path=path, secure=True, httponly=http_only, samesite="None",
+    """Every cookie the services set: `__Host-` (Secure, Path=/, no Domain), SameSite=None
+    (the check-session iframe and `form_post` answers are cross-site); without `max_age` a
+    browser session cookie."""
+    if not name.startswith(HOST_PREFIX):
+        raise ValueError(f"cookie {name!r}: every cookie of the OP is a {HOST_PREFIX} cookie")
+    handler.set_cookie(name, value, path="/", secure=True, httponly=http_only, samesite="None",
                        **({"max_age": max_age} if max_age is not None else {}))
 
 
-def clear_cookie(handler: Any, name: str, *, path: str) -> None:
-    handler.clear_cookie(name, path=path, secure=True, samesite="None")
+def clear_cookie(handler: Any, name: str) -> None:
+    handler.clear_cookie(name, path="/", secure=True, samesite="None")
+
+
+def set_logon(handler: Any, sealed: str) -> None:
+    """A new logon in this browser (any kind of sign-in): the logon cookie, and the browser
+    state of the previous one cleared (authorize sets the new one)."""
+    set_cookie(handler, LOGON_COOKIE, sealed)
+    clear_cookie(handler, BROWSER_STATE_COOKIE)

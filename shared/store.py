@@ -127,6 +127,11 @@ local function grant_ok(r)
     and type(r['sub']) == 'string' and r['sub'] ~= ''
     and type(r['created']) == 'number' and r['created'] > 0
 end
+-- when the grant was first stored here: 'stored' for a family that began elsewhere
+-- (a Konnect refresh token exchanged), else its start
+local function stored(r)
+  return tonumber(r['stored']) or r['created']
+end
 """
 
 # put_code, put_refresh, put_client: SET NX EX, after making sure the bucket has a
@@ -171,7 +176,7 @@ local ok, r = pcall(cjson.decode, value)
 if not ok or not grant_ok(r) then return {'invalid', value} end
 local now = tonumber(ARGV[8])
 local g, nbf = bucket(KEYS[4], now, 's:' .. r['sub'])
-if r['created'] < g then return {'stale', value} end
+if stored(r) < g then return {'stale', value} end
 if r['client_id'] ~= ARGV[1] then return {'wrong_client', value} end
 local uri = r['redirect_uri']
 if type(uri) == 'string' and uri ~= '' and uri ~= ARGV[2] then
@@ -247,7 +252,7 @@ if pttl > 0 then
 end
 local now = tonumber(ARGV[2])
 local g, revoked, nbf = bucket(KEYS[4], now, 'f:' .. r['family'], 's:' .. r['sub'])
-if r['created'] < g then return {'stale', value, 0, false} end
+if stored(r) < g then return {'stale', value, 0, false} end
 if revoked then return {'revoked', value, 0, false} end
 nbf = not_before(nbf) or false
 local remaining = r['created'] + tonumber(ARGV[3]) - now
@@ -283,7 +288,7 @@ if not value then return false end
 local ok, r = pcall(cjson.decode, value)
 if not ok or not grant_ok(r) then return false end
 local g, revoked = bucket(KEYS[2], tonumber(ARGV[1]), 'f:' .. r['family'])
-if r['created'] < g or revoked then return false end
+if stored(r) < g or revoked then return false end
 return value
 """
 
@@ -400,6 +405,24 @@ return 1
 """
 
 
+# The group's shared ephemeral material (Store.shared_material). KEYS: its key. ARGV: the
+# lifetime in seconds, "1" to start that lifetime again, the record to store when there is
+# none ("": store nothing), the SHA-1 of the record the caller holds ("": none).
+# Returns 1 when the stored record is the caller's, else the stored record, or false.
+_SHARED_MATERIAL = """
+local value = redis.call('GET', KEYS[1])
+if not value then
+  if ARGV[3] == '' then return false end
+  redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[1])
+  value = ARGV[3]
+elseif ARGV[2] == '1' then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+if redis.sha1hex(value) == ARGV[4] then return 1 end
+return value
+"""
+
+
 class _Script:
     """A Lua script run with EVALSHA; on NOSCRIPT (Redis restarted, flushed, or another
     node) with EVAL, which also caches it there. Both go to the node of the first key."""
@@ -413,7 +436,8 @@ _SCRIPTS = {name: _Script(src) for name, src in {
     "put": _PUT, "redeem_code": _REDEEM_CODE, "rotate_refresh": _ROTATE_REFRESH,
     "take_refresh": _TAKE_REFRESH, "peek_refresh": _PEEK_REFRESH, "revoke": _REVOKE,
     "is_revoked": _IS_REVOKED, "first_use": _FIRST_USE, "get_client": _GET_CLIENT,
-    "hit": _HIT, "give_back": _GIVE_BACK, "advance": _ADVANCE}.items()}
+    "hit": _HIT, "give_back": _GIVE_BACK, "advance": _ADVANCE,
+    "shared_material": _SHARED_MATERIAL}.items()}
 
 
 # -- outcomes -----------------------------------------------------------------------------
@@ -1015,6 +1039,8 @@ class Store:
     - ``client:{t}:<client_id>`` a dynamically registered client (t from its id)
     - ``ratelimit:<bucket>:<sha256>`` counters
     - ``kv:<kind>:<sha256>``     JSON values of the services and backends
+    - ``ephemeral:<name>``       the group's shared ephemeral key and secret, when none is
+                                 configured (`shared_material`)
     - ``server`` (``server:{…}`` per cluster primary)  the continuity marker (`_Guard`)
 
     Every key but the buckets and markers has a TTL, and values are compact JSON. Every
@@ -1341,7 +1367,7 @@ class Store:
             return None
         return _loads(await self._run("spent_refresh", keys[1], ("GET", keys[1])))
 
-    # -- revocation list (RFC 7009) ----------------------------------------------------------
+    # -- revocation list (RFC 7009; docs/architecture.md "State in Redis") -----------------
 
     def _until(self, exp: float) -> int:
         """`exp`, at least a second from now: the entry outlives the token."""
@@ -1476,6 +1502,24 @@ class Store:
         key, bucket = self._client_keys(client_id)
         return _loads(await self._script("get_client", "get_client", [key, bucket],
                                          [int(self.now())]))
+
+    # -- the group's shared ephemeral key and secret (shared/ephemeral.py) -----------------
+
+    async def shared_material(self, name: str, *, ttl: int, held: bytes | None = None,
+                              refresh: bool = False, candidate: bytes | None = None
+                              ) -> bytes | None:
+        """The record under ``ephemeral:<name>``, in one round trip: `held` itself when the
+        stored record is that one (it does not travel back), another stored record, or None
+        when there is none. With a `candidate` and no record, the candidate is stored first
+        (atomically: of processes racing, exactly one record wins and all of them get it).
+        Storing a record or `refresh` starts its lifetime (`ttl` seconds) again."""
+        k = self.key("ephemeral", _check_name("name", name))
+        args = [_check_ttl(ttl), _flag(refresh), candidate or b"",
+                hashlib.sha1(held).hexdigest() if held else ""]
+        value = await self._script("shared_material", "shared_material", [k], args)
+        if value == 1:
+            return held
+        return value or None
 
     # -- generic JSON values ---------------------------------------------------------------
 

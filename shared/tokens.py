@@ -1,7 +1,8 @@
-"""Mint and validate tokens (design.md §4, konnect.md §6.5-6.7).
+"""Mint and validate tokens (the claims of Konnect's oidc/provider/tokens.go).
 
 - ID token: OIDC Core §2 claims with `aud` = client id, `nonce`, `sid`, `auth_time`,
-  `at_hash`/`c_hash` (§3.3.2.11); signed with the client's registered alg or the default.
+  `at_hash`/`c_hash` (§3.3.2.11, the hash of the signing alg's size); signed with the
+  client's registered `id_token_signed_response_alg` (never another instead), else RS256.
 - Access token: a JWT Kopano services can read (`kc.isAccessToken`, `kc.authorizedScopes`,
   `kc.identity`, `kc.provider`, `jti`), plus `kc.family` (the grant family, so revoking a
   grant reaches its access tokens), `client_id` and `scope` (RFC 9068 §2.2).
@@ -82,9 +83,6 @@ class Tokens:
         `logon_ttl`). Shorter, and a copy of an old logon cookie would be a session again."""
         return max(self.access_ttl, logon_ttl) + self.skew
 
-    def _alg(self, alg: Optional[str]) -> Optional[str]:
-        return alg if alg in self.keyring.can_sign else None
-
     def access_token(self, *, client_id: str, identity: Identity, scopes: Iterable[str],
                      family: str, claims: Optional[Mapping[str, Any]] = None,
                      alg: Optional[str] = None, jti: Optional[str] = None) -> Minted:
@@ -141,7 +139,9 @@ class Tokens:
         return jose.sign(payload, signer)
 
     def sign(self, payload: Mapping[str, Any], *, alg: Optional[str] = None, typ: str = "JWT") -> str:
-        return self.keyring.sign(payload, alg=self._alg(alg), typ=typ)
+        """`payload` signed with `alg` (a client's registered alg: `AlgorithmNotSigned` when
+        no key signs it, never another alg), else the signer's default."""
+        return self.keyring.sign(payload, alg=alg, typ=typ)
 
     def verify(self, token: str, **kwargs: Any) -> dict:
         """Signature only (pinned alg, known kid); claims are the caller's to check."""

@@ -1,4 +1,4 @@
-"""Which service owns which public path (design.md §1), and the address table.
+"""Which service owns which public path (docs/architecture.md, "Processes"), and the address table.
 
 The proxy configs in deploy/ (Caddyfile, apache/konnect.conf) route exactly these paths,
 and the process configs use the names of deploy/addresses.env; tests/deploy/test_deploy.py checks

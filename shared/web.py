@@ -1,8 +1,8 @@
 """The base request handler every service builds on.
 
 Owns: security headers, `Cache-Control: no-store`, request ids, the client address
-behind trusted proxies, single-valued parameters, the request body's media type, JSON
-bodies, CORS for endpoints any origin may call (`CORSHandler`), and rendering of
+behind trusted proxies, single-valued parameters and cookies, the request body's media
+type, JSON bodies, CORS for endpoints any origin may call (`CORSHandler`), and rendering of
 `OAuth2Error` as JSON, as a redirect (only to a verified redirect_uri) or as a page.
 Internal detail goes to the log, never to the client.
 """
@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import secrets
-from typing import Any, Iterable
+from typing import Any, Awaitable, Iterable, Optional
 
 import orjson
 import tornado.web
@@ -24,6 +24,7 @@ import tornado.web
 from .errors import (INVALID_REQUEST, METHOD_NOT_ALLOWED, NOT_FOUND, REQUEST_TOO_LARGE,
                      SERVER_ERROR, TEMPORARILY_UNAVAILABLE, OAuth2Error, Unavailable)
 from .jose import parse_json
+from .origins import same_origin
 
 log = logging.getLogger("konnect.web")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._@-]{8,64}$")
@@ -70,14 +71,62 @@ def as_oauth2_error(exc: BaseException | None) -> OAuth2Error:
     return OAuth2Error(SERVER_ERROR, _DESCRIPTIONS[SERVER_ERROR])
 
 
+class AmbiguousCookie(OAuth2Error):
+    """The request carries a cookie name more than once (`single_cookie`)."""
+
+    def __init__(self, name: str, count: int) -> None:
+        super().__init__(
+            INVALID_REQUEST, "This browser sent a sign-in cookie of this site more than once "
+            "(another site may have set one). Clear this site's cookies and try again.",
+            detail=f"cookie {name} sent {count} times")
+
+
+def cookie_pairs(header: str) -> list[tuple[str, str]]:
+    """The `name=value` pairs of a Cookie header, in the order sent (RFC 6265 §4.2.1, §5.4:
+    pairs separated by `;`, name and value trimmed); a pair without `=` names nothing.
+    Values are taken as they are (no unquoting: none of our values is quoted)."""
+    pairs = []
+    for item in header.split(";"):
+        name, sep, value = item.partition("=")
+        if sep and name.strip():
+            pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def single_cookie(header: str, name: str) -> Optional[str]:
+    """The value of the cookie `name`, None when absent; `AmbiguousCookie` when the header
+    carries the name more than once. A browser sends every cookie whose domain and path
+    match, and several of one name when another path or a parent domain set one too (a
+    sibling subdomain can: `Domain=`); which one is ours cannot be told from the request
+    (RFC 6265 §8.4, §8.6), so no reader picks one by order (Tornado's parser keeps one)."""
+    values = [v for n, v in cookie_pairs(header) if n == name]
+    if len(values) > 1:
+        raise AmbiguousCookie(name, len(values))
+    return values[0] if values else None
+
+
 class BaseHandler(tornado.web.RequestHandler):
     """Plumbing shared by every endpoint. Dependencies arrive through `initialize`."""
 
     # Content-Security-Policy for responses that are not HTML pages.
     csp = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 
+    #: whether this endpoint may sign, verify, seal or open anything (not the health check,
+    #: metrics or the JSON 404)
+    uses_keys = True
+
     def initialize(self, deps: Any = None) -> None:
         self.deps = deps
+
+    def prepare(self) -> Optional[Awaitable[None]]:
+        """Without a configured signing key or encryption secret, the group's shared ephemeral
+        ones are confirmed with Redis before the handler runs (shared/ephemeral.py; Tornado
+        waits for the awaitable returned here): a 503 when Redis cannot answer. Nothing to
+        wait for otherwise. Subclasses that override this return what it returns."""
+        shared = getattr(self.deps, "shared_material", None)
+        if shared is not None and self.uses_keys:
+            return shared.ensure()
+        return None
 
     def compute_etag(self) -> None:
         """No ETag: answers are `no-store` (RFC 9111 §5.2.2.5), so a validator would only
@@ -151,6 +200,13 @@ class BaseHandler(tornado.web.RequestHandler):
                 return proto
         return self.request.protocol
 
+    def from_issuer_origin(self) -> bool:
+        """Whether the request comes from a page of the issuer's origin: its `Origin`, else
+        its `Referer` (`origins.same_origin`), the origin check of the identifier API and
+        of the end-session confirmation."""
+        source = self.request.headers.get("Origin") or self.request.headers.get("Referer")
+        return same_origin(source or "", self.deps.settings.iss)
+
     def param(self, name: str, default: str | None = None) -> str | None:
         """One query/form parameter; sent more than once is `invalid_request` (RFC 6749 §3.1)."""
         values = self.request.query_arguments.get(name, []) + \
@@ -163,6 +219,18 @@ class BaseHandler(tornado.web.RequestHandler):
             return values[0].decode("utf-8")
         except UnicodeDecodeError:
             raise OAuth2Error(INVALID_REQUEST, f"parameter {name} is not UTF-8") from None
+
+    @property
+    def cookie_header(self) -> str:
+        """Every Cookie field of the request as one header (HTTP/2 may split it: RFC 9113
+        §8.2.3; Tornado's `headers.get` would join the fields with commas)."""
+        return "; ".join(self.request.headers.get_list("Cookie"))
+
+    def get_cookie(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """A cookie of the request, refused when sent more than once (`single_cookie`):
+        every cookie the services read comes through here, never `self.cookies`."""
+        value = single_cookie(self.cookie_header, name)
+        return default if value is None else value
 
     def require_media_type(self, expected: str) -> None:
         """`invalid_request` unless the body's media type (Content-Type without its
@@ -290,6 +358,8 @@ class PageHandler(BaseHandler):
 class NotFoundHandler(BaseHandler):
     """Default handler: a JSON 404 for any path no route claims."""
 
+    uses_keys = False
+
     def prepare(self) -> None:
         raise OAuth2Error(NOT_FOUND, _DESCRIPTIONS[NOT_FOUND])
 
@@ -297,6 +367,8 @@ class NotFoundHandler(BaseHandler):
 class MetricsHandler(BaseHandler):
     """`/metrics`: Prometheus text format (shared/metrics.py), on the service's own listener;
     the proxy routes no path to it."""
+
+    uses_keys = False
 
     def get(self) -> None:
         from . import metrics
@@ -309,6 +381,8 @@ class HealthCheckHandler(BaseHandler):
     """`/health-check`: 200 "ok" while the process serves. Every method answers, as
     Konnect's (its server/server.go routes the path without a method; its `healthcheck`
     command and Docker HEALTHCHECK send POST). A body is never read."""
+
+    uses_keys = False
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")

@@ -1,5 +1,5 @@
 // The performance peer of bench/run.py: panva's oidc-provider (OpenID Certified), one Node
-// process on 127.0.0.1, configured like the reference peer (shared/reference/peers.md §1):
+// process on 127.0.0.1, configured for a like-for-like comparison:
 // one confidential client (client_secret_basic), RS256 with an RSA-2048 key, PKCE S256
 // required, the built-in development login and consent pages, refresh tokens for clients
 // allowed the grant (not rotated), and an in-memory adapter that never evicts.

@@ -1,5 +1,5 @@
 """The check-session iframe at `/konnect/v1/session/check-session.html` (OIDC Session
-Management 1.0 §3.2; konnect.md §2.8): a page RPs embed, with one script under a
+Management 1.0 §3.2; Konnect's oidc/provider/html.go): a page RPs embed, with one script under a
 per-response CSP nonce; its logic is in static/check-session.js."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The authorization endpoint (OIDC Core §3) and its decisions (konnect.md §7.1).
+"""The authorization endpoint (OIDC Core §3) and its decisions (Konnect's:
+identity/managers/identifier.go).
 
 No valid logon -> the identifier's sign-in page (and back here); `prompt=none` without a
 logon -> `login_required`; consent needed -> the consent page, or `consent_required` with
@@ -20,10 +21,10 @@ from shared.errors import (ACCESS_DENIED, CONSENT_REQUIRED, INTERACTION_REQUIRED
                            add_params, response_location)
 from shared.grants import Grant
 from shared.origins import origin_of, serialized_origin
-from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
-                            browser_state, clear_cookie, consent_cookie_name, current_logon,
-                            new_sid, open_consent, session_state, set_cookie)
-from shared.tokens import TokenError, random_token
+from shared.session import (BROWSER_STATE_COOKIE, LOGON_COOKIE, Logon, browser_state,
+                            clear_cookie, consent_cookie_name, current_logon, new_sid,
+                            open_consent, session_state, set_cookie)
+from shared.tokens import TokenError
 from shared.users import guest as guests
 from shared.web import PageHandler
 
@@ -79,7 +80,8 @@ class AuthorizeHandler(PageHandler):
             get = await self._request_object(get)
         client, redirect_uri = await verified_client(get, deps.lookup_client)
         self._dynamic_client = client.dynamic
-        req = parse(get, client, redirect_uri, deps.settings.iss)  # form_post: write_error
+        req = parse(get, client, redirect_uri, deps.settings.iss,  # form_post: write_error
+                    pkce_required=deps.requires_pkce(client))
         logon = await (self._web_app_logon(req) if self._signs_in_elsewhere else self._logon(req))
         if logon is None and signed_request and deps.settings.allow_client_guests:
             guest = self._guest(req)
@@ -132,7 +134,7 @@ class AuthorizeHandler(PageHandler):
         application's sign-in; `select_account` is ignored (one account: Konnect's too)."""
         if "login" in req.prompt:
             return None
-        cookie = self.request.headers.get("Cookie", "")
+        cookie = self.cookie_header
         identity = await self.deps.users.identify(
             cookie, self.request.headers.get("Accept-Language", ""),
             self.request.headers.get("User-Agent", ""))
@@ -163,7 +165,7 @@ class AuthorizeHandler(PageHandler):
         if logon is None:
             return None
         # auth_time is whole seconds (a float "now" would make every logon older than
-        # max_age=0, so that sign-in could never satisfy it: Konnect's Q18, fixed)
+        # max_age=0, so that sign-in could never satisfy it; Konnect ignored max_age=0, we honour it)
         if req.max_age is not None and int(deps.now()) - logon.auth_time > req.max_age:
             return None
         if req.prompt & {"login", "select_account"}:
@@ -198,8 +200,8 @@ class AuthorizeHandler(PageHandler):
     def _check_hint(self, req: AuthRequest, logon: Logon):
         """The logon, unless the request names another user: an `id_token_hint` (OIDC Core
         §3.1.2.1) or a claims request for a `sub` value (§5.5.1: the OP MUST NOT reply
-        with tokens for a different user; konnect.md §6.9). Then `login_required` with
-        `prompt=none`, else None: the user signs in again."""
+        with tokens for a different user; Konnect's oidc/provider/handlers.go). Then
+        `login_required` with `prompt=none`, else None: the user signs in again."""
         deps = self.deps
         self._signed_in = True
         mine = (logon.identity.sub, logon.identity.raw_sub)
@@ -238,7 +240,7 @@ class AuthorizeHandler(PageHandler):
         if req.konnect:
             name = consent_cookie_name(req.konnect, req.client.id, req.redirect_uri, req.state, req.nonce)
             decision = open_consent(self.deps.sealer, self.get_cookie(name))
-            clear_cookie(self, name, path=API_PATH)
+            clear_cookie(self, name)
         if decision is not None and decision.get("sub") == logon.identity.sub:
             if not decision.get("allow"):
                 raise self._redirect_error(req, ACCESS_DENIED, "the user denied the request")
@@ -265,7 +267,8 @@ class AuthorizeHandler(PageHandler):
         deps, types = self.deps, req.types
         identity, now = logon.identity, int(deps.now())
         # After consent the claims request is narrowed to the approved scopes; a trusted
-        # client gets the claims it asks for without consent (Konnect, konnect.md §6.9).
+        # client gets the claims it asks for without consent (Konnect's
+        # identity/managers/identifier.go).
         trusted = req.client.trusted and "consent" not in req.prompt
         claims = req.claims if trusted else scopelib.narrow_claims(req.claims, scopes)
         grant = Grant(client_id=req.client.id, identity=identity, scopes=scopes,
@@ -275,12 +278,16 @@ class AuthorizeHandler(PageHandler):
                       auth_time=logon.auth_time, sid=logon.sid, created=now)
         params: list = []
         code = access = None
+        # the client's registered alg signs the front channel's tokens as the token
+        # endpoint's (services/token/grants.py), and sizes at_hash and c_hash
+        alg = req.client.id_token_signed_response_alg or None
         if "code" in types:
             code = await deps.store.put_code(grant.to_record(), deps.settings.code_expiration)
             params.append(("code", code))
         if "token" in types:
             access = deps.tokens.access_token(client_id=req.client.id, identity=identity,
-                                              scopes=scopes, family=grant.family, claims=claims)
+                                              scopes=scopes, family=grant.family, claims=claims,
+                                              alg=alg)
             params += [("access_token", access.token), ("token_type", "Bearer"),
                        ("expires_in", str(deps.tokens.access_ttl))]
         if "id_token" in types:
@@ -293,9 +300,10 @@ class AuthorizeHandler(PageHandler):
             params.append(("id_token", deps.tokens.id_token(
                 client_id=req.client.id, identity=identity, sub=scopelib.subject(identity, scopes),
                 nonce=req.nonce, sid=logon.sid, auth_time=auth_time,
-                access_token=access.token if access else None, code=code, extra=extra)))
+                access_token=access.token if access else None, code=code, extra=extra,
+                alg=alg)))
         state = browser_state(logon, deps.settings.iss)
-        set_cookie(self, BROWSER_STATE_COOKIE, state, path=SESSION_PATH, http_only=False)
+        set_cookie(self, BROWSER_STATE_COOKIE, state, http_only=False)
         origin = serialized_origin(req.redirect_uri)
         if req.state:
             params.append(("state", req.state))

@@ -1,6 +1,6 @@
 """Parsing and checking an authentication request (OIDC Core §3.1.2.1, RFC 6749 §4.1.1).
 
-Order matters (RFC 9700 §4.1.1, design.md §5): the client and its redirect_uri are
+Order matters (RFC 9700 §4.1.1): the client and its redirect_uri are
 verified first and every problem before that is an error PAGE; only afterwards do errors
 redirect, with `state` and `iss` (RFC 9207).
 """
@@ -108,8 +108,9 @@ async def verified_client(get: Callable[[str], Optional[str]],
 
 
 def parse(get: Callable[[str], Optional[str]], client: Client, redirect_uri: str,
-          issuer: str) -> AuthRequest:
-    """The checked request; errors redirect to the verified redirect_uri."""
+          issuer: str, *, pkce_required: bool) -> AuthRequest:
+    """The checked request; errors redirect to the verified redirect_uri. `pkce_required`:
+    the client's code flow needs a code_challenge (`Core.requires_pkce`)."""
     state = get("state") or ""
     response_type = get("response_type") or ""
     mode = get("response_mode") or ""
@@ -145,7 +146,7 @@ def parse(get: Callable[[str], Optional[str]], client: Client, redirect_uri: str
             raise fail(INVALID_REQUEST, "code_challenge_method must be S256")
         if not _CHALLENGE.match(challenge):
             raise fail(INVALID_REQUEST, "code_challenge is malformed")
-    elif "code" in response_type and client.is_public:
+    elif "code" in response_type and pkce_required:
         raise fail(INVALID_REQUEST, "PKCE (S256) is required for public clients")
     claims = _claims(get("claims"), fail)
     if scopelib.OFFLINE in scopes and "code" not in response_type:

@@ -1,4 +1,5 @@
-"""Request objects: the `request` parameter (OIDC Core §6.1 and §6.3; konnect.md §7.5).
+"""Request objects: the `request` parameter (OIDC Core §6.1 and §6.3; Konnect's
+oidc/payload/authentication.go).
 
 A JWT carrying the authorization parameters. Signed objects are verified with the
 client's registered `jwks`, the algorithm pinned by the key (and by the client's
@@ -34,7 +35,7 @@ class RequestObjectError(Exception):
 def _unsigned_claims(token: str, header: dict) -> dict:
     """The members of an Unsecured JWT (RFC 7519 §6). Its header is held to the same rules
     as a signed object's (`jose.check_header`): `crit` names extensions this OP does not
-    understand, so the object MUST be rejected (RFC 7515 §4.1.11; security.md CR-06), and
+    understand, so the object MUST be rejected (RFC 7515 §4.1.11), and
     `jku`/`jwk`/`x5u`/`x5c` are never honoured."""
     parts = token.split(".")
     if len(parts) != 3 or parts[2] != "":

@@ -2,9 +2,9 @@
 (its identifier/api.go and identifier/handlers.go), described in docs/identifier-api.yaml.
 
 Every call is a POST with a JSON body, the header `Kopano-Konnect-XSRF: 1` and an
-Origin (or Referer) on the request's own host: a cross-site form cannot send the header
-and a cross-site script cannot pass the origin check (OWASP CSRF: custom request header
-plus origin verification). A "no" is `204` with `Kopano-Konnect-State`.
+Origin (or Referer) of the issuer's origin, scheme, host and port: a cross-site form
+cannot send the header and a cross-site script cannot pass the origin check (OWASP CSRF:
+custom request header plus origin verification). A "no" is `204` with `Kopano-Konnect-State`.
 
 The bodies are Konnect's request structs, whose fields are strings (`allow` a boolean,
 `params` a list of strings, `hello` an object): a member of another JSON type is a 400
@@ -16,20 +16,22 @@ has no CR/LF; non-ASCII is not portable) of at most 256 characters.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
-from typing import Any, Optional
+from typing import Any, Awaitable, Optional
 
 from shared import discovery, scopes as scopelib
-from shared.errors import ACCESS_DENIED, INVALID_REQUEST, TOO_MANY_REQUESTS, OAuth2Error
-from shared.origins import names_host
-from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
-                            clear_cookie, consent_cookie_name, current_logon, new_sid,
-                            new_state_key, seal_consent, set_cookie)
+from shared.errors import (ACCESS_DENIED, INVALID_REQUEST, TOO_MANY_REQUESTS, OAuth2Error,
+                           Unavailable)
+from shared.session import (CONSENT_TTL, LOGON_COOKIE, Logon, consent_cookie_name,
+                            current_logon, logon_ttl, new_sid, new_state_key, seal_consent,
+                            set_cookie, set_logon)
 from shared.users.base import MAX_PASSWORD, MAX_USERNAME
 from shared.web import BaseHandler
 
 from .signout import fresh_auth_time, sign_out
 
+log = logging.getLogger("konnect.identifier")
 LOGON_WINDOW, LOGON_LIMIT = 300, 10
 LOGON_IP_LIMIT = 5 * LOGON_LIMIT  # failed sign-ins per client IP and window
 STATE_MAX = 256
@@ -52,7 +54,7 @@ def string_member(doc: dict, name: str, where: str = "") -> str:
 
 
 def hello_request(value: Any, where: str = "") -> Optional[dict]:
-    """A HelloRequest (konnect.md §2.12): an object whose members are strings (null counts
+    """A HelloRequest (Konnect's identifier/models.go): an object of string members (null counts
     as absent), or None when there is none. Its members go into the continue URI's query,
     so every one of them must be a string."""
     if value is None:
@@ -88,19 +90,21 @@ def check_hello(request: Optional[dict]) -> int:
 
 
 class APIHandler(BaseHandler):
-    def prepare(self) -> None:
+    def prepare(self) -> Optional[Awaitable[None]]:
         if self.request.method != "POST":
             raise OAuth2Error(INVALID_REQUEST, "use POST", status=405)
         if self.request.headers.get("Kopano-Konnect-XSRF") != "1":
             raise OAuth2Error(INVALID_REQUEST, "missing XSRF header", detail="xsrf header")
-        source = self.request.headers.get("Origin") or self.request.headers.get("Referer") or ""
-        if not names_host(source, self.request.headers.get("Host")):
-            raise OAuth2Error(INVALID_REQUEST, "origin check failed", detail=f"origin {source!r}")
+        if not self.from_issuer_origin():
+            source = self.request.headers.get("Origin") or self.request.headers.get("Referer")
+            raise OAuth2Error(INVALID_REQUEST, "origin check failed",
+                              detail=f"origin {(source or '')[:100]!r}")
         self.body = self.json_body()
         state = string_member(self.body, "state")
         if len(state) > STATE_MAX or not _STATE_OK.fullmatch(state):
             raise _invalid(f"state must be at most {STATE_MAX} printable ASCII characters")
         self.state = state
+        return super().prepare()
 
     def no(self) -> None:
         self.set_status(204)
@@ -198,33 +202,52 @@ class LogonHandler(APIHandler):
             # an SSO-only site (a `default` authority): no password sign-in to fall back to
             raise OAuth2Error(ACCESS_DENIED, "password sign-in is disabled: this site signs "
                               "in through its default authority", status=403)
-        store = self.deps.store
+        store, user = self.deps.store, username.lower()
         # Counted before the password is checked, so concurrent guesses cannot overshoot and
-        # the scrypt work per window is bounded; a success gives its IP hit back below.
-        for bucket, key, limit in (("logon-user", username.lower(), LOGON_LIMIT),
-                                   ("logon-ip", self.client_ip, LOGON_IP_LIMIT)):
-            if await store.hit(bucket, key, window=LOGON_WINDOW) > limit:
-                raise OAuth2Error(TOO_MANY_REQUESTS, "too many sign-in attempts", status=429,
-                                  retry_after=await store.retry_after(bucket, key))
-        started = asyncio.get_running_loop().time()
-        identity = await self.deps.users.authenticate(username, password)
-        if identity is None:
-            # Unknown user or wrong password: the same answer after the same minimum time,
-            # whatever the backend's own timing (no user enumeration by the clock).
-            delay = started + self.failed_floor - asyncio.get_running_loop().time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            return self.no()
-        # A success is no attempt against the limits: many users behind one NAT signing in
-        # must not lock each other out (security.md WB-14).
-        await store.reset("logon-user", username.lower())
-        await store.give_back("logon-ip", self.client_ip)
-        logon = Logon(identity=identity, auth_time=await self.auth_time(identity.sub),
-                      sid=new_sid(), state_key=new_state_key())
-        answer = await self.hello(logon, hello) if hello is not None else None  # may be a 400
-        set_cookie(self, LOGON_COOKIE, logon.seal(self.deps.sealer), path=API_PATH)
-        clear_cookie(self, BROWSER_STATE_COOKIE, path=SESSION_PATH)
-        self.write_json({"success": True, "state": self.state, "hello": answer})
+        # the scrypt work per window is bounded. Only a wrong password (or unknown user)
+        # keeps its hits: every other answer gives them back (`finally`), so that an outage
+        # of the directory or of Redis, a refusal or an error locks nobody out.
+        counted: list = []
+        try:
+            for bucket, key, limit in (("logon-user", user, LOGON_LIMIT),
+                                       ("logon-ip", self.client_ip, LOGON_IP_LIMIT)):
+                count = await store.hit(bucket, key, window=LOGON_WINDOW)
+                counted.append((bucket, key))
+                if count > limit:
+                    raise OAuth2Error(TOO_MANY_REQUESTS, "too many sign-in attempts",
+                                      status=429, retry_after=await store.retry_after(bucket, key))
+            started = asyncio.get_running_loop().time()
+            identity = await self.deps.users.authenticate(username, password)
+            if identity is None:
+                counted = []  # the one answer that counts: wrong credentials
+                # Unknown user or wrong password: the same answer after the same minimum
+                # time, whatever the backend's own timing (no user enumeration by the clock).
+                delay = started + self.failed_floor - asyncio.get_running_loop().time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                return self.no()
+            # A success is no attempt against the limits: many users behind one NAT signing
+            # in must not lock each other out; it also ends the user's failed attempts.
+            await store.reset("logon-user", user)
+            counted.remove(("logon-user", user))
+            logon = Logon(identity=identity, auth_time=await self.auth_time(identity.sub),
+                          sid=new_sid(), state_key=new_state_key())
+            answer = await self.hello(logon, hello) if hello is not None else None  # a 400?
+            set_logon(self, logon.seal(self.deps.sealer, logon_ttl(self.deps.settings)))
+            self.write_json({"success": True, "state": self.state, "hello": answer})
+        finally:
+            await self.give_back(counted)
+
+    async def give_back(self, counted: list) -> None:
+        """Take back the hits of an attempt that was no wrong password. Best effort: with
+        Redis unreachable the hits stay (they expire with their window), and the answer is
+        the error that ended the attempt, not this one."""
+        for bucket, key in counted:
+            try:
+                await self.deps.store.give_back(bucket, key)
+            except Unavailable as err:
+                log.warning("sign-in: a rate-limit hit was not given back: %s", err)
+                return
 
     async def continue_logon(self, username: str, hello: Optional[dict], max_age: int) -> None:
         """Mode "0": the signed-in user goes on without a password. The logon stays as it
@@ -273,7 +296,7 @@ class ConsentHandler(APIHandler):
             raise OAuth2Error(INVALID_REQUEST, "unknown client")
         name = consent_cookie_name(self.state, client_id, redirect_uri, ref, nonce)
         set_cookie(self, name, seal_consent(self.deps.sealer, allow=allow, scopes=scopes,
-                                            sub=logon.identity.sub), path=API_PATH, max_age=60)
+                                            sub=logon.identity.sub), max_age=CONSENT_TTL)
         if not allow:
             return self.no()
         self.write_json({"success": True, "state": self.state})

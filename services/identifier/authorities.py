@@ -9,8 +9,8 @@
 - `/signin/v1/identifier/saml2/metadata`, `.../saml2/acs` (POST, HTTP-POST binding) and
   `/signin/v1/identifier/_/saml2/slo` (HTTP-Redirect binding): the SAML2 service provider.
 
-The hop is bound to the browser: a cookie `__Secure-KKAF-<hash of state>` (one per sign-in
-in flight, so two tabs do not overwrite each other) holds the sealed flow (authority,
+The hop is bound to the browser: a cookie `__Host-KKAF-<hash of state>` (one per sign-in
+in flight, so two tabs do not overwrite each other; at most `MAX_FLOWS`) holds the sealed flow (authority,
 state, nonce, PKCE verifier or SAML2 request id, the original authorization request) for
 FLOW_TTL; its state must equal the answer's, and a state is accepted once (the store's
 replay markers). The upstream's identity is mapped to a local username
@@ -44,9 +44,9 @@ from shared.authorities.registry import OIDC, SAML2, Authority
 from shared.errors import (ACCESS_DENIED, INVALID_REQUEST, SERVER_ERROR,
                            TEMPORARILY_UNAVAILABLE, OAuth2Error)
 from shared.sealed import SealError
-from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, SESSION_PATH, Logon,
-                            clear_cookie, new_sid, new_state_key, set_cookie)
-from shared.web import PageHandler
+from shared.session import (HOST_PREFIX, LOGON_COOKIE, Logon, clear_cookie, logon_ttl, new_sid,
+                            new_state_key, set_cookie, set_logon)
+from shared.web import PageHandler, cookie_pairs
 
 from .signout import fresh_auth_time
 
@@ -58,9 +58,12 @@ CALLBACK_PATH = BASE + "oauth2/cb"
 SAML2_METADATA_PATH = BASE + "saml2/metadata"
 SAML2_ACS_PATH = BASE + "saml2/acs"
 SAML2_SLO_PATH = BASE + "_/saml2/slo"
-FLOW_PREFIX = "__Secure-KKAF-"
-FLOW_PATH = BASE
+FLOW_PREFIX = HOST_PREFIX + "KKAF-"
 FLOW_TTL = 600
+#: sign-ins through an authority in flight per browser: a `__Host-` cookie goes with every
+#: request to the host, and a few abandoned flows (up to MAX_COOKIE each) must not push the
+#: browser's requests over the proxies' header limits; a new one past this clears them
+MAX_FLOWS = 4
 MAX_COOKIE = 3800  # browsers keep cookies up to 4096 bytes, name and attributes included
 #: parameters of the original request that keep their meaning at the upstream OP
 #: (Konnect's writeOAuth2Start passes these)
@@ -162,9 +165,19 @@ async def start(handler: Any, authority: Authority, query: dict) -> None:
     if len(name) + len(sealed) > MAX_COOKIE:
         raise OAuth2Error(INVALID_REQUEST, "The request is too large for a sign-in through "
                           f"{authority.display_name}.", detail="authority flow cookie too large")
-    set_cookie(handler, name, sealed, path=FLOW_PATH, max_age=FLOW_TTL)
+    set_flow_cookie(handler, name, sealed)
     log.info("authority %s: sign-in started", authority.id)
     handler.redirect(url)
+
+
+def set_flow_cookie(handler: Any, name: str, sealed: str) -> None:
+    """The cookie of a new hop; the browser's earlier ones are cleared first when it
+    already carries `MAX_FLOWS` (abandoned sign-ins: each would live FLOW_TTL)."""
+    flows = {n for n, _ in cookie_pairs(handler.cookie_header) if n.startswith(FLOW_PREFIX)}
+    if len(flows) >= MAX_FLOWS:
+        for old in flows:
+            clear_cookie(handler, old)
+    set_cookie(handler, name, sealed, max_age=FLOW_TTL)
 
 
 async def take_flow(handler: Any, state: Optional[str], kind: str) -> dict:
@@ -175,7 +188,7 @@ async def take_flow(handler: Any, state: Optional[str], kind: str) -> dict:
         raise refused(None, "answer without state", INVALID_REQUEST)
     name = flow_cookie_name(state)
     value = handler.get_cookie(name)
-    clear_cookie(handler, name, path=FLOW_PATH)
+    clear_cookie(handler, name)
     try:
         flow = deps.sealer.unseal("authority-flow", value)
     except SealError as err:
@@ -205,12 +218,12 @@ async def finish(handler: Any, authority: Authority, flow: dict, value: Any,
     auth_time = await fresh_auth_time(deps, identity.sub)
     logon = Logon(identity=identity, auth_time=auth_time, sid=new_sid(),
                   state_key=new_state_key(), authority=authority.id, authority_ref=ref)
-    sealed = logon.seal(deps.sealer)
+    ttl = logon_ttl(deps.settings)
+    sealed = logon.seal(deps.sealer, ttl)
     if ref is not None and len(sealed) + len(LOGON_COOKIE) > MAX_COOKIE:
         logon.authority_ref = None  # too large for a cookie: sign out upstream without it
-        sealed = logon.seal(deps.sealer)
-    set_cookie(handler, LOGON_COOKIE, sealed, path=API_PATH)
-    clear_cookie(handler, BROWSER_STATE_COOKIE, path=SESSION_PATH)
+        sealed = logon.seal(deps.sealer, ttl)
+    set_logon(handler, sealed)
     log.info("authority %s: signed in", authority.id)
     handler.redirect(continue_authorize(deps.settings, flow.get("q") or {}))
 
@@ -318,8 +331,8 @@ async def upstream_sign_out(handler: Any, logon: Optional[Logon], target: str) -
     if not url:
         return None
     flow = {"state": state, "k": "endsession", "a": authority.id, "target": target}
-    set_cookie(handler, flow_cookie_name(state), deps.sealer.seal("authority-flow", flow, FLOW_TTL),
-               path=FLOW_PATH, max_age=FLOW_TTL)
+    set_flow_cookie(handler, flow_cookie_name(state),
+                    deps.sealer.seal("authority-flow", flow, FLOW_TTL))
     return url
 
 
@@ -345,6 +358,7 @@ def routes(deps: Any) -> list:
     args = {"deps": deps}
     found = [(START_PATH, StartHandler, args), (CALLBACK_PATH, CallbackHandler, args)]
     if any(a.authority_type == SAML2 for a in ups):
+        upstreams(deps)  # now: what it warns about belongs to the start
         from .saml2 import ACSHandler, MetadataHandler, SLOHandler
         found += [(SAML2_METADATA_PATH, MetadataHandler, args), (SAML2_ACS_PATH, ACSHandler, args),
                   (SAML2_SLO_PATH, SLOHandler, args)]

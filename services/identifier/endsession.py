@@ -1,5 +1,6 @@
 """End session: RP-initiated logout at `/signin/v1/identifier/_/endsession`
-(OpenID Connect RP-Initiated Logout 1.0 §2-§3; konnect.md §2.7, §7.10).
+(OpenID Connect RP-Initiated Logout 1.0 §2-§3; Konnect's EndSession:
+identity/managers/identifier.go).
 
 - `id_token_hint` is verified with our keys (its `exp` is not checked, §2); a bad hint is
   an error page. The client is the hint's `aud`, or `client_id`; both given must agree.
@@ -28,7 +29,7 @@ from typing import Optional
 import tornado.web
 
 from shared.errors import INVALID_REQUEST, OAuth2Error, add_params
-from shared.origins import names_host, origin_of
+from shared.origins import origin_of
 from shared.sealed import SealError
 from shared.session import LOGON_COOKIE, Logon
 from shared.tokens import TokenError
@@ -111,8 +112,7 @@ class EndSessionHandler(SigninPage):
         """The user pressed "Sign out" on the confirmation page (a form of our own origin:
         the sealed token is only on that page, so a cross-site form cannot forge it)."""
         deps = self.deps
-        source = self.request.headers.get("Origin") or self.request.headers.get("Referer") or ""
-        if not names_host(source, self.request.headers.get("Host")):
+        if not self.from_issuer_origin():
             raise OAuth2Error(INVALID_REQUEST, "origin check failed")
         try:
             doc = deps.sealer.unseal("endsession", token)

@@ -6,8 +6,8 @@ import logging
 from typing import Any, Optional
 
 from shared.errors import Unavailable
-from shared.session import (API_PATH, BROWSER_STATE_COOKIE, LOGON_COOKIE, LOGON_TTL, SESSION_PATH,
-                            Logon, clear_cookie, wait_past)
+from shared.session import (BROWSER_STATE_COOKIE, LOGON_COOKIE, Logon, clear_cookie, logon_ttl,
+                            wait_past)
 
 log = logging.getLogger("konnect.identifier")
 
@@ -36,10 +36,10 @@ async def sign_out(handler: Any, logon: Optional[Logon]) -> None:
     deps = handler.deps
     if logon is not None:
         await deps.store.revoke_subject(logon.identity.sub, int(deps.now()),
-                                        deps.tokens.sign_out_ttl(LOGON_TTL))
+                                        deps.tokens.sign_out_ttl(logon_ttl(deps.settings)))
         await _end_backend_session(deps, logon)
-    clear_cookie(handler, LOGON_COOKIE, path=API_PATH)
-    clear_cookie(handler, BROWSER_STATE_COOKIE, path=SESSION_PATH)
+    clear_cookie(handler, LOGON_COOKIE)
+    clear_cookie(handler, BROWSER_STATE_COOKIE)
 
 
 async def fresh_auth_time(deps: Any, sub: str) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from shared import discovery, service
 from shared.deps import Core
@@ -24,17 +25,18 @@ class TokenDeps(Core):
     issuer: Issuer | None = None
     assertion_audiences: tuple = ()   # the `aud` values a private_key_jwt assertion may name
     discovery_json: bytes = b""
-    jwks_json: bytes = b""
+    jwks_json: bytes = b""     # the JWKS handler's encoding of `jwks_source`
+    jwks_source: Any = None
 
     @classmethod
     def from_core(cls, core: Core) -> "TokenDeps":
         settings = core.settings
         deps = cls(**{f.name: getattr(core, f.name) for f in dataclasses.fields(Core)})
-        deps.issuer = Issuer(deps.tokens, deps.store, deps.users)
+        deps.issuer = Issuer(deps.tokens, deps.store, deps.users,
+                             requires_pkce=deps.requires_pkce)
         deps.assertion_audiences = (settings.iss, discovery.url(settings, "token_endpoint"))
         deps.discovery_json = encode(discovery.document(settings, deps.keyring,
                                                         deps.scope_definitions))
-        deps.jwks_json = encode(deps.keyring.jwks())
         return deps
 
 

@@ -10,6 +10,8 @@ user still exists, and mints the tokens:
   6749 §4.1.2, RFC 9700 §4.5);
 - refresh tokens are rotated on every use; presenting a rotated one revokes the whole
   family, access tokens included (RFC 9700 §4.14.2); scope may narrow, never widen (§6);
+  a refresh token konnectd issued (a JWT) is exchanged once for a family of ours
+  (konnect_refresh.py);
 - a dynamically registered client may use only the `grant_types` it registered (RFC 6749
   §5.2 `unauthorized_client`; RFC 7591 §2) and gets a refresh token only if they include
   `refresh_token`. Static and implicit clients: every grant, as in Konnect (the YAML's
@@ -21,7 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from shared import scopes as scopelib
 from shared.clients import Client
@@ -31,6 +33,7 @@ from shared.session import wait_past
 from shared.store import CodeOutcome, RotationOutcome
 from shared.tokens import Tokens, new_jti
 
+from . import konnect_refresh
 from .request import FormRequest
 
 _VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
@@ -77,8 +80,11 @@ def s256(verifier: Optional[str]) -> str:
 class Issuer:
     """Mints the tokens of a grant the store let through."""
 
-    def __init__(self, tokens: Tokens, store: Any, users: Any = None) -> None:
+    def __init__(self, tokens: Tokens, store: Any, users: Any = None, *,
+                 requires_pkce: Callable[[Client], bool]) -> None:
+        """`requires_pkce`: `Core.requires_pkce`, whether a client's code needs PKCE."""
         self.tokens, self.store, self.users = tokens, store, users
+        self.requires_pkce = requires_pkce
 
     async def _current_identity(self, grant: Grant):
         if self.users is None:
@@ -136,7 +142,8 @@ async def authorization_code(request: FormRequest, client: Client, issuer: Issue
     jti = new_jti()
     redemption = await store.redeem_code(
         code, client_id=client.id, redirect_uri=request.get("redirect_uri") or "",
-        challenge=s256(verifier), verifier_sent=bool(verifier), public=client.is_public,
+        challenge=s256(verifier), verifier_sent=bool(verifier),
+        public=issuer.requires_pkce(client),  # the script's "public client needs PKCE" rule
         refresh_allowed=grant_type_allowed(client, "refresh_token"), jti=jti,
         now=int(tokens.now()), access_ttl=tokens.access_ttl, refresh_ttl=tokens.refresh_ttl)
     refresh = redemption.refresh_token
@@ -170,6 +177,8 @@ async def refresh_token(request: FormRequest, client: Client, issuer: Issuer) ->
     if not token:
         raise OAuth2Error(INVALID_REQUEST, "refresh_token is required")
     requested = scopelib.parse(request.get("scope"))
+    if konnect_refresh.is_jwt(token):  # konnectd's, from before the switch: exchanged once
+        return await konnect_refresh.exchange(token, requested, client, issuer)
     store, tokens = issuer.store, issuer.tokens
     now = int(tokens.now())
     rotation = await store.rotate_refresh(token, client_id=client.id, now=now,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Awaitable, Optional
 
 import tornado.web
 
@@ -13,7 +13,7 @@ from shared.grants import Grant
 from shared.tokens import TokenError, is_revoked
 from shared.web import FORM, CORSHandler
 
-from . import grants
+from . import grants, konnect_refresh
 from .clientauth import authenticate
 from .request import FormRequest
 
@@ -31,8 +31,8 @@ def _not_in_body(name: str) -> OAuth2Error:
 class FormHandler(CORSHandler):
     """POST endpoints taking `application/x-www-form-urlencoded` (RFC 6749 §3.2).
 
-    CORS for any origin, as Konnect's token endpoint (konnect.md §2.1), so browser-based
-    clients can redeem codes; the preflight also allows `Authorization` (quirk Q24). No
+    CORS for any origin, as Konnect's token endpoint (oidc/provider/provider.go), so browser-based
+    clients can redeem codes; the preflight also allows `Authorization` (Konnect's did not). No
     cookies are read here and credentials are never allowed, so `*` exposes nothing.
 
     Parameters come from the form body only: client credentials MUST NOT be in the request
@@ -46,15 +46,16 @@ class FormHandler(CORSHandler):
     allow = ("POST", "OPTIONS")  # RFC 9110 §15.5.6: a 405's Allow; also the CORS methods
     cors_headers = ("Authorization", "Content-Type", "Accept", "X-Requested-With")
 
-    def prepare(self) -> None:
+    def prepare(self) -> Optional[Awaitable[None]]:
         if self.request.method == "OPTIONS":
-            return
+            return None
         if self.request.method != "POST":
             raise OAuth2Error(METHOD_NOT_ALLOWED, "use POST", status=405)
         self.require_media_type(FORM)
         for name in self.body_params:
             if name in self.request.query_arguments:
                 raise _not_in_body(name)
+        return super().prepare()
 
     def form(self) -> FormRequest:
         """The parameters this endpoint reads (`body_params`), each once and from the body
@@ -138,6 +139,8 @@ class RevokeHandler(FormHandler):
         self.finish()
 
     async def _revoke_access(self, token: str, client) -> None:
+        """An access token of ours (its jti), or a refresh token konnectd issued before the
+        switch (it can no longer be exchanged; what it was exchanged for ends)."""
         try:
             claims = self.deps.tokens.verify(token)
         except TokenError:
@@ -147,6 +150,8 @@ class RevokeHandler(FormHandler):
             until = self.deps.tokens.accepted_until(claims["exp"])
             if until > self.deps.now() and isinstance(claims.get("sub"), str) and claims["sub"]:
                 await self.deps.store.revoke_jti(claims["jti"], until, sub=claims["sub"])
+        elif claims.get("kc.isRefreshToken") is True:
+            await konnect_refresh.revoke(token, client, self.deps.tokens, self.deps.store)
 
 
 class IntrospectHandler(FormHandler):
@@ -234,7 +239,12 @@ class JWKSHandler(PublicDocumentHandler):
     content_type = "application/jwk-set+json"
 
     def body(self) -> bytes:
-        return self.deps.jwks_json
+        """The keyring's JWKS, encoded once per set of keys (the group's shared ephemeral key
+        may change while the process runs: shared/ephemeral.py)."""
+        deps, jwks = self.deps, self.deps.keyring.jwks()
+        if deps.jwks_source is not jwks:
+            deps.jwks_json, deps.jwks_source = encode(jwks), jwks
+        return deps.jwks_json
 
 
 def encode(doc: Any) -> bytes:

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from shared import scopes as scopelib
-from shared.clients import is_dynamic_id
+from shared.clients import DYNAMIC_PREFIX
 from shared.errors import INSUFFICIENT_SCOPE, INVALID_REQUEST, INVALID_TOKEN, OAuth2Error
 from shared.identity import Identity
 from shared.tokens import TokenError, is_revoked
@@ -42,7 +42,8 @@ class _NoToken(OAuth2Error):
 
 
 def userinfo_claims(identity: Identity, claims: dict, *, as_asked: bool = False) -> dict:
-    """OIDC Core §5.4 claims per scope, Konnect's extensions (konnect.md §6.8).
+    """OIDC Core §5.4 claims per scope, Konnect's extensions (its UserInfoHandler,
+    oidc/provider/handlers.go).
 
     Only claims about the user that the OP itself knows (the backend's, now) and that
     the grant allows are released (OIDC Core §5.3.2). A claims request (§5.5) can ask
@@ -53,7 +54,8 @@ def userinfo_claims(identity: Identity, claims: dict, *, as_asked: bool = False)
 
     A standard claim asked for in `claims.userinfo` is released when its scope is among
     the token's (a refresh may have narrowed them, RFC 6749 §6), or when the claims request
-    was authorized as asked (`as_asked`: a trusted client, konnect.md §6.9)."""
+    was authorized as asked (`as_asked`: a trusted client, as Konnect's
+    identity/managers/identifier.go)."""
     scopes = claims.get("kc.authorizedScopes") or []
     out: dict[str, Any] = {"sub": scopelib.subject(identity, scopes)}
     values = scopelib.standard_claims(identity)
@@ -77,12 +79,14 @@ def userinfo_claims(identity: Identity, claims: dict, *, as_asked: bool = False)
 
 def claims_authorized_as_asked(client: Any, client_id: Any) -> bool:
     """Whether a token's claims request was authorized without narrowing to its scopes:
-    a trusted client's without consent (authorize `_respond`, konnect.md §6.9). An id the
-    registry does not know and that is not a dynamic one can only be an implicitly trusted
-    client's (konnect.md §5.4; its lookup needs the redirect URI), or one removed since."""
+    a trusted client's without consent (authorize `_respond`, as Konnect's
+    identity/managers/identifier.go). An id the registry does not know and that has no
+    dynamic prefix (ours, or Konnect's `dyn.<JWT>`) can only be an implicitly trusted
+    client's (Konnect's identity/clients/registry.go; its lookup needs the redirect URI), or
+    one removed since."""
     if client is not None:
         return bool(client.trusted)
-    return isinstance(client_id, str) and not is_dynamic_id(client_id)
+    return isinstance(client_id, str) and not client_id.startswith(DYNAMIC_PREFIX)
 
 
 class UserInfoHandler(CORSHandler):
@@ -139,12 +143,12 @@ class UserInfoHandler(CORSHandler):
         body = userinfo_claims(identity, claims,
                                as_asked=claims_authorized_as_asked(client, claims.get("aud")))
         alg = client.userinfo_signed_response_alg if client else ""
-        if alg and alg in deps.keyring.can_sign:
+        if alg:  # signed with exactly that alg (keys.AlgorithmNotSigned otherwise, a 500)
             # OIDC Core §5.3.2: signed, with `iss` and `aud`. Nothing in it is the client's
             # choice, and it has neither `kc.isAccessToken` nor `exp`, so neither our access
             # token validation nor `open_id_token_hint` takes it (RFC 8725 §3.12: mutually
             # exclusive validation rules). `typ` stays "JWT": our access and ID tokens carry
-            # that generic type too (Konnect's, konnect.md §6.5-6.6), so another value here
+            # that generic type too (Konnect's, oidc/provider/tokens.go), so another value here
             # would not set it apart from them, and RPs whose JWT processors accept only
             # "JWT" (RFC 7519 §5.1) would refuse it.
             body.update(iss=deps.settings.iss, aud=claims["aud"])

@@ -4,9 +4,13 @@ Konnect's identity/authorities/models.go names the keys; oidc.go and saml2.go gi
 defaults (OIDC: scopes `openid profile`, response type `id_token`, PKCE `S256`, identity
 claim `preferred_username`; SAML2: identity attribute `uid`, our entity ID
 `<issuer>/signin/v1/identifier/saml2/metadata`). Konnect skipped a broken entry with a
-warning; here every problem stops the start, like a broken client entry: a `default`
-authority that silently disappeared would put the password form back in front of users
-whose site never had local passwords.
+warning; here every problem stops the start (a broken client entry is skipped, as in
+Konnect): a `default` authority that silently disappeared would put the password form
+back in front of users whose site never had local passwords.
+
+One key is ours, not Konnect's: `metadata_signing_certificates` (saml2), the certificate(s)
+whose key signs the IdP's metadata (saml2.py verifies the metadata with them): a PEM file's
+absolute path or PEM text, or a list of them (several for a key rollover).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..clients import jwks_problems
 from ..origins import is_loopback_host
@@ -33,7 +40,7 @@ KEYS = frozenset({
     "trusted", "insecure", "default", "discover", "scopes", "response_type",
     "code_challenge_method", "metadata_endpoint", "authorization_endpoint", "jwks",
     "identity_claim_name", "identity_aliases", "identity_alias_required",
-    "end_session_enabled"})
+    "end_session_enabled", "metadata_signing_certificates"})
 BOOLEANS = ("trusted", "insecure", "default", "identity_alias_required", "end_session_enabled")
 STRINGS = ("id", "name", "authority_type", "iss", "client_id", "client_secret", "entity_id",
            "response_type", "code_challenge_method", "metadata_endpoint",
@@ -65,6 +72,8 @@ class Authority:
     identity_aliases: Mapping[str, str] = field(default_factory=dict, repr=False)
     identity_alias_required: bool = False
     end_session_enabled: bool = False
+    #: DER of each certificate that may sign the SAML2 metadata (ours, not Konnect's)
+    metadata_signing_certificates: tuple = field(default=(), repr=False)
 
     @property
     def display_name(self) -> str:
@@ -168,17 +177,58 @@ def _entry(entry: Any, issuer: str) -> tuple[Optional[Authority], list[str]]:
             problems += [problem] if problem else []
         if not shutil.which("xmlsec1"):  # pysaml2 verifies every signature with it
             problems.append("saml2 needs xmlsec1 on the PATH (Debian package xmlsec1)")
+        certs, found = _certificates(entry.get("metadata_signing_certificates"))
+        problems += found
+        values["metadata_signing_certificates"] = certs
         values["entity_id"] = values["entity_id"] or issuer.rstrip("/") + SAML2_METADATA_PATH
         values["identity_claim_name"] = values["identity_claim_name"] or "uid"
         values["scopes"] = tuple(scopes or ())
         discover_value = True
     else:
         discover_value = bool(discover)
+    if kind != SAML2 and entry.get("metadata_signing_certificates") is not None:
+        problems.append("metadata_signing_certificates is for saml2 authorities")
     if problems:
         return None, problems
     values.pop("_discover", None)
     return Authority(**{**values, "discover": discover_value, "jwks": jwks,
                         "identity_aliases": dict(aliases)}), []
+
+
+def _certificates(value: Any) -> tuple[tuple, list[str]]:
+    """`metadata_signing_certificates`: absolute paths of PEM files or PEM text, one or a
+    list, each holding one or more X.509 certificates; their DER, and every problem. Only
+    the key in a certificate is used (its dates and issuer are not checked: the operator
+    names the key to trust, as SAML metadata trust anchors are)."""
+    if value is None:
+        return (), []
+    name = "metadata_signing_certificates"
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        return (), [f"{name} must be a PEM file's absolute path or PEM text, or a list of them"]
+    found, problems = [], []
+    for item in items:
+        text = item.strip()
+        if text.startswith("-----BEGIN"):
+            where, data = "PEM text", text.encode("ascii", "replace")
+        else:
+            where = text[:200]
+            if not text.startswith("/"):
+                problems.append(f"{name}: {where!r} is neither an absolute path nor PEM text")
+                continue
+            try:
+                with open(text, "rb") as stream:
+                    data = stream.read(1024 * 1024)
+            except OSError as err:
+                problems.append(f"{name}: {where}: {err.strerror}")
+                continue
+        try:
+            certs = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            problems.append(f"{name}: {where} holds no PEM certificate")
+            continue
+        found += [c.public_bytes(Encoding.DER) for c in certs]
+    return tuple(dict.fromkeys(found)), problems
 
 
 def _oidc(values: dict, discover: Optional[bool], jwks: Any, insecure: bool) -> list[str]:

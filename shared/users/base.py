@@ -1,4 +1,4 @@
-"""The one async interface every user backend implements (design.md §2 "users").
+"""The one async interface every user backend implements (docs/architecture.md, "Shared library").
 
 Backends never block the event loop: network and CPU-heavy work (LDAP, SOAP, password
 hashing) runs in a bounded thread pool or natively async. Every network call has a timeout.

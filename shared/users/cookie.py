@@ -1,4 +1,5 @@
-"""The `cookie` backend (konnect.md §4.4): sign-in borrowed from a web application's session.
+"""The `cookie` backend (Konnect's identity/managers/cookie.go): sign-in borrowed from a web
+application's session.
 
     --identity-manager cookie  with arguments  <backend-url> "<cookie names>"
 
@@ -21,7 +22,6 @@ secretbox.
 from __future__ import annotations
 
 import re
-from http.cookies import SimpleCookie
 from typing import Any, Mapping, Optional
 
 import tornado.simple_httpclient
@@ -29,6 +29,7 @@ import tornado.simple_httpclient
 from ..identity import Identity
 from ..jose import parse_json
 from ..sealed import SealError
+from ..web import AmbiguousCookie, cookie_pairs
 from .base import BackendUnavailable, UserBackend
 
 PROVIDER = "cookie"
@@ -49,7 +50,7 @@ class CookieBackend(UserBackend):
     def __init__(self, url: str, names: list[str], *, timeout: float = TIMEOUT) -> None:
         self.url, self.names, self.timeout = url, [n for n in names if n], timeout
         self.sealer: Any = None
-        # a client of its own whose reads stop at the cap (security.md: bounded reads from
+        # a client of its own whose reads stop at the cap (bounded reads, as for all input from
         # outside): an endless or huge answer is cut off there, not buffered whole (up to
         # Tornado's 100 MB default) until the timeout
         self.http = tornado.simple_httpclient.SimpleAsyncHTTPClient(
@@ -76,7 +77,8 @@ class CookieBackend(UserBackend):
         self.http.close()
 
     async def current(self, raw_sub: str, kc_identity: Mapping[str, Any]) -> Optional[Identity]:
-        """Replay the backend call with the cookies sealed into the token (konnect.md §4.4)."""
+        """Replay the backend call with the cookies sealed into the token (as Konnect's
+        identity/managers/cookie.go)."""
         sealed = kc_identity.get("cookie.v")
         if not isinstance(sealed, str) or self.sealer is None:
             return None
@@ -93,18 +95,21 @@ class CookieBackend(UserBackend):
     def forwarded(self, cookie_header: str) -> str:
         """The request's cookies with an allowed name, as one Cookie header ("" if none).
 
-        Only values in RFC 6265 §4.1.1's cookie-value grammar are forwarded: SimpleCookie
-        accepts a quoted value holding `;`, `,` or spaces (`webapp="x; admin=1"`), which the
-        backend's cookie parser (RFC 6265 §5.4 splits on `;`) reads as a second cookie whose
-        name is not in the configured list (konnect.md §4.4: only the configured names).
+        Only values in RFC 6265 §4.1.1's cookie-value grammar are forwarded: a quoted value
+        holding `;`, `,` or spaces (`webapp="x; admin=1"`) would reach the backend's cookie
+        parser (RFC 6265 §5.4 splits on `;`) as a second cookie whose name is not in the
+        configured list (Konnect forwards only the configured names). A configured name
+        sent more than once (a sibling subdomain's or another path's cookie beside the
+        web application's) is `AmbiguousCookie`: which session is the user's cannot be
+        told, and the OP must not pick one by order (shared/web.py `single_cookie`).
         """
-        jar = SimpleCookie()
-        try:
-            jar.load(cookie_header or "")
-        except Exception:  # noqa: BLE001 - a malformed header forwards nothing
-            return ""
-        return "; ".join(f"{name}={jar[name].coded_value}" for name in self.names
-                         if name in jar and _COOKIE_VALUE.match(jar[name].coded_value))
+        pairs = [(n, v) for n, v in cookie_pairs(cookie_header or "") if n in self.names]
+        found = dict(pairs)
+        if len(found) < len(pairs):
+            name = next(n for n in found if sum(1 for m, _ in pairs if m == n) > 1)
+            raise AmbiguousCookie(name, sum(1 for m, _ in pairs if m == name))
+        return "; ".join(f"{name}={found[name]}" for name in self.names
+                         if name in found and _COOKIE_VALUE.match(found[name]))
 
     async def identify(self, cookie_header: str, accept_language: str = "",
                        user_agent: str = "") -> Optional[Identity]:
@@ -141,9 +146,9 @@ class CookieBackend(UserBackend):
 
     @staticmethod
     def _answer(data: bytes) -> dict:
-        """The backend's JSON answer, typed (konnect.md §4.4: `sub`, `name`, `email` are
-        strings, `id` a number). Garbage is BackendUnavailable (503), never a 500
-        (security.md CR-05): deep nesting goes through the one bounded parser (whose
+        """The backend's JSON answer, typed (Konnect's identity/managers/cookie.go: `sub`,
+        `name`, `email` are strings, `id` a number). Garbage is BackendUnavailable (503), never
+        a 500 (whatever the backend sends): deep nesting goes through the one bounded parser (whose
         numbers beyond 64 bits are floats, so no `id` orjson cannot encode again), and a
         `name` that is an object is refused rather than shown as its Python repr."""
         try:

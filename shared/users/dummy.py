@@ -1,4 +1,5 @@
-"""The `dummy` backend (konnect.md §4.5): one fixed user, for tests and demos only.
+"""The `dummy` backend (Konnect's identity/managers/dummy.go): one fixed user, for tests and
+demos only.
 
 It signs in the user `dummy` with ANY non-empty password, so it refuses to be built
 unless explicitly allowed (`--allow-dummy-backend`, KONNECTD_ALLOW_DUMMY_BACKEND=yes);

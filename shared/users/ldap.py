@@ -1,4 +1,5 @@
-"""The `ldap` backend (`identifier-ldap`, konnect.md §4.3): search, then bind as the user.
+"""The `ldap` backend (`identifier-ldap`, Konnect's identifier/backends/ldap.go): search, then
+bind as the user.
 
 Logon:
   1. on a pooled connection bound as the service account (`LDAP_BINDDN`; anonymous when
@@ -394,7 +395,7 @@ class LDAPBackend(UserBackend):
 
     def _raw_sub(self, entry: Entry) -> str:
         """The entry DN, or the sub attributes as Go's `url.Values.Encode` writes them
-        (konnect.md §4.3 "URL-encoded query of LDAP_SUB_ATTRIBUTES"): Go strings are
+        (Konnect's identifier/backends/ldap.go, for LDAP_SUB_ATTRIBUTES): Go strings are
         octets, so every octet of a value is percent-encoded as it is. Decoding a binary
         value (objectGUID) as UTF-8 with replacement first turned every invalid octet into
         U+FFFD: different users could share one subject, and the subject could never be

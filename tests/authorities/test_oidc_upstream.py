@@ -88,11 +88,10 @@ def test_an_alias_maps_the_upstream_user_and_a_missing_one_is_refused(op):
     b, page, _ = through(op, "alias", "demo", up.demo["password"])
     assert page.status_code == 403 and "did not succeed" in page.text
     assert not [c for c in b.session.cookies
-                if c.name == "__Secure-KKT" and c.domain.startswith("localhost")]
+                if c.name == "__Host-KKT" and c.domain.startswith("localhost")]
 
 
 def test_an_upstream_user_unknown_to_the_local_backend_is_refused(op):
-    up = op["up"]
     b, page, _ = through(op, "code", "ext-bob", "bob-upstream-pw")  # no local ext-bob
     assert page.status_code == 403 and "did not succeed" in page.text
     assert "Traceback" not in page.text
@@ -145,7 +144,7 @@ def answer(op, b, state, id_token):
 
 def test_a_well_formed_answer_signs_in_and_cannot_be_replayed(op):
     b, sent = started(op)
-    cookies = {c.name: c.value for c in b.session.cookies if c.name.startswith("__Secure-KKAF-")}
+    cookies = {c.name: c.value for c in b.session.cookies if c.name.startswith("__Host-KKAF-")}
     token = upstream_token(op, nonce=sent["nonce"])
     first = answer(op, b, sent["state"], token)
     assert first.status_code == 302 and first.headers["Location"].startswith("/signin/v1/welcome")
@@ -172,7 +171,7 @@ def test_an_id_token_the_upstream_signed_for_something_else_is_refused(op, claim
     resp = answer(op, b, sent["state"], token)
     assert resp.status_code == 403 and "did not succeed" in resp.text
     assert logged(op["down"], reason)
-    assert not any(c.name == "__Secure-KKT" for c in b.session.cookies)
+    assert not any(c.name == "__Host-KKT" for c in b.session.cookies)
 
 
 def b64(doc):

@@ -145,3 +145,51 @@ def test_saml2_metadata_may_be_a_file_the_operator_keeps(tmp_path):
     assert load(entry + f"file://{kept}\n").get("s").metadata_endpoint == f"file://{kept}"
     assert "must name an existing file" in problems(entry + f"file://{tmp_path}/missing.xml\n")
     assert "must name an existing file" in problems(entry + "file://relative.xml\n")
+
+
+SAML2 = "authorities:\n  - id: s\n    authority_type: saml2\n    metadata_endpoint: https://i/m\n"
+
+
+def test_saml2_metadata_signing_certificates_are_read_at_start(tmp_path):
+    """Our key (not Konnect's): a PEM file's absolute path or PEM text, one or a list; a
+    file may hold several certificates (a rollover); each is kept once, as DER."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tests.support.simplesamlphp import self_signed
+
+    _, old = self_signed(tmp_path, "old")
+    _, new = self_signed(tmp_path, "new")
+    both = tmp_path / "both.pem"
+    both.write_text(old.read_text() + new.read_text())
+    der = [x509.load_pem_x509_certificate(p.read_bytes()).public_bytes(Encoding.DER)
+           for p in (old, new)]
+    key = "    metadata_signing_certificates: "
+    assert load(SAML2).get("s").metadata_signing_certificates == ()
+    assert load(SAML2 + key + f"{old}\n").get("s").metadata_signing_certificates == (der[0],)
+    assert load(SAML2 + key + f"[{old}, {both}]\n").get("s").metadata_signing_certificates \
+        == tuple(der)
+    pem = yaml.safe_dump({"metadata_signing_certificates": [new.read_text()]})
+    text = SAML2 + "".join("    " + line + "\n" for line in pem.splitlines())
+    assert load(text).get("s").metadata_signing_certificates == (der[1],)
+
+
+@pytest.mark.parametrize("value, words", [
+    ("[]", "must be a PEM file's absolute path or PEM text"),
+    ("[7]", "must be a PEM file's absolute path or PEM text"),
+    ("relative.pem", "is neither an absolute path nor PEM text"),
+    ("/nonexistent/idp.pem", "No such file"),
+    ("{tmp}/not-a-cert.pem", "holds no PEM certificate"),
+    ("'-----BEGIN CERTIFICATE-----\n      AAAA\n      -----END CERTIFICATE-----'",
+     "PEM text holds no PEM certificate"),
+])
+def test_unusable_metadata_signing_certificates_stop_the_start(tmp_path, value, words):
+    (tmp_path / "not-a-cert.pem").write_text("hello")
+    entry = SAML2 + "    metadata_signing_certificates: " + value.format(tmp=tmp_path) + "\n"
+    assert words in problems(entry)
+
+
+def test_metadata_signing_certificates_are_for_saml2_only(tmp_path):
+    entry = ("authorities:\n  - id: a\n    authority_type: oidc\n    client_id: c\n"
+             "    iss: https://u\n    metadata_signing_certificates: /etc/hostname\n")
+    assert "metadata_signing_certificates is for saml2" in problems(entry)

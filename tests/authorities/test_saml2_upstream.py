@@ -1,11 +1,14 @@
 """Sign-in through a SAML2 identity provider: SimpleSAMLphp under a test-owned Apache
 (tests/support/simplesamlphp.py), as in Konnect's example, in front of the OP under test
-started as `make run` starts it. The IdP's genuine answers are replayed, delayed past
-their lifetime, stripped of their signature or wrapped, and must never sign anyone in."""
+started as `make run` starts it, the IdP's metadata signed and checked with the IdP's metadata
+signing certificate (test_saml2_metadata.py has the refusals). The IdP's genuine answers
+are replayed, delayed past their lifetime, stripped of their signature or wrapped, and must
+never sign anyone in."""
 
 from __future__ import annotations
 
 import base64
+import zlib
 import html
 import re
 import time
@@ -25,7 +28,8 @@ LIFETIME = 3  # seconds an assertion of the IdP lives (and the OP's clock skew i
 
 @pytest.fixture(scope="module")
 def op(tmp_path_factory):
-    with saml_site(tmp_path_factory.mktemp("saml2-upstream"), lifetime=LIFETIME) as site:
+    with saml_site(tmp_path_factory.mktemp("saml2-upstream"), lifetime=LIFETIME,
+                   signed_metadata=True) as site:
         yield site
 
 
@@ -54,7 +58,7 @@ def post(b, target, fields):
 
 
 def signed_in(b):
-    return any(c.name == "__Secure-KKT" for c in b.session.cookies)
+    return any(c.name == "__Host-KKT" for c in b.session.cookies)
 
 
 def test_our_sp_metadata_is_served_at_the_entity_id(op):
@@ -97,7 +101,7 @@ def test_an_idp_user_unknown_to_the_local_backend_is_refused(op):
 def test_a_replayed_assertion_is_refused(op):
     b = Browser(op["down"].ca)
     target, fields = to_idp_answer(op, b, "alice", "alice-idp-pw")
-    flow = {c.name: c.value for c in b.session.cookies if c.name.startswith("__Secure-KKAF-")}
+    flow = {c.name: c.value for c in b.session.cookies if c.name.startswith("__Host-KKAF-")}
     assert post(b, target, fields).status_code == 302
     # the same POST again, with the flow cookie an attacker copied
     thief = Browser(op["down"].ca)
@@ -157,10 +161,23 @@ def nest(xml, signed, evil):
     return xml.replace(signed, signed.replace("</saml:Assertion>", evil + "</saml:Assertion>"))
 
 
-@pytest.mark.parametrize("wrap", [prepend, nest])
+def carry_before_own_signature(xml, signed, evil):
+    """The forged assertion carries the genuine one (in an Advice) before a signature of
+    its own that points at itself: xmlsec1 looks for the first signature below the forged
+    assertion and would find, and verify, the genuine one's."""
+    own = re.search(r"<ds:Signature.*?</ds:Signature>", signed, flags=re.S).group(0)
+    genuine_id = re.search(r' ID="([^"]+)"', signed).group(1)
+    evil_id = re.search(r' ID="([^"]+)"', evil).group(1)
+    fake = own.replace(f'URI="#{genuine_id}"', f'URI="#{evil_id}"')
+    issuer = re.search(r"<saml:Issuer>.*?</saml:Issuer>", evil, flags=re.S).group(0)
+    return xml.replace(signed, evil.replace(
+        issuer, issuer + "<saml:Advice>" + signed + "</saml:Advice>" + fake, 1))
+
+
+@pytest.mark.parametrize("wrap", [prepend, nest, carry_before_own_signature])
 def test_a_wrapped_assertion_is_refused(op, wrap):
     """Signature wrapping (XSW): mallory's genuine signed assertion stays in the Response,
-    and an unsigned copy that says alice is put before it, or inside it."""
+    and an unsigned copy that says alice is put before it, or inside it, or carries it."""
     b = Browser(op["down"].ca)
     target, fields = to_idp_answer(op, b, "mallory", "mallory-idp-pw")
     xml = xml_of(fields)
@@ -169,6 +186,7 @@ def test_a_wrapped_assertion_is_refused(op, wrap):
     evil = evil.replace(">mallory<", ">alice<").replace(' ID="', ' ID="evil', 1)
     resp = post(b, target, with_xml(fields, wrap(xml, signed, evil)))
     assert resp.status_code == 403 and not signed_in(b)
+    assert hello(b, op["down"]) == 204  # nobody signed in, as alice or anyone
 
 
 def test_a_mismatched_relay_state_is_refused(op):
@@ -177,6 +195,20 @@ def test_a_mismatched_relay_state_is_refused(op):
     for relay in ("", "not-a-state", "x" * 600):
         resp = post(b, target, {**fields, "RelayState": relay})
         assert resp.status_code == 400 and "Traceback" not in resp.text and not signed_in(b)
+
+
+def test_a_deflated_post_answer_is_refused_even_when_genuine(op):
+    """HTTP-POST carries base64 XML, never deflated (SAML 2.0 Bindings §3.5.4); pysaml2
+    would inflate it without a limit (a 256 KiB message unpacks to some 250 MB), so a
+    deflated answer is refused before pysaml2 sees it: here a genuine, signed answer of
+    the IdP, deflated on its way, which pysaml2 alone accepted."""
+    b = Browser(op["down"].ca)
+    target, fields = to_idp_answer(op, b, "alice", "alice-idp-pw")
+    xml = base64.b64decode(fields["SAMLResponse"])
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    fields["SAMLResponse"] = base64.b64encode(deflater.compress(xml) + deflater.flush()).decode()
+    resp = post(b, target, fields)
+    assert resp.status_code == 403 and not signed_in(b)
 
 
 def test_garbage_answers_are_pages_not_errors(op):

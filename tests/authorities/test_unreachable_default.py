@@ -11,7 +11,7 @@ import pytest
 
 from services.identifier.app import make_app
 from tests.support.group import free_port
-from tests.support.op import REGISTRY, make_core, make_state
+from tests.support.op import ISSUER, REGISTRY, make_core, make_state
 
 
 @pytest.fixture
@@ -45,6 +45,6 @@ async def test_the_sign_in_page_is_an_error_page_not_the_password_form(http_clie
 async def test_no_password_sign_in_beside_a_default_authority(http_client, base_url):
     resp = await http_client.fetch(
         base_url + "/signin/v1/identifier/_/logon", method="POST", raise_error=False,
-        headers={"Kopano-Konnect-XSRF": "1", "Origin": base_url, "Content-Type": "application/json"},
+        headers={"Kopano-Konnect-XSRF": "1", "Origin": ISSUER, "Content-Type": "application/json"},
         body=json.dumps({"state": "s", "params": ["alice", "wonderland", "1"]}))
     assert resp.code == 403 and json.loads(resp.body)["error"] == "access_denied"

@@ -4,25 +4,26 @@ narrowed to the consented scopes, the user's current claims, one `sub`."""
 from __future__ import annotations
 
 import json
-import os
 from urllib.parse import urlencode
 
 import pytest
-import yaml
 
 from tests.support.browser import (
     TRUSTED,
     WEB_RP,
     Browser,
     authorize_url,
+    post_form,
     query_of,
     sign_in,
     signed_in,
+    userinfo,
 )
+from tests.support.clients import ODD_ORIGIN_REGISTRY
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.http import TRUSTED_AUTH, basic
-from tests.support.op import REGISTRY, SECRET
-from tests.support.users import ALICE_ENTRY, BOB_ENTRY
+from tests.support.http import basic
+from tests.support.op import SECRET
+from tests.support.users import ALICE_ENTRY, BOB_ENTRY, write_users
 
 
 async def alice_sub(b: Browser, core) -> str:  # noqa: F811
@@ -36,37 +37,6 @@ async def consent(b: Browser, state: str, scope: str, **flow) -> None:
             "redirect_uri": "https://rp.example.test/cb", "ref": "xyz", "flow_nonce": "n-1"}
     body.update(flow)
     assert (await b.api("consent", body)).code == 200
-
-
-def write_users(path, entries) -> None:
-    """Replace the users file as an operator's tool would (new inode: the backend reloads)."""
-    tmp = str(path) + ".new"
-    with open(tmp, "w") as stream:
-        stream.write(yaml.safe_dump({"users": entries}))
-    os.replace(tmp, path)
-
-
-ODD_CB = "https://RP.Odd.Example.test:443/cb"
-
-
-REGISTRY_3 = REGISTRY + f"""
-  - id: odd-origin-rp
-    trusted: yes
-    secret: odd-secret
-    redirect_uris: ["{ODD_CB}"]
-"""
-
-
-async def post_form(b: Browser, path: str, form: dict, auth: str = TRUSTED_AUTH):
-    return await b.http.fetch(b.base + path, method="POST", raise_error=False,
-                              headers={"Authorization": auth,
-                                       "Content-Type": "application/x-www-form-urlencoded"},
-                              body=urlencode(form))
-
-
-async def userinfo(b: Browser, access_token: str):
-    return await b.http.fetch(b.base + "/konnect/v1/userinfo", raise_error=False,
-                              headers={"Authorization": "Bearer " + access_token})
 
 
 @pytest.mark.gen_test
@@ -164,7 +134,8 @@ async def test_claims_of_consented_scopes_are_kept(http_client, base_url, core):
 
 @pytest.mark.gen_test
 async def test_trusted_client_without_consent_keeps_its_claims_request(http_client, base_url, core):
-    """Konnect (konnect.md §6.9): a trusted client gets requested claims without asking."""
+    """Konnect (identity/managers/identifier.go): a trusted client gets requested claims
+    without asking."""
     b = Browser(http_client, base_url)
     await sign_in(b)
     resp = await b.fetch(authorize_url(scope="openid", response_type="id_token token",
@@ -186,7 +157,7 @@ async def test_authorize_issues_the_users_current_claims(http_client, base_url, 
     assert hello["displayName"] == "Alice Renamed"
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("response_type", ["code id_token token", "code id_token"])
 async def test_raw_sub_is_the_sub_of_every_id_token_and_of_userinfo(http_client, base_url, core,
@@ -209,7 +180,7 @@ async def test_raw_sub_is_the_sub_of_every_id_token_and_of_userinfo(http_client,
     assert access_claims["sub"] == (await core.users.lookup("u-alice")).sub  # stays public
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 async def test_without_raw_sub_every_sub_is_the_public_one(http_client, base_url, core):
     b = await signed_in(http_client, base_url)

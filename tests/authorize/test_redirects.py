@@ -4,45 +4,17 @@ implicit trust never into the OP, response modes and fragments."""
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from html import unescape
 from urllib.parse import urlencode, urlsplit
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared.clients import dynamic_record, parse_entry
-from shared.keys import public_jwk
 from tests.support.browser import TRUSTED, WEB_RP, Browser, authorize_url, query_of, sign_in
+from tests.support.clients import REQUEST_OBJECT_CLIENTS
 from tests.support.op import ISSUER, REGISTRY
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-def _jwk(key, kid: str, alg: str) -> dict:
-    return {**public_jwk(key), "kid": kid, "alg": alg, "use": "sig"}
-
-
-EXTRA = f"""
-  - id: ro-rp
-    name: Request Object RP
-    trusted: yes
-    secret: ro
-    redirect_uris: [https://ro.example.test/cb, https://ro.example.test/other]
-    jwks: {json.dumps({"keys": [_jwk(RSA_KEY, "ro-1", "RS256")]})}
-  - id: ro-pinned
-    trusted: yes
-    secret: rp
-    request_object_signing_alg: ES256
-    redirect_uris: [https://pinned.example.test/cb]
-    jwks: {json.dumps({"keys": [_jwk(EC_KEY, "ec-1", "ES256")]})}
-"""
-
 
 LOOK_ALIKES = [
     "https://rp.example.test/cb/", "https://rp.example.test/cb?x=1", "https://rp.example.test/cb#f",
@@ -136,7 +108,7 @@ async def test_form_post_is_an_auto_submitting_page_with_a_nonce(http_client, ba
     assert f'nonce="{nonce}"'.encode() in resp.body and b'name="code"' in resp.body
 
 
-@pytest.mark.op(registry=REGISTRY + EXTRA)
+@pytest.mark.op(registry=REGISTRY + REQUEST_OBJECT_CLIENTS)
 @pytest.mark.gen_test
 @pytest.mark.parametrize("uri", LOOK_ALIKES)
 async def test_look_alike_redirect_uris_get_a_page_not_a_redirect(http_client, base_url, uri):
@@ -145,7 +117,7 @@ async def test_look_alike_redirect_uris_get_a_page_not_a_redirect(http_client, b
     assert resp.code == 400 and "Location" not in resp.headers, uri
 
 
-@pytest.mark.op(registry=REGISTRY + EXTRA)
+@pytest.mark.op(registry=REGISTRY + REQUEST_OBJECT_CLIENTS)
 @pytest.mark.gen_test
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:51000/cb", "http://[::1]:4000/cb",
                                  "http://localhost:4000/cb"])
@@ -156,7 +128,7 @@ async def test_native_loopback_any_port_is_accepted(http_client, base_url, uri):
     assert resp.code == 302 and resp.headers["Location"].startswith(uri)
 
 
-@pytest.mark.op(registry=REGISTRY + EXTRA)
+@pytest.mark.op(registry=REGISTRY + REQUEST_OBJECT_CLIENTS)
 @pytest.mark.gen_test
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:51000/other", "https://127.0.0.1/cb",
                                  "http://evil.example/cb",

@@ -9,40 +9,15 @@ import time
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared import jose
-from shared.keys import SigningKey, public_jwk
+from shared.keys import SigningKey
 from tests.support.browser import Browser, authorize_url, query_of, sign_in
+from tests.support.clients import EC_KEY, REQUEST_OBJECT_CLIENTS, RSA_KEY
 from tests.support.op import ISSUER, REGISTRY
 
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
 OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _jwk(key, kid: str, alg: str) -> dict:
-    return {**public_jwk(key), "kid": kid, "alg": alg, "use": "sig"}
-
-
-EXTRA = f"""
-  - id: ro-rp
-    name: Request Object RP
-    trusted: yes
-    secret: ro
-    redirect_uris: [https://ro.example.test/cb, https://ro.example.test/other]
-    jwks: {json.dumps({"keys": [_jwk(RSA_KEY, "ro-1", "RS256")]})}
-  - id: ro-pinned
-    trusted: yes
-    secret: rp
-    request_object_signing_alg: ES256
-    redirect_uris: [https://pinned.example.test/cb]
-    jwks: {json.dumps({"keys": [_jwk(EC_KEY, "ec-1", "ES256")]})}
-"""
 
 
 def signed(claims: dict, key=RSA_KEY, kid: str = "ro-1", alg: str = "RS256") -> str:
@@ -67,7 +42,7 @@ def _b64(doc: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
 
 
-pytestmark = pytest.mark.op(registry=REGISTRY + EXTRA)
+pytestmark = pytest.mark.op(registry=REGISTRY + REQUEST_OBJECT_CLIENTS)
 
 
 @pytest.mark.gen_test
@@ -204,7 +179,8 @@ async def test_unsigned_request_object_with_crit_or_key_headers_is_refused(
 
 @pytest.mark.gen_test
 async def test_plain_unsigned_request_object_still_works(http_client, base_url):
-    """OIDC Registration §2: without a registered alg, `none` may be used (konnect.md §7.5)."""
+    """OIDC Registration §2: without a registered alg, `none` may be used (as Konnect's
+    oidc/provider/handlers.go)."""
     b = Browser(http_client, base_url)
     await sign_in(b)
     resp = await b.fetch(ro_url(f"{_b64({'alg': 'none'})}.{_b64({'state': 'fine'})}."))

@@ -7,16 +7,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from shared.keys import public_jwk
 from shared.session import (
     BROWSER_STATE_COOKIE,
     LOGON_COOKIE,
@@ -25,75 +21,30 @@ from shared.session import (
     session_state,
 )
 from tests.support.browser import TRUSTED, Browser, authorize_url, query_of, sign_in, signed_in
+from tests.support.clients import (
+    ODD_CB,
+    ODD_ORIGIN_REGISTRY,
+    REQUEST_OBJECT_CLIENTS,
+)
 from tests.support.fixtures import DYNAMIC_REGISTRATION
 from tests.support.op import ALICE, ISSUER, REGISTRY
-from tests.support.users import ALICE_ENTRY, BOB_ENTRY, cheap_hash
-
-
-def write_users(path, entries) -> None:
-    """Replace the users file as an operator's tool would (new inode: the backend reloads)."""
-    tmp = str(path) + ".new"
-    with open(tmp, "w") as stream:
-        stream.write(yaml.safe_dump({"users": entries}))
-    os.replace(tmp, path)
-
-
-ODD_CB = "https://RP.Odd.Example.test:443/cb"
-
-
-REGISTRY_3 = REGISTRY + f"""
-  - id: odd-origin-rp
-    trusted: yes
-    secret: odd-secret
-    redirect_uris: ["{ODD_CB}"]
-"""
-
-
-USERS = [f"user{i}" for i in range(3)]
-
-
-SIGN_IN_USERS = (
-    {"username": "alice", "password": cheap_hash("wonderland"), "name": "Alice Example",
-     "email": "alice@example.test", "email_verified": True, "id": 1001, "uuid": "u-alice"},
-    *({"username": u, "password": cheap_hash("pw-" + u), "id": 2000 + i, "uuid": f"u-{u}"}
-      for i, u in enumerate(USERS)))
+from tests.support.users import (
+    ALICE_ENTRY,
+    BOB_ENTRY,
+    SIGN_IN_USERS,
+    write_users,
+)
 
 
 async def _session(b: Browser) -> tuple[str, str]:
     resp = await b.fetch(authorize_url(**TRUSTED))
     result = query_of(resp.headers["Location"])
-    return b.cookies["__Secure-KKBS"], result["session_state"]
+    return b.cookies["__Host-KKBS"], result["session_state"]
 
 
 def _konnect_state(sub: str, issuer: str) -> str:
     data = f"{sub} {issuer} kopano-konnect-1".encode()
     return base64.urlsafe_b64encode(hashlib.blake2b(data, digest_size=32).digest()).rstrip(b"=").decode()
-
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-def _jwk(key, kid: str, alg: str) -> dict:
-    return {**public_jwk(key), "kid": kid, "alg": alg, "use": "sig"}
-
-
-EXTRA = f"""
-  - id: ro-rp
-    name: Request Object RP
-    trusted: yes
-    secret: ro
-    redirect_uris: [https://ro.example.test/cb, https://ro.example.test/other]
-    jwks: {json.dumps({"keys": [_jwk(RSA_KEY, "ro-1", "RS256")]})}
-  - id: ro-pinned
-    trusted: yes
-    secret: rp
-    request_object_signing_alg: ES256
-    redirect_uris: [https://pinned.example.test/cb]
-    jwks: {json.dumps({"keys": [_jwk(EC_KEY, "ec-1", "ES256")]})}
-"""
 
 
 NODE_HARNESS = r"""
@@ -104,7 +55,7 @@ let handler = null;
 const parent = { postMessage: (answer, origin) => { out.push([answer, origin]); next(); } };
 const out = [];
 global.window = { parent, addEventListener: (type, fn) => { handler = fn; } };
-global.document = { cookie: input.cookie, getElementById: () => ({ textContent: "__Secure-KKBS" }) };
+global.document = { cookie: input.cookie, getElementById: () => ({ textContent: "__Host-KKBS" }) };
 new Function(script)();
 let i = 0;
 function next() {
@@ -117,7 +68,7 @@ next();
 """
 
 
-pytestmark = pytest.mark.op(registry=REGISTRY + EXTRA)
+pytestmark = pytest.mark.op(registry=REGISTRY + REQUEST_OBJECT_CLIENTS)
 
 
 @pytest.mark.op(args=DYNAMIC_REGISTRATION)
@@ -148,7 +99,7 @@ async def test_a_logon_of_a_disabled_or_removed_user_is_no_session(http_client, 
     assert query_of((await b.fetch(silent)).headers["Location"]).get("access_token")
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 async def test_session_state_hashes_the_browsers_origin(http_client, base_url):
     """OIDC Session Management 1.0 §3: the iframe recomputes the hash with the RP frame's
@@ -192,7 +143,7 @@ async def test_check_session_page_is_frameable_with_a_nonce_script(http_client, 
     nonce = csp.split("'nonce-")[1].split("'")[0]
     assert f'<script nonce="{nonce}">'.encode() in resp.body
     assert "frame-ancestors" not in csp and "X-Frame-Options" not in resp.headers
-    assert b">__Secure-KKBS</script>" in resp.body
+    assert b">__Host-KKBS</script>" in resp.body
 
 
 @pytest.mark.gen_test
@@ -201,33 +152,55 @@ async def test_authorize_sets_the_browser_state_cookie_the_iframe_reads(http_cli
     await sign_in(b)
     resp = await b.fetch(authorize_url(client_id="trusted-rp",
                                        redirect_uri="https://trusted.example.test/cb"))
-    header = [h for h in resp.headers.get_list("Set-Cookie") if h.startswith("__Secure-KKBS=")][0]
-    assert "Path=/konnect/v1/session/" in header and "HttpOnly" not in header
+    header = [h for h in resp.headers.get_list("Set-Cookie") if h.startswith("__Host-KKBS=")][0]
+    assert "Path=/;" in header and "HttpOnly" not in header
 
 
-def test_check_session_script_answers_as_session_management_says(tmp_path):
+IFRAME_ORIGIN = "https://rp.example.test"
+IFRAME_STATE = browser_state(Logon(ALICE, 1700000000, "sid-1", "key-1"), ISSUER)
+GOOD = session_state("web-rp", IFRAME_ORIGIN, IFRAME_STATE)
+
+
+def iframe_answers(tmp_path, cookie: str, messages: list) -> list:
+    """What static/check-session.js answers (run by node) to `messages` ([data, from the
+    parent]) with `document.cookie` = `cookie`."""
     node = shutil.which("node")
     assert node, "node is needed to run the iframe's script (Debian: nodejs)"
     harness = tmp_path / "harness.js"
     harness.write_text(NODE_HARNESS)
     script = Path(__file__).resolve().parents[2] / "services/authorize/static/check-session.js"
-    origin = "https://rp.example.test"
-    state = browser_state(Logon(ALICE, 1700000000, "sid-1", "key-1"), ISSUER)
-    good = session_state("web-rp", origin, state)
-    messages = [[f"web-rp {good}", True],              # unchanged
-                [f"other-rp {good}", True],            # changed (client differs)
-                [f"other-rp {good}", True],            # the same change again: error (loop)
-                [f"web-rp {good}", True],              # unchanged again
-                ["garbage", True], [f"web-rp {good}", False]]  # malformed; not from parent
     run = subprocess.run([node, str(harness), str(script)], capture_output=True, text=True,
-                         timeout=30, input=json.dumps({
-                             "cookie": f"x=1; __Secure-KKBS={state}", "origin": origin,
-                             "messages": messages}))
+                         timeout=30, input=json.dumps({"cookie": cookie, "origin": IFRAME_ORIGIN,
+                                                       "messages": messages}))
     assert run.returncode == 0, run.stderr
-    answers = [a for a, _ in json.loads(run.stdout)]
+    return [a for a, _ in json.loads(run.stdout)]
+
+
+def test_check_session_script_answers_as_session_management_says(tmp_path):
+    messages = [[f"web-rp {GOOD}", True],              # unchanged
+                [f"other-rp {GOOD}", True],            # changed (client differs)
+                [f"other-rp {GOOD}", True],            # the same change again: error (loop)
+                [f"web-rp {GOOD}", True],              # unchanged again
+                ["garbage", True], [f"web-rp {GOOD}", False]]  # malformed; not from parent
+    answers = iframe_answers(tmp_path, f"x=1; {BROWSER_STATE_COOKIE}={IFRAME_STATE}", messages)
     assert answers == ["unchanged", "changed", "error", "unchanged", "error", "ignored"]
-    signed_out = subprocess.run([node, str(harness), str(script)], capture_output=True,
-                                text=True, timeout=30, input=json.dumps({
-                                    "cookie": "", "origin": origin,
-                                    "messages": [[f"web-rp {good}", True]]}))
-    assert [a for a, _ in json.loads(signed_out.stdout)] == ["changed"]
+    assert iframe_answers(tmp_path, "", [[f"web-rp {GOOD}", True]]) == ["changed"]
+
+
+@pytest.mark.parametrize("cookie", [
+    "{name}={state}; x=1; {name}={state}",          # even the same value twice
+    "{name}={state}; {name}=planted",
+    "{name}=planted; {name}={state}",
+    "{name}={state};{name} =planted",
+])
+def test_check_session_script_says_error_when_the_browser_state_cookie_is_there_twice(
+        tmp_path, cookie):
+    """A second browser-state cookie (a sibling subdomain's or another path's, where the
+    browser keeps such) makes the state unknown: "error", never one of them by order, and
+    never "unchanged". Other cookies that merely start with the name are not it."""
+    messages = [[f"web-rp {GOOD}", True]] * 3
+    jar = cookie.format(name=BROWSER_STATE_COOKIE, state=IFRAME_STATE)
+    assert iframe_answers(tmp_path, jar, messages) == ["error"] * 3
+    others = f"{BROWSER_STATE_COOKIE}x=1; x{BROWSER_STATE_COOKIE}=2; " \
+        f"{BROWSER_STATE_COOKIE}={IFRAME_STATE}"
+    assert iframe_answers(tmp_path, others, messages) == ["unchanged"] * 3

@@ -28,7 +28,14 @@ KONNECT_SECRETS = {
     "KONNECTD_LDAP_BIND_DN_FILE": ("konnectd_ldap_bind_dn", "LDAP_BINDDN"),
     "KONNECTD_LDAP_BIND_PASSWORD_FILE": ("konnectd_ldap_bind_password", "LDAP_BINDPW"),
 }
-PATHS = {"KONNECTD_SIGNING_PRIVATE_KEY", "KONNECTD_ENCRYPTION_SECRET"}  # the others: content
+# ours, in the same style: the access-token key (docs/operations.md, "Signing keys")
+OUR_SECRETS = {
+    "KONNECTD_ACCESS_TOKEN_SIGNING_KEY_FILE": ("konnectd_access_token_signing_key",
+                                               "KONNECTD_ACCESS_TOKEN_SIGNING_KEY"),
+}
+ALL_SECRETS = {**KONNECT_SECRETS, **OUR_SECRETS}
+PATHS = {"KONNECTD_SIGNING_PRIVATE_KEY", "KONNECTD_ENCRYPTION_SECRET",
+         "KONNECTD_ACCESS_TOKEN_SIGNING_KEY"}  # the others: content
 
 
 def image_env() -> dict:
@@ -44,7 +51,7 @@ def test_the_image_sets_konnects_docker_variables():
     env = image_env()
     assert env["KONNECTD_DOCKER_SECRETS_PATH"] == "/run/secrets"
     assert env["KONNECTD_LISTEN"] == "0.0.0.0:8777"
-    for variable, (name, _) in KONNECT_SECRETS.items():
+    for variable, (name, _) in ALL_SECRETS.items():
         assert env[variable] == name
 
 
@@ -87,11 +94,11 @@ def test_serve_without_a_service_is_refused_with_a_clear_message(tmp_path):
 def test_secret_files_set_konnects_variables(tmp_path):
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
-    for variable, (name, _) in KONNECT_SECRETS.items():
+    for variable, (name, _) in ALL_SECRETS.items():
         (secrets_dir / name).write_text(f"value of {name}")
     out = entrypoint(tmp_path, "serve", KONNECT_SERVICE="identifier",
                      KONNECTD_SIGNING_PRIVATE_KEY="/elsewhere.pem")
-    for variable, (name, target) in KONNECT_SECRETS.items():
+    for variable, (name, target) in ALL_SECRETS.items():
         expected = str(secrets_dir / name) if target in PATHS else f"value of {name}"
         assert out["env"][target] == expected, target  # a present file wins, as in Konnect
     # renamed through the *_FILE variables; a missing file sets nothing
@@ -101,6 +108,34 @@ def test_secret_files_set_konnects_variables(tmp_path):
                      KONNECTD_ENCRYPTION_SECRET_FILE="absent")
     assert out["env"]["KONNECTD_SIGNING_PRIVATE_KEY"] == str(secrets_dir / "my-key")
     assert "KONNECTD_ENCRYPTION_SECRET" not in out["env"]
+
+
+def test_without_the_access_token_keys_file_konnects_two_secrets_are_enough(tmp_path):
+    """Konnect's `docker run` mounts two secrets: no access-token key is set then, and the
+    signing key signs access tokens, as in Konnect."""
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    for name in ("konnectd_signing_private_key", "konnectd_encryption_secret"):
+        (secrets_dir / name).write_text("x")
+    out = entrypoint(tmp_path, "serve", KONNECT_SERVICE="token")
+    assert out["env"]["KONNECTD_SIGNING_PRIVATE_KEY"] == str(secrets_dir / "konnectd_signing_private_key")
+    assert "KONNECTD_ACCESS_TOKEN_SIGNING_KEY" not in out["env"]
+
+
+def test_compose_gives_every_op_service_the_three_secrets_the_image_maps():
+    """compose.yaml's secrets are the files the image's *_FILE variables name, all three
+    from $KONNECT_SECRETS_DIR under their own names."""
+    main = compose("compose.yaml")
+    names = {name for name, _ in ALL_SECRETS.values()} - {
+        "konnectd_kopano_server_username", "konnectd_kopano_server_password",
+        "konnectd_ldap_bind_dn", "konnectd_ldap_bind_password"}
+    assert names == {"konnectd_signing_private_key", "konnectd_encryption_secret",
+                     "konnectd_access_token_signing_key"}
+    assert set(main["secrets"]) == names
+    for name, secret in main["secrets"].items():
+        assert secret["file"] == "${KONNECT_SECRETS_DIR:-./secrets}/" + name
+    for service in ("identifier", "authorize", "token", "userinfo"):
+        assert set(main["services"][service]["secrets"]) == names, service
 
 
 def test_a_service_name_runs_konnect_program_with_its_compose_address(tmp_path):

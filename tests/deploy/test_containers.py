@@ -30,7 +30,7 @@ from urllib.parse import quote, urlencode
 import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.support.agent import Agent
 from tests.support.docker import ROOT, Compose, Daemon, clean_tree, unavailable
@@ -80,7 +80,8 @@ def _write_secret_file(path: Path, data: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def secrets_dir(tmp_path_factory):
-    """Konnect's two Docker secrets as files: an RSA key (PKCS#8 PEM) and 32 random bytes."""
+    """Konnect's two Docker secrets as files, an RSA key (PKCS#8 PEM) and 32 random bytes,
+    and ours in their style, the access-token key (EC P-256, PKCS#8 PEM)."""
     directory = tmp_path_factory.mktemp("secrets")
     directory.chmod(0o755)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -88,6 +89,10 @@ def secrets_dir(tmp_path_factory):
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
     _write_secret_file(directory / "konnectd_encryption_secret", secrets.token_bytes(32))
+    _write_secret_file(directory / "konnectd_access_token_signing_key",
+                       ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                           serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                           serialization.NoEncryption()))
     return directory, key.public_key().public_numbers().n
 
 
@@ -315,6 +320,8 @@ def test_konnect_readme_docker_run_serves_with_its_secrets_and_flags(daemon, ima
             assert signer, jwks  # Konnect's kid: the secret's file name
             n = int.from_bytes(base64.urlsafe_b64decode(signer[0]["n"] + "=="), "big")
             assert n == modulus  # the key of /run/secrets, not a random one
+            # Konnect's two secrets only: no access-token key, the signing key signs them
+            assert {k["kty"] for k in jwks["keys"]} == {"RSA"}
             # the identifier signs a user in against the Kopano server through the socket,
             # and seals its logon cookie with the secret of /run/secrets
             identifier = f"http://127.0.0.1:{ports['identifier']}"
@@ -328,7 +335,7 @@ def test_konnect_readme_docker_run_serves_with_its_secrets_and_flags(daemon, ima
             if logon.status_code != 200:
                 print(daemon.docker("logs", names[1], check=False).stderr[-6000:])
             assert logon.status_code == 200, logon.text
-            assert "__Secure-KKT=" in logon.headers.get("Set-Cookie", "")
+            assert "__Host-KKT=" in logon.headers.get("Set-Cookie", "")
             assert any(call[0] == "alice" and call[3] == 0 for call in kc.state.logons)
             assert "unix" in kc.state.transports
             for name in names[1:]:  # Konnect's flags on the command line, the user it gave
@@ -360,10 +367,12 @@ def test_whole_browser_flow_through_the_groups_caddy(group):
     assert refreshed.status_code == 200, refreshed.text
     new = refreshed.json()
     assert group.userinfo(s, new["access_token"]).status_code == 200
-    # signed with the key of the compose secret, under Konnect's kid (its file name)
-    kids = [json.loads(base64.urlsafe_b64decode(new[name].split(".")[0] + "=="))["kid"]
-            for name in ("access_token", "id_token")]
-    assert kids == ["konnectd_signing_private_key", "konnectd_signing_private_key-rs256"]
+    # the ID token signed RS256 with the key of the compose secret, under Konnect's kid
+    # (its file name); the access token ES256 with the access-token key's secret
+    heads = [json.loads(base64.urlsafe_b64decode(new[name].split(".")[0] + "=="))
+             for name in ("access_token", "id_token")]
+    assert [(h["kid"], h["alg"]) for h in heads] == [
+        ("konnectd_access_token_signing_key", "ES256"), ("konnectd_signing_private_key", "RS256")]
     # sign-out (what the sign-out page's script does): the access token stops working and
     # the browser has no session any more
     out = agent.api("logoff", {"state": "out1"})

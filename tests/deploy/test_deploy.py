@@ -210,7 +210,9 @@ APACHE_FROM_PROGRAM = {"KONNECT_APACHE_DIR", "KONNECT_APACHE_USER", "KONNECT_PRO
 
 
 SUPERVISORD_FROM_RUN_PY = {"KONNECT_STATE_DIR", "KONNECT_START_REDIS", "KONNECT_START_CADDY",
-                           "KONNECT_START_APACHE", "KONNECT_START_DEMO"}
+                           "KONNECT_START_APACHE", "KONNECT_START_DEMO", "KONNECT_START_SENTINEL"}
+# make run's HA variant (KONNECT_REDIS=sentinel): supervisord only, not in the Procfile
+HA_PROGRAMS = {"redis-replica-1", "redis-replica-2", "sentinel-1", "sentinel-2", "sentinel-3"}
 
 
 def procfile() -> dict[str, str]:
@@ -393,7 +395,8 @@ def test_supervisord_and_procfile_run_the_same_commands():
     for name, command in sup.items():
         assert command == f"%(here)s/bin/konnect-program {name}"
     assert set(proc) <= set(sup)
-    assert set(sup) - set(proc) == {"apache"}  # the alternative proxy: not in the Procfile
+    # the alternative proxy and the HA variant's servers: not in the Procfile
+    assert set(sup) - set(proc) == {"apache"} | HA_PROGRAMS
     assert {c.replace("%(here)s/", "deploy/") for n, c in sup.items() if n in proc} \
         == set(proc.values())
     # every program name is one konnect-program knows
@@ -411,7 +414,7 @@ def test_caddy_validates_the_caddyfile_as_konnect_program_runs_it(tmp_path):
     result = subprocess.run([str(PROGRAM), "caddy"], capture_output=True, text=True, timeout=60,
                             env=clean_env(PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
                                           KONNECT_STATE_DIR=str(tmp_path / "state"),
-                                          HOME=str(tmp_path)))
+                                          HOME=str(tmp_path), KONNECT_PROXY_WAIT="0"))
     assert result.returncode == 0, result.stderr
     assert "Valid configuration" in result.stdout + result.stderr
 
@@ -424,7 +427,7 @@ def test_apache_accepts_its_config_as_konnect_program_runs_it(tmp_path):
     stub(tmp_path / "bin", "apache2", f'exec "{apache}" -t "$@"')
     result = subprocess.run([str(PROGRAM), "apache"], capture_output=True, text=True, timeout=60,
                             env=clean_env(PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
-                                          KONNECT_STATE_DIR=str(state)))
+                                          KONNECT_STATE_DIR=str(state), KONNECT_PROXY_WAIT="0"))
     assert result.returncode == 0, result.stderr
     assert "Syntax OK" in result.stderr
     assert "not defined" not in result.stderr  # Apache only warns about an unset ${VAR}
@@ -439,7 +442,7 @@ def test_supervisord_parses_its_config_with_the_environment_run_py_gives(tmp_pat
     monkeypatch.setenv("KONNECT_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("TOKEN_PROCS", ADDRESSES["TOKEN_PROCS"])
     for flag, value in (("REDIS", "true"), ("CADDY", "true"), ("APACHE", "false"),
-                        ("DEMO", "false")):
+                        ("DEMO", "false"), ("SENTINEL", "false")):
         monkeypatch.setenv(f"KONNECT_START_{flag}", value)
     options = ServerOptions()
     options.realize(args=["-c", str(DEPLOY / "supervisord.conf")])
@@ -449,17 +452,19 @@ def test_supervisord_parses_its_config_with_the_environment_run_py_gives(tmp_pat
     programs = {}
     for name, process in processes.items():
         programs.setdefault(re.sub(r"_\d+$", "", name), []).append(process)
-    assert list(programs) == ["redis", "identifier", "authorize", "token", "userinfo", "caddy",
-                              "apache", "demo"]
+    ha = ["redis-replica-1", "redis-replica-2", "sentinel-1", "sentinel-2", "sentinel-3"]
+    assert list(programs) == ["redis", *ha, "identifier", "authorize", "token", "userinfo",
+                              "caddy", "apache", "demo"]
     assert sorted(processes) == sorted(
-        ["redis", "identifier", "authorize", "userinfo", "caddy", "apache", "demo"]
+        ["redis", *ha, "identifier", "authorize", "userinfo", "caddy", "apache", "demo"]
         + [f"token_{i}" for i in range(int(ADDRESSES["TOKEN_PROCS"]))])
     for name, procs in programs.items():
         for process in procs:
             assert process.command == f"{DEPLOY}/bin/konnect-program {name}"
     autostart = {name: procs[0].autostart for name, procs in programs.items()}
     assert autostart == {"redis": True, "identifier": True, "authorize": True, "token": True,
-                         "userinfo": True, "caddy": True, "apache": False, "demo": False}
+                         "userinfo": True, "caddy": True, "apache": False, "demo": False,
+                         **{name: False for name in ha}}
     assert options.nodaemon is True
 
 
@@ -481,7 +486,8 @@ def test_compose_services_ports_and_environment_agree_with_addresses_env():
         assert env["KONNECTD_REDIS_URL"] == f"redis://redis:{redis_port}/0"
         # key and secret: Docker secrets with Konnect's names, found by the entrypoint
         assert "KONNECTD_SIGNING_PRIVATE_KEY" not in env and "KONNECTD_ENCRYPTION_SECRET" not in env
-        assert svc["secrets"] == ["konnectd_signing_private_key", "konnectd_encryption_secret"]
+        assert svc["secrets"] == ["konnectd_signing_private_key", "konnectd_encryption_secret",
+                                  "konnectd_access_token_signing_key"]
         assert "state:/var/lib/konnect" in svc["volumes"]
         assert svc["depends_on"]["init"]["condition"] == "service_completed_successfully"
         assert "ports" not in svc  # only the proxy is published
@@ -505,12 +511,16 @@ def test_compose_services_ports_and_environment_agree_with_addresses_env():
         assert env[f"KONNECT_{name.upper()}_LISTEN"] == \
             f"{name}:{port_of(ADDRESSES[f'KONNECT_{name.upper()}_LISTEN'])}"
     assert default(env["KONNECT_PROXY_SITE"]) == issuer
+    # Caddy starts once every service answers its health check (a request would otherwise
+    # meet a service still starting: a 502), as konnect-program makes the proxies wait
+    assert caddy["depends_on"] == {name: {"condition": "service_healthy"} for name in SERVICES}
     (published,) = caddy["ports"]
     issuer_port = issuer.rpartition(":")[2]
     assert default(published) == f"{ADDRESSES['KONNECT_PROXY_BIND']}:{issuer_port}:{issuer_port}"
     trusted = services["identifier"]["environment"]["KONNECTD_TRUSTED_PROXY"]
     assert trusted == caddy["networks"]["konnect"]["ipv4_address"] + "/32"
-    assert set(doc["secrets"]) == {"konnectd_signing_private_key", "konnectd_encryption_secret"}
+    assert set(doc["secrets"]) == {"konnectd_signing_private_key", "konnectd_encryption_secret",
+                                   "konnectd_access_token_signing_key"}
     for name, secret in doc["secrets"].items():
         assert default(secret["file"]) == f"./secrets/{name}"
     # init makes the users file and the registry the services are pointed at
@@ -634,6 +644,40 @@ def test_healthcheck_gives_up_on_a_silent_listener():
     assert result.stdout.endswith(": no answer within 0.5s\n")
 
 
+@pytest.mark.parametrize("proxy", ["caddy", "apache"])
+def test_the_proxy_does_not_start_while_a_service_does_not_answer(tmp_path, userinfo, proxy):
+    """konnect-program starts a proxy only once every service answers its health check
+    (no 502 for a request to a service still starting): here one never does, so after
+    KONNECT_PROXY_WAIT seconds it exits 1 (supervisord tries again) without running the
+    proxy. The proxy binary is a stand-in that records being run."""
+    ran = tmp_path / "proxy-ran"
+    stub(tmp_path / "bin", proxy if proxy == "caddy" else "apache2", f'touch "{ran}"')
+    env = {f"KONNECT_{s.upper()}_LISTEN": userinfo for s in SERVICES}
+    env["KONNECT_TOKEN_LISTEN"] = f"127.0.0.1:{closed_port()}"
+    result = subprocess.run([str(PROGRAM), proxy], capture_output=True, text=True, timeout=60,
+                            env=clean_env(PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+                                          KONNECT_STATE_DIR=str(tmp_path / "state"),
+                                          KONNECT_PROXY_WAIT="1", **env))
+    assert result.returncode == 1 and not ran.exists()
+    assert f"{env['KONNECT_TOKEN_LISTEN']}/health-check: Connection refused" in result.stderr
+    assert "not starting the proxy" in result.stderr
+    # all four answering (the one userinfo service stands for all): the proxy runs at once
+    env["KONNECT_TOKEN_LISTEN"] = userinfo
+    result = subprocess.run([str(PROGRAM), proxy], capture_output=True, text=True, timeout=60,
+                            env=clean_env(PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+                                          KONNECT_STATE_DIR=str(tmp_path / "state"),
+                                          KONNECT_PROXY_WAIT="1", **env))
+    assert result.returncode == 0 and ran.exists(), result.stderr
+
+
+def test_healthcheck_waits_until_every_url_answers(userinfo):
+    port = closed_port()
+    result = healthcheck("--wait", "0.5", "--listen", userinfo, "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert result.stdout == f"http://127.0.0.1:{port}/health-check: Connection refused\n"
+    assert healthcheck("--wait", "5", "--listen", userinfo).returncode == 0
+
+
 def test_healthcheck_refuses_bad_arguments():
     result = healthcheck("--listen", "no-port")
     assert result.returncode == 2 and "expected host:port" in result.stderr
@@ -656,7 +700,7 @@ def test_hsts_is_on_for_real_hosts_only(tmp_path, issuer, expected):
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KONNECT_", "OIDC_"))}
     env.update(PATH=f"{tmp_path}:{env['PATH']}", OIDC_ISSUER_IDENTIFIER=issuer,
-               KONNECT_STATE_DIR=str(tmp_path / "state"))
+               KONNECT_STATE_DIR=str(tmp_path / "state"), KONNECT_PROXY_WAIT="0")
     out = subprocess.run([str(PROGRAM), "caddy"], env=env, capture_output=True, text=True,
                          timeout=10)
     assert out.stdout.strip() == expected, out.stderr

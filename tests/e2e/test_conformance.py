@@ -10,11 +10,11 @@ import time
 from urllib.parse import urlencode
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 from jose import jwt as rp_jwt
 
 from shared.keys import SigningKey, public_jwk
 from tests.support.browser import Browser, query_of, sign_in
+from tests.support.clients import CLIENT_KEY
 from tests.support.http import basic
 from tests.support.op import REGISTRY, pkce_pair
 
@@ -53,9 +53,6 @@ EXTRA = f"""
 """
 
 
-CLIENT_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
 EXTRA += f"""
   - id: conf-ro
     trusted: yes
@@ -86,6 +83,7 @@ class RP:
         self.client_id, self.redirect_uri = client_id, redirect_uri
         self.browser = Browser(http_client, base_url)
         self.issuer = "https://idp.example.test"
+        self.id_token_alg = "RS256"  # what every client of the battery registered or defaults to
 
     async def jwks(self) -> dict:
         resp = await self.http.fetch(self.base + "/konnect/v1/jwks.json")
@@ -141,7 +139,11 @@ class RP:
         assert header.get("kid"), "kid missing"
         keys = [k for k in (await self.jwks())["keys"] if k["kid"] == header["kid"]]
         assert len(keys) == 1, "kid not in the JWKS"
-        claims = rp_jwt.decode(token, keys[0], algorithms=[keys[0]["alg"]], audience=self.client_id,
+        # An RSA key in the JWKS names no alg (it signs the whole RSA family): the RP
+        # expects the ID token alg it registered, RS256 by default (OIDC Registration §2).
+        expected = keys[0].get("alg") or self.id_token_alg
+        assert header["alg"] == expected, (header["alg"], expected)
+        claims = rp_jwt.decode(token, keys[0], algorithms=[expected], audience=self.client_id,
                                issuer=self.issuer, access_token=access_token,
                                options={"verify_at_hash": access_token is not None})
         now = time.time()
@@ -512,7 +514,7 @@ async def test_oidcc_refresh_token(http_client, base_url, rp):
     assert status == 200, new
     old_claims = await rp.check_id_token(tokens["id_token"])
     new_claims = await rp.check_id_token(new["id_token"])
-    assert new_claims["sub"] == old_claims["sub"] and new_claims["iss"] == old_claims["iss"]  # §12.2
+    assert new_claims["sub"] == old_claims["sub"] and new_claims["iss"] == old_claims["iss"]  # Core §12.2
     assert new_claims["aud"] == old_claims["aud"]
 
 
@@ -538,7 +540,10 @@ async def test_oidcc_discovery_endpoint_verification(http_client, base_url, app)
     assert "RS256" in doc["id_token_signing_alg_values_supported"]
     assert doc["claims_parameter_supported"] is True
     jwks = json.loads((await http_client.fetch(base_url + "/konnect/v1/jwks.json")).body)
-    assert jwks["keys"] and all("d" not in k and k.get("kid") and k.get("alg") for k in jwks["keys"])
+    # every key public, with a kid and for signatures; an RSA key names no alg (it signs the
+    # RSA family), a key pinned to one alg names it (RFC 7517 §4.4: alg is optional)
+    assert jwks["keys"] and all("d" not in k and k.get("kid") and k.get("use", "sig") == "sig"
+                                for k in jwks["keys"])
 
 
 @conformance("oidcc-ensure-redirect-uri-in-authorization-request")

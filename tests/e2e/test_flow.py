@@ -26,9 +26,9 @@ async def test_full_code_flow_with_sign_in_and_consent(http_client, base_url, co
     assert page.code == 200 and b'id="logon"' in page.body
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
     logon = await sign_in(b)
-    assert logon.code == 200 and "__Secure-KKT" in b.cookies
-    cookie_header = [h for h in logon.headers.get_list("Set-Cookie") if h.startswith("__Secure-KKT=")][0]
-    assert "HttpOnly" in cookie_header and "Secure" in cookie_header and "Path=/signin/v1/identifier/_/" in cookie_header
+    assert logon.code == 200 and "__Host-KKT" in b.cookies
+    cookie_header = [h for h in logon.headers.get_list("Set-Cookie") if h.startswith("__Host-KKT=")][0]
+    assert "HttpOnly" in cookie_header and "Secure" in cookie_header and "Path=/;" in cookie_header
     resp = await b.fetch(start)
     assert resp.code == 302 and resp.headers["Location"].startswith("/signin/v1/consent?")
     consent_page = await b.fetch(resp.headers["Location"])
@@ -60,7 +60,7 @@ async def test_full_code_flow_with_sign_in_and_consent(http_client, base_url, co
     assert query_of(again.headers["Location"])["error"] == "consent_required"
     # signing out revokes the access token everywhere
     out = await b.api("logoff", {"state": "o1"})
-    assert out.code == 200 and "__Secure-KKT" not in b.cookies
+    assert out.code == 200 and "__Host-KKT" not in b.cookies
     revoked = await http_client.fetch(base_url + "/konnect/v1/userinfo", raise_error=False,
                                       headers={"Authorization": "Bearer " + tokens["access_token"]})
     assert revoked.code == 401

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import re
-import secrets
 import signal
 import socket
 import threading
@@ -25,34 +22,6 @@ from tests.support.http import basic
 def group(tmp_path_factory):
     with Group(tmp_path_factory.mktemp("group-caddy"), proxy="caddy", token_procs=2) as g:
         yield g
-
-
-def pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-    return verifier, challenge.rstrip(b"=").decode()
-
-
-def code_flow(g: Group, agent: Agent, **extra: str) -> dict:
-    """Sign in as the demo user for the demo client; returns the token response."""
-    demo = g.demo
-    redirect_uri = g.demo_url + "/callback"
-    verifier, challenge = pkce()
-    params = {"client_id": demo["client_id"], "redirect_uri": redirect_uri,
-              "response_type": "code", "scope": "openid profile email offline_access",
-              "state": secrets.token_hex(8), "nonce": secrets.token_hex(8),
-              "code_challenge": challenge, "code_challenge_method": "S256", **extra}
-    start = f"{g.issuer}/signin/v1/identifier/_/authorize?{urlencode(params)}"
-    outcome = agent.run(start, demo["username"], demo["password"], stop_outside=True)
-    assert outcome.url.startswith(redirect_uri), (outcome.status, outcome.body[:300], outcome.url)
-    result = outcome.params
-    assert result["state"] == params["state"] and result["iss"] == g.issuer
-    resp = agent.session.post(g.issuer + "/konnect/v1/token", timeout=10, data={
-        "grant_type": "authorization_code", "code": result["code"],
-        "redirect_uri": redirect_uri, "code_verifier": verifier},
-        headers={"Authorization": basic(demo["client_id"], demo["client_secret"])})
-    assert resp.status_code == 200, resp.text
-    return resp.json()
 
 
 def _metric(text: str, handler: str) -> float:
@@ -100,7 +69,7 @@ def test_full_flow_sign_in_code_token_userinfo_refresh_revoke(group):
     agent = Agent(group.issuer, group.ca)
     s, demo = agent.session, group.demo
     auth = {"Authorization": basic(demo["client_id"], demo["client_secret"])}
-    tokens = code_flow(group, agent)
+    tokens = group.code_flow(agent)
     assert {"access_token", "id_token", "refresh_token"} <= tokens.keys()
     info = s.get(group.issuer + "/konnect/v1/userinfo", timeout=10,
                  headers={"Authorization": "Bearer " + tokens["access_token"]})
@@ -135,6 +104,42 @@ def test_proxy_routes_exactly_the_table(group):
         assert resp.status_code == 404, path
     home = s.get(group.issuer + "/", timeout=5, allow_redirects=False)
     assert home.status_code == 302 and home.headers["Location"].endswith("/signin/v1/welcome")
+
+
+def test_through_the_proxy_a_second_logon_cookie_and_a_foreign_origin_are_refused(group):
+    """The rows of the hardening issue, through Caddy: a logon cookie planted beside the
+    user's (the other one of two sign-ins) gets no code, and an http Origin of the
+    issuer's host signs nobody in."""
+    demo, s = group.demo, group.session()
+    host = group.issuer.split("://", 1)[1]
+
+    def logon(origin: str):
+        return s.post(group.issuer + "/signin/v1/identifier/_/logon", timeout=10,
+                      json={"state": "s", "params": [demo["username"], demo["password"], "1"]},
+                      headers={"Kopano-Konnect-XSRF": "1", "Origin": origin})
+
+    foreign = logon("http://" + host)
+    assert foreign.status_code == 400 and "Set-Cookie" not in foreign.headers
+    values = []
+    for _ in range(2):
+        answer = logon(group.issuer)
+        assert answer.status_code == 200
+        assert "__Host-KKT=" in answer.headers["Set-Cookie"]
+        assert "Path=/;" in answer.headers["Set-Cookie"]
+        values.append(answer.cookies["__Host-KKT"])
+    s.cookies.clear()
+    query = urlencode({"client_id": demo["client_id"], "response_type": "code",
+                       "redirect_uri": group.demo_url + "/callback", "scope": "openid",
+                       "prompt": "none"})
+    url = group.issuer + "/signin/v1/identifier/_/authorize?" + query
+    for cookie in (f"__Host-KKT={values[0]}; __Host-KKT={values[1]}",
+                   f"__Host-KKT={values[1]}; __Host-KKT={values[0]}"):
+        refused = s.get(url, headers={"Cookie": cookie}, allow_redirects=False, timeout=10)
+        assert refused.status_code == 400 and "Location" not in refused.headers
+    alone = s.get(url, headers={"Cookie": f"__Host-KKT={values[0]}"}, allow_redirects=False,
+                  timeout=10)
+    # one cookie: a session (the demo client asks for consent: not login_required)
+    assert alone.status_code == 302 and "error=consent_required" in alone.headers["Location"]
 
 
 def test_request_id_from_the_proxy_reaches_the_service(group):
@@ -218,11 +223,11 @@ def test_token_process_killed_under_load_is_restarted_and_routed_around(group):
 
 
 def test_redis_restart_gives_503_then_recovers_without_restarting_services(group):
-    """While Redis is down: 503. Once it is back the services serve again by themselves;
-    what was issued before the restart is refused, since a restarted Redis may have lost
-    the last writes (a revocation, a spent code): shared/store.py's generations."""
+    """While Redis is down: 503. Once it is back the services serve again by themselves,
+    and what was issued before still works: the group's Redis restarts from its
+    append-only file, which keeps every acknowledged write (shared/store.py)."""
     agent = Agent(group.issuer, group.ca)
-    tokens = code_flow(group, agent)
+    tokens = group.code_flow(agent)
     pids = {p: group.pids(p) for p in ("userinfo", "token")}
     bearer = {"Authorization": "Bearer " + tokens["access_token"]}
     assert "stopped" in group.ctl("stop", "konnect:redis")
@@ -238,25 +243,20 @@ def test_redis_restart_gives_503_then_recovers_without_restarting_services(group
         assert "started" in group.ctl("start", "konnect:redis")
     deadline = time.monotonic() + 10
     while True:
-        old = agent.session.get(group.issuer + "/konnect/v1/userinfo", headers=bearer, timeout=10)
-        if old.status_code != 503 or time.monotonic() > deadline:
+        up = agent.session.get(group.issuer + "/konnect/v1/userinfo", headers=bearer, timeout=10)
+        if up.status_code == 200 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert old.status_code == 401
-    time.sleep(1.1)  # the new generation starts at the next second
-    fresh = code_flow(group, Agent(group.issuer, group.ca))
-    up = agent.session.get(group.issuer + "/konnect/v1/userinfo", timeout=10,
-                           headers={"Authorization": "Bearer " + fresh["access_token"]})
     assert up.status_code == 200
     assert {p: group.pids(p) for p in ("userinfo", "token")} == pids
 
 
 def test_a_redis_crash_brings_back_no_spent_token_and_no_revoked_one(group):
-    """security.md FT-04: single-use material stays used and revocations stay across a
+    """Single-use material stays used and revocations stay across a
     kill -9 of Redis (the append-only file; a 60 s snapshot would bring them back)."""
     agent = Agent(group.issuer, group.ca)
     auth = {"Authorization": basic(group.demo["client_id"], group.demo["client_secret"])}
-    tokens = code_flow(group, agent)
+    tokens = group.code_flow(agent)
     s = agent.session
     rotated = s.post(group.issuer + "/konnect/v1/token", headers=auth, timeout=10, data={
         "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
@@ -321,7 +321,7 @@ def test_sigterm_drains_a_request_in_flight(group):
 def test_full_flow_through_apache(apache_group):
     g = apache_group
     agent = Agent(g.issuer, g.ca)
-    tokens = code_flow(g, agent)
+    tokens = g.code_flow(agent)
     s, demo = agent.session, g.demo
     auth = {"Authorization": basic(demo["client_id"], demo["client_secret"])}
     info = s.get(g.issuer + "/konnect/v1/userinfo", timeout=10,
@@ -355,7 +355,7 @@ def test_make_run_passes_the_environment_and_stops_everything_on_sigterm(tmp_pat
     assert missing.status_code == 404 and "Strict-Transport-Security" in missing.headers
     doc = resp.json()
     assert doc["registration_endpoint"] == g.issuer + "/konnect/v1/register"
-    tokens = code_flow(g, Agent(g.issuer, g.ca))
+    tokens = g.code_flow(Agent(g.issuer, g.ca))
     assert tokens["expires_in"] == 123
     assert '"service": "token"' in g.output()  # JSON log lines
     pids = [pid for p in ("identifier", "authorize", "token", "userinfo", "caddy", "redis",
@@ -394,3 +394,41 @@ def test_make_run_killed_leaves_no_process(tmp_path):
     for pid in alive:  # do not leave a failed test's group behind
         os.kill(pid, sig.SIGKILL)
     assert alive == []
+
+
+BANNER = "sign-in page  "  # a line of make run's banner (deploy/run.py)
+
+
+def test_right_after_the_banner_a_post_to_every_service_is_answered(tmp_path):
+    """`make run` prints its addresses only once the group answers, and the proxy starts
+    only once the services do: a POST the moment the banner appears reaches every service
+    (no connection refused, no 502 from a proxy whose upstream is still starting)."""
+    g = Group(tmp_path / "state", token_procs=1)
+    g.launch()
+    try:
+        deadline = time.monotonic() + 120
+        while BANNER not in g.output():
+            assert g.process.poll() is None and time.monotonic() < deadline, g.output()[-3000:]
+            time.sleep(0.02)
+        s, demo = g.session(), g.demo
+        answers = {
+            "identifier": s.post(g.issuer + "/signin/v1/identifier/_/logon", timeout=10,
+                                 json={"state": "s", "params": [demo["username"],
+                                                                demo["password"], "1"]},
+                                 headers={"Kopano-Konnect-XSRF": "1", "Origin": g.issuer}),
+            "token": s.post(g.issuer + "/konnect/v1/token", timeout=10,
+                            data={"grant_type": "authorization_code", "code": "nope",
+                                  "redirect_uri": g.demo_url + "/callback"},
+                            headers={"Authorization": basic(demo["client_id"],
+                                                            demo["client_secret"])}),
+            "authorize": s.post(g.issuer + "/signin/v1/identifier/_/authorize", timeout=10,
+                                allow_redirects=False,
+                                data={"client_id": demo["client_id"], "response_type": "code",
+                                      "redirect_uri": g.demo_url + "/callback", "scope": "openid"}),
+            "userinfo": s.post(g.issuer + "/konnect/v1/userinfo", timeout=10),
+        }
+        assert {name: r.status_code for name, r in answers.items()} == {
+            "identifier": 200, "token": 400, "authorize": 302, "userinfo": 401}
+        assert answers["token"].json()["error"] == "invalid_grant"
+    finally:
+        assert g.stop() == 0

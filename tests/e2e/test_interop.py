@@ -45,7 +45,7 @@ class Interop:
     secrets: dict            # client_id -> secret
     redirect_uri: str
     meta: dict               # the discovery document
-    expected_sub: str        # Konnect's public subject of the demo user (konnect.md §6.4)
+    expected_sub: str        # the demo user's public subject (Konnect's identity/managers/utils.go)
 
     @property
     def issuer(self) -> str:
@@ -135,7 +135,8 @@ class Run:
 def check_run(env: Interop, method: str, run: Run) -> None:
     client_id = METHODS[method]
     assert run.client_id == client_id
-    # ID token (OIDC Core §2, konnect.md §6.5): aud is the client id as a single string
+    # ID token (OIDC Core §2; Konnect's oidc/provider/tokens.go): aud is the client id as a
+    # single string
     claims = run.id_claims
     assert claims["iss"] == env.issuer and claims["aud"] == client_id
     assert claims["sub"] == env.expected_sub
@@ -348,7 +349,7 @@ def test_openid_client(interop, node, method):
              "basic": (r["basic"]["id"], r["basic"]["secret"]) if r["basic"] else None}
             for r in result["sent"]]
     if method == "client_secret_basic":
-        # RFC 6749 §2.3.1: form-urlencoded before base64; the OP must decode (peers.md §2)
+        # RFC 6749 §2.3.1: form-urlencoded before base64; the OP must decode (openid-client encodes)
         basics = [r["basic"] for r in sent if r["basic"]]
         assert basics and all("%2D" in i and "%7E" in s for i, s in basics), basics
     check_run(interop, method, Run(

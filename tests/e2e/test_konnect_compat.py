@@ -30,7 +30,7 @@ from shared.tokens import Tokens
 from tests.support.agent import Agent, Outcome
 from tests.support.group import Group, free_port
 
-# §2.2 / Appendix A: every field of Konnect's discovery document (registration_endpoint
+# every field of Konnect's discovery document, oidc/provider/provider.go (registration_endpoint
 # only with --allow-dynamic-client-registration)
 KONNECT_FIELDS = {
     "issuer", "authorization_endpoint", "token_endpoint", "userinfo_endpoint",
@@ -43,7 +43,8 @@ KONNECT_FIELDS = {
 }
 
 
-# what we add (Konnect quirk Q1 and the endpoints Konnect lacks); docs/konnect-compatibility.md
+# what we add (what Konnect accepted without advertising it, the endpoints it lacks);
+# docs/konnect-compatibility.md
 OUR_ADDITIONS = {
     "revocation_endpoint", "introspection_endpoint", "response_modes_supported",
     "grant_types_supported", "code_challenge_methods_supported",
@@ -55,7 +56,7 @@ OUR_ADDITIONS = {
 }
 
 
-# §2.1: the paths (kc/ldap layout, no --uri-base-path)
+# Konnect's paths (bootstrap/bootstrap.go, bootstrap/ldap.go: no --uri-base-path)
 KONNECT_PATHS = {
     "authorization_endpoint": "/signin/v1/identifier/_/authorize",
     "token_endpoint": "/konnect/v1/token",
@@ -76,7 +77,8 @@ KONNECT_CLAIMS = {"iss", "sub", "aud", "exp", "iat", "name", "family_name", "giv
                   "email", "email_verified"}
 
 
-# §6.3 (before --allow-scope); `openid` comes first in scopes_supported
+# each manager's ScopesSupported in Konnect (before --allow-scope); `openid` comes first in
+# scopes_supported
 KONNECT_SCOPES = {
     "kc": {"offline_access", "profile", "email", "konnect/id", "konnect/uuid",
            "konnect/raw_sub", "kopano/gc"},
@@ -87,7 +89,7 @@ KONNECT_SCOPES = {
 }
 
 
-# §6.4 / Appendix B
+# Konnect's oidc/oidc.go (KonnectIDTokenSubjectSaltV1)
 SUBJECT_KEY = b"konnect-IDToken-v1"
 
 
@@ -102,8 +104,8 @@ PROFILE_AND_EMAIL = {"name", "family_name", "given_name", "preferred_username", 
 
 
 def konnect_subject(raw_sub: str, salt: str) -> str:
-    """konnect.md Appendix B, written from the text: keyed BLAKE2b-512 over
-    `raw + " " + backend`, base64url without padding, then `@konnect`."""
+    """Konnect's getPublicSubject (identity/managers/utils.go), written independently: keyed
+    BLAKE2b-512 over `raw + " " + backend`, base64url without padding, then `@konnect`."""
     digest = hashlib.new("blake2b", (raw_sub + " " + salt).encode(), key=SUBJECT_KEY,
                          digest_size=64).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=") + "@konnect"
@@ -121,7 +123,7 @@ def registry_document(redirect_uri: str, secret_of: dict, demo_origin: str, demo
         "clients": [
             {"id": demo["client_id"], "name": "Konnect demo app", "secret": demo["client_secret"],
              "insecure": True, "redirect_uris": [demo_origin + "/callback"]},
-            # every key of konnect.md §5.1
+            # every key of Konnect's ClientRegistration (identity/clients/models.go)
             {"id": "compat-all", "secret": secret_of["compat-all"], "name": "Compat (every key)",
              "application_type": "web", "redirect_uris": [redirect_uri], "origins": [origin],
              "trusted": False, "trusted_scopes": ["kopano/kwm"], "insecure": True,
@@ -138,7 +140,8 @@ def registry_document(redirect_uri: str, secret_of: dict, demo_origin: str, demo
             {"id": "compat-native", "application_type": "native",
              "redirect_uris": ["http://127.0.0.1/cb", "my.app://callback"]},
         ],
-        # Konnect's sample file holds the external authorities in the same file (§4.7)
+        # Konnect's sample file holds the external authorities in the same file (its
+        # identifier-registration.yaml.in)
         "authorities": [{"id": "upstream", "name": "Upstream", "authority_type": "oidc",
                          "iss": "https://upstream.example.test", "client_id": "konnect",
                          "default": False}],
@@ -258,7 +261,7 @@ def test_discovery_has_konnects_fields_and_paths(compat):
     assert "registration_endpoint" not in doc   # off by default, as in Konnect
     assert doc["revocation_endpoint"] == issuer + "/konnect/v1/revoke"
     assert doc["introspection_endpoint"] == issuer + "/konnect/v1/introspect"
-    # values: Konnect's, or a superset where Konnect under-advertised (Q1)
+    # values: Konnect's, or a superset where Konnect under-advertised (it left out `code`, ...)
     assert KONNECT_RESPONSE_TYPES <= set(doc["response_types_supported"])
     assert {"code", "code token"} <= set(doc["response_types_supported"])
     assert doc["subject_types_supported"] == ["public"]
@@ -305,13 +308,14 @@ def test_every_advertised_endpoint_is_served_through_the_proxy(compat):
 def test_jwks_as_konnect_publishes_it(compat):
     with compat.session() as s:
         resp = s.get(compat.meta["jwks_uri"], timeout=10)
-    assert resp.headers["Content-Type"].startswith("application/jwk-set+json")   # §2.3
+    assert resp.headers["Content-Type"].startswith("application/jwk-set+json")   # as Konnect
     doc = resp.json()
     assert set(doc) == {"keys"}   # no stray top-level `kty` (fixed in Konnect 0.33.6)
     for key in doc["keys"]:
         assert key["kid"] and key["use"] == "sig"
         assert not {"d", "p", "q", "dp", "dq", "qi"} & key.keys(), "private key material"
-    assert "default" in {k["kid"] for k in doc["keys"]}   # the default signer's alias (§8)
+    # the default signer's alias (Konnect's bootstrap/bootstrap.go)
+    assert "default" in {k["kid"] for k in doc["keys"]}
 
 
 @pytest.mark.group
@@ -328,7 +332,7 @@ def test_cors_as_konnect_with_authorization_allowed_at_the_token_endpoint(compat
             "Access-Control-Request-Headers": "authorization, content-type"})
         assert preflight.status_code in (200, 204)
         allowed = preflight.headers["Access-Control-Allow-Headers"].lower()
-        assert "authorization" in allowed and "content-type" in allowed   # Q24 fixed
+        assert "authorization" in allowed and "content-type" in allowed   # Konnect's did not
         assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
         assert "Access-Control-Allow-Credentials" not in preflight.headers
         info = s.get(doc["userinfo_endpoint"], headers=origin, timeout=10)   # "allow all"
@@ -354,16 +358,19 @@ def test_registry_accepts_every_konnect_key():
     assert registry.get("compat-trusted").trusted
     native = registry.get("compat-native")
     assert native.is_public   # no secret: a public client (Konnect: any secret or none)
-    # §5.3: a native client's http loopback URI matches any port and any loopback host
+    # Konnect's identity/clients/registry.go: a native client's http loopback URI matches any
+    # port and any loopback host
     assert native.redirect_uri_ok("http://localhost:51234/cb")
     assert native.redirect_uri_ok("http://[::1]:8080/cb")
     assert native.redirect_uri_ok("my.app://callback")
-    # Web clients keep the first redirect URI's origin when `origins` is empty (§5.1)
+    # Web clients keep the first redirect URI's origin when `origins` is empty (Konnect's
+    # identity/clients/registry.go)
     plain = ClientRegistry.from_document({"clients": [{"id": "w", "secret": "x",
                                                        "redirect_uris": [redirect]}]},
                                          issuer="https://idp.example.test").get("w")
     assert plain.origins == ("https://rp.example.test",)
-    # §5.4: an unregistered id is a trusted client when it redirects to the issuer's origin
+    # Konnect's identity/clients/registry.go: an unregistered id is a trusted client when it
+    # redirects to the issuer's origin
     implicit = registry.lookup("any-id", "https://idp.example.test/app/cb")
     assert implicit is not None and implicit.trusted
     assert registry.lookup("any-id", "https://elsewhere.example.test/cb") is None
@@ -372,7 +379,7 @@ def test_registry_accepts_every_konnect_key():
 @pytest.mark.group
 def test_registry_keys_take_effect_in_the_running_group(compat):
     # compat-all: not trusted (consent page), id_token_signed_response_alg PS256 for the
-    # tokens of the token endpoint, userinfo_signed_response_alg RS256 (a JWT, §2.6)
+    # tokens of the token endpoint, userinfo_signed_response_alg RS256 (a JWT, OIDC Core §5.3.2)
     flow = authorize(compat, "compat-all")
     assert any(urlsplit(step).path == "/signin/v1/consent" for step in flow.outcome.steps)
     tokens = redeem(compat, "compat-all", flow)
@@ -392,11 +399,13 @@ def test_supported_scopes_per_identity_manager():
     for manager, expected in KONNECT_SCOPES.items():
         supported = scopelib.supported(manager)
         assert supported[0] == "openid" and set(supported[1:]) == expected, manager
-    # scopes.yaml keys become supported for the identifier managers (§6.2)
+    # scopes.yaml keys become supported for the identifier managers (Konnect's
+    # identifier/identifier.go)
     defs = scopelib.ScopeDefinitions({}, {"kopano/kwm": {"description": "Meet"}})
     assert "kopano/kwm" in scopelib.supported("ldap", definitions=defs)
     assert "kopano/kwm" not in scopelib.supported("dummy", definitions=defs)
-    # --allow-scope replaces the list, offline_access included (§6.3)
+    # --allow-scope replaces the list, offline_access included (Konnect's
+    # setupSupportedScopes, identity/managers/utils.go)
     assert scopelib.supported("kc", allow_scope=["profile"]) == ["openid", "profile"]
 
 
@@ -411,7 +420,7 @@ def test_kopano_gc_scope_releases_the_raw_subject():
 def test_konnect_scopes_in_a_real_flow(compat):
     scope = "openid profile email konnect/id konnect/uuid konnect/raw_sub kopano/gc made/up"
     flow = authorize(compat, "compat-trusted", scope=scope)
-    # unsupported scopes are dropped silently, and `scope` says what was granted (§6.1)
+    # unsupported scopes are dropped silently, and `scope` says what was granted (RFC 6749 §3.3)
     granted = flow.params["scope"].split()
     assert set(granted) == {"openid", "profile", "email", "konnect/id", "konnect/uuid",
                             "konnect/raw_sub"}
@@ -424,14 +433,14 @@ def test_konnect_scopes_in_a_real_flow(compat):
     assert access["sub"] == konnect_subject(compat.uuid, USERS_BACKEND)
     info = userinfo(compat, tokens["access_token"]).json()
     assert info["sub"] == compat.uuid
-    assert info["id"] == 1000 and info["username"] == USER   # konnect/id (§6.8)
+    assert info["id"] == 1000 and info["username"] == USER   # konnect/id (Konnect's UserInfoHandler)
     assert info["kc.uuid"] == compat.uuid                     # konnect/uuid
     assert info["preferred_username"] == USER and info["email"] == "demo@example.test"
 
 
 def test_public_subject_is_konnects():
-    # konnect.md Appendix A shows only "<86 base64url chars>@konnect", no concrete pair: the
-    # reference is the formula of §6.4/Appendix B, computed here independently
+    # no published pair of a raw subject and Konnect's public one: the reference is the
+    # formula of Konnect's identity/managers/utils.go, computed here independently
     for raw, backend in (("alice", "identifier-kc"), ("uid=alice,ou=people,dc=example,dc=test",
                                                       "identifier-ldap"),
                          ("AAAAAKwhqVBA0-5Isxn7p1MwRCUBAAAABgAAAAQAAABNVEU9AAAAAA==", "identifier-kc"),
@@ -485,8 +494,8 @@ def test_kc_identity_of_the_kopano_backend_is_konnects():
     entry_id = base64.b64encode(b"\0" * 4 + b"entry-id-of-alice").decode()
     alice = Identity(raw_sub="QUxJQ0U", backend="identifier-kc", username="alice",
                      name="Alice Example", extra={"entry_id": entry_id})
-    # §6.6 / Appendix A: kc.i.id is the user's entry ID (Kopano services log on with it),
-    # kc.i.us the raw subject (base64url ExID)
+    # Konnect's identifier/backends/kc.go: kc.i.id is the user's entry ID (Kopano services log
+    # on with it), kc.i.us the raw subject (base64url ExID)
     assert alice.kc_identity() == {"kc.i.id": entry_id, "kc.i.us": "QUxJQ0U", "kc.i.un": "alice",
                                    "kc.i.dn": "Alice Example"}
     assert Identity.raw_sub_of(alice.kc_identity()) == "QUxJQ0U"
@@ -524,9 +533,9 @@ def test_id_token_of_the_code_flow(compat):
     assert claims["exp"] - claims["iat"] == 3600   # Konnect's --id-token-expiration default
     assert claims["nonce"] == flow.nonce and claims["sid"] and claims["at_hash"]
     assert "c_hash" not in claims
-    # Q7, copied: no profile or email claims from the token endpoint (RPs call userinfo)...
+    # copied from Konnect: no profile or email claims from the token endpoint (RPs call userinfo)...
     assert not PROFILE_AND_EMAIL & claims.keys()
-    # ...unless asked for with the claims parameter (§6.9)
+    # ...unless asked for with the claims parameter (OIDC Core §5.5)
     asked = authorize(compat, "compat-trusted", scope="openid profile email",
                       claims={"id_token": {"name": None, "email": None}})
     _, with_claims = verified(compat, redeem(compat, "compat-trusted", asked)["id_token"])
@@ -536,7 +545,8 @@ def test_id_token_of_the_code_flow(compat):
 
 @pytest.mark.group
 def test_id_token_of_implicit_and_hybrid_flows(compat):
-    # response_type=id_token: profile and email claims in the token, no at_hash (§7.2)
+    # response_type=id_token: profile and email claims in the token, no at_hash (OIDC Core
+    # §5.4, §3.2.2.10)
     implicit = authorize(compat, "compat-trusted", response_type="id_token")
     assert "#" in implicit.outcome.url and "code" not in implicit.params
     _, claims = verified(compat, implicit.params["id_token"])
@@ -552,14 +562,14 @@ def test_id_token_of_implicit_and_hybrid_flows(compat):
     _, claims = verified(compat, both.params["id_token"])
     assert claims["at_hash"] and not PROFILE_AND_EMAIL & claims.keys()
     assert both.params["token_type"].lower() == "bearer"
-    # Q6 fixed: the token endpoint returns an ID token for the hybrid flows too
+    # fixed (Konnect's returned none): the token endpoint returns an ID token for the hybrid flows too
     tokens = redeem(compat, "compat-trusted", hybrid)
     assert "id_token" in tokens
 
 
 @pytest.mark.group
 def test_max_age_zero_asks_for_a_fresh_sign_in(compat):
-    """Q18 fixed: Konnect took max_age=0 as "not set"; here it means a new sign-in, which
+    """Fixed: Konnect took max_age=0 as "not set"; here it means a new sign-in, which
     then satisfies it (and auth_time is in the ID token)."""
     import time
     agent = Agent(compat.issuer, compat.group.ca)
@@ -594,24 +604,25 @@ def test_token_endpoint_konnect_behaviour(compat):
     flow = authorize(compat, "compat-trusted", scope="openid offline_access")
     tokens = redeem(compat, "compat-trusted", flow)
     assert tokens["token_type"] == "Bearer" and tokens["expires_in"] == 600
-    assert tokens["scope"] == "openid offline_access"   # Q28: Konnect sent no scope
-    assert tokens["refresh_token"]   # offline_access, trusted client (§6.1)
+    assert tokens["scope"] == "openid offline_access"   # Konnect sent no scope
+    assert tokens["refresh_token"]   # offline_access, trusted client (OIDC Core §11)
     with compat.session() as s:
         # client_id + secret in the form (client_secret_post) work, as in Konnect
         refreshed = s.post(compat.meta["token_endpoint"], timeout=10, data={
             "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
             "client_id": "compat-trusted", "client_secret": compat.secrets["compat-trusted"]})
         assert refreshed.status_code == 200, refreshed.text
-        # Q5 fixed: a wrong secret is 401 invalid_client (Konnect: 400 access_denied)
+        # fixed: a wrong secret is 401 invalid_client (Konnect: 400 access_denied)
         wrong = s.post(compat.meta["token_endpoint"], timeout=10, auth=("compat-trusted", "nope"),
                        data={"grant_type": "refresh_token", "refresh_token": "x"})
         assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
-        assert wrong.headers["Content-Type"] == "application/json; charset=utf-8"   # Q27
+        # Konnect sent `application/json; encoding=utf-8`
+        assert wrong.headers["Content-Type"] == "application/json; charset=utf-8"
         # only these two grants, as Konnect
         other = s.post(compat.meta["token_endpoint"], timeout=10,
                        auth=("compat-trusted", compat.secrets["compat-trusted"]),
                        data={"grant_type": "client_credentials"})
         assert other.status_code == 400 and other.json()["error"] == "unsupported_grant_type"
-    # Q9 fixed: the Bearer scheme in WWW-Authenticate
+    # fixed (Konnect's had none): the Bearer scheme in WWW-Authenticate
     bad = userinfo(compat, "not-a-token")
     assert bad.status_code == 401 and bad.headers["WWW-Authenticate"].startswith("Bearer ")

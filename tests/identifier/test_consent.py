@@ -8,17 +8,7 @@ import json
 import pytest
 
 from tests.support.browser import Browser, authorize_url, query_of, sign_in
-from tests.support.users import cheap_hash
-
-USERS = [f"user{i}" for i in range(3)]
-
-
-SIGN_IN_USERS = (
-    {"username": "alice", "password": cheap_hash("wonderland"), "name": "Alice Example",
-     "email": "alice@example.test", "email_verified": True, "id": 1001, "uuid": "u-alice"},
-    *({"username": u, "password": cheap_hash("pw-" + u), "id": 2000 + i, "uuid": f"u-{u}"}
-      for i, u in enumerate(USERS)))
-
+from tests.support.users import SIGN_IN_USERS
 
 CONSENT = {"state": "c1", "allow": True, "scope": "openid", "client_id": "web-rp",
            "redirect_uri": "https://rp.example.test/cb", "ref": "xyz", "flow_nonce": "n-1"}
@@ -53,7 +43,7 @@ async def test_consent_of_the_wrong_type_is_400_and_sets_no_decision(http_client
     resp = await b.api("consent", {**CONSENT, **bad})
     assert resp.code == 400 and json.loads(resp.body)["error"] == "invalid_request"
     assert next(iter(bad)) in json.loads(resp.body)["error_description"]
-    assert not any(k.startswith("__Secure-KKTC-") for k in b.cookies)
+    assert not any(k.startswith("__Host-KKTC-") for k in b.cookies)
 
 
 @pytest.mark.gen_test

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import re
@@ -17,13 +16,16 @@ from tests.support.browser import (
     WEB_RP,
     Browser,
     authorize_url,
+    post_form,
     query_of,
+    register,
     sign_in,
     signed_in,
 )
+from tests.support.clients import ODD_ORIGIN_REGISTRY
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.http import TRUSTED_AUTH
-from tests.support.op import REGISTRY
+from tests.support.malformed import JWT_DEEP_HEADER, JWT_DEEP_PAYLOAD
+from tests.support.op import ISSUER
 from tests.support.users import ALICE_ENTRY, BOB_ENTRY
 
 END = "/signin/v1/identifier/_/endsession"
@@ -55,49 +57,6 @@ def _alice(core):
     return dataclasses.replace(ALICE, raw_sub="u-alice", uuid="u-alice")
 
 
-DEEP = "[" * 3000 + "]" * 3000          # past every parser's limit (json: RecursionError)
-
-
-def b64(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-HEAD_OK = b64(json.dumps({"alg": "RS256", "typ": "JWT"}))
-
-
-JWT_DEEP_HEADER = b64(DEEP) + "." + b64("{}") + ".AAAA"
-
-
-JWT_DEEP_PAYLOAD = HEAD_OK + "." + b64(DEEP) + ".AAAA"
-
-
-ODD_CB = "https://RP.Odd.Example.test:443/cb"
-
-
-REGISTRY_3 = REGISTRY + f"""
-  - id: odd-origin-rp
-    trusted: yes
-    secret: odd-secret
-    redirect_uris: ["{ODD_CB}"]
-"""
-
-
-async def post_form(b: Browser, path: str, form: dict, auth: str = TRUSTED_AUTH):
-    return await b.http.fetch(b.base + path, method="POST", raise_error=False,
-                              headers={"Authorization": auth,
-                                       "Content-Type": "application/x-www-form-urlencoded"},
-                              body=urlencode(form))
-
-
-async def register(b: Browser, **metadata) -> dict:
-    body = {"redirect_uris": ["https://dyn.example.test/cb"], **metadata}
-    resp = await b.http.fetch(b.base + "/konnect/v1/register", method="POST", raise_error=False,
-                              body=json.dumps(body), headers={"Content-Type": "application/json"})
-    assert resp.code == 201, resp.body
-    return json.loads(resp.body)
-
-
 @pytest.mark.gen_test
 async def test_trusted_client_with_hint_signs_out_at_once_and_returns(http_client, base_url):
     b = Browser(http_client, base_url)
@@ -108,8 +67,8 @@ async def test_trusted_client_with_hint_signs_out_at_once_and_returns(http_clien
                                  post_logout_redirect_uri="https://trusted.example.test/cb"))
     assert resp.code == 302
     assert resp.headers["Location"] == "https://trusted.example.test/cb?state=bye-1"
-    assert cleared(resp, "__Secure-KKT") and cleared(resp, "__Secure-KKBS")
-    assert "__Secure-KKT" not in b.cookies
+    assert cleared(resp, "__Host-KKT") and cleared(resp, "__Host-KKBS")
+    assert "__Host-KKT" not in b.cookies
     assert await userinfo(http_client, base_url, tokens["access_token"]) == 401
     again = await b.fetch(authorize_url(prompt="none", **TRUSTED))
     assert query_of(again.headers["Location"])["error"] == "login_required"
@@ -124,15 +83,15 @@ async def test_other_clients_get_a_confirmation_page_then_go_back(http_client, b
     page = await b.fetch(end_url(id_token_hint=hint, state="s2",
                                  post_logout_redirect_uri="https://rp.example.test/cb"))
     assert page.code == 200 and b'id="endsession"' in page.body and b"Web RP" in page.body
-    assert "__Secure-KKT" in b.cookies and not cleared(page, "__Secure-KKT")
+    assert "__Host-KKT" in b.cookies and not cleared(page, "__Host-KKT")
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
     confirm = re.search(rb'name="confirm" value="([^"]+)"', page.body).group(1).decode()
     assert b'href="https://rp.example.test/cb"' in page.body  # "stay signed in"
     resp = await b.fetch(END, method="POST", body=urlencode({"confirm": confirm}),
-                         headers={"Origin": base_url,
+                         headers={"Origin": ISSUER,
                                   "Content-Type": "application/x-www-form-urlencoded"})
     assert resp.code == 302 and resp.headers["Location"] == "https://rp.example.test/cb?state=s2"
-    assert "__Secure-KKT" not in b.cookies
+    assert "__Host-KKT" not in b.cookies
     assert await userinfo(http_client, base_url, tokens["access_token"]) == 401
 
 
@@ -145,12 +104,12 @@ async def test_confirmation_needs_our_origin_and_a_valid_token(http_client, base
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     foreign = await b.fetch(END, method="POST", body=urlencode({"confirm": confirm}),
                             headers={**form, "Origin": "https://evil.example"})
-    assert foreign.code == 400 and "__Secure-KKT" in b.cookies
+    assert foreign.code == 400 and "__Host-KKT" in b.cookies
     forged = await b.fetch(END, method="POST", body=urlencode({"confirm": confirm[:-3] + "AAA"}),
-                           headers={**form, "Origin": base_url})
-    assert forged.code == 400 and "__Secure-KKT" in b.cookies
+                           headers={**form, "Origin": ISSUER})
+    assert forged.code == 400 and "__Host-KKT" in b.cookies
     done = await b.fetch(END, method="POST", body=urlencode({"confirm": confirm}),
-                         headers={**form, "Origin": base_url})
+                         headers={**form, "Origin": ISSUER})
     assert done.code == 302 and done.headers["Location"] == "/signin/v1/goodbye?done=1"
     goodbye = await b.fetch(done.headers["Location"])
     assert b'role="status"' in goodbye.body
@@ -170,7 +129,7 @@ async def test_bad_requests_get_an_error_page_never_a_redirect(http_client, base
         hint = hint[:-6] + ("AAAAAA" if not hint.endswith("AAAAAA") else "BBBBBB")
     resp = await b.fetch(end_url(id_token_hint=hint, **params))
     assert resp.code == 400 and "Location" not in resp.headers, why
-    assert "__Secure-KKT" in b.cookies, why
+    assert "__Host-KKT" in b.cookies, why
 
 
 @pytest.mark.gen_test
@@ -181,7 +140,7 @@ async def test_hint_for_another_user_is_refused(http_client, base_url, core):
     hint = core.tokens.id_token(client_id="trusted-rp", identity=bob, nonce="n")
     resp = await b.fetch(end_url(id_token_hint=hint,
                                  post_logout_redirect_uri="https://trusted.example.test/cb"))
-    assert resp.code == 400 and "__Secure-KKT" in b.cookies
+    assert resp.code == 400 and "__Host-KKT" in b.cookies
 
 
 @pytest.mark.gen_test
@@ -243,7 +202,7 @@ async def test_signed_out_uri_is_where_a_plain_sign_out_ends(http_client, base_u
     core.settings = dataclasses.replace(original, signed_out_uri="https://intranet.example/bye")
     try:
         done = await b.fetch(END, method="POST", body=urlencode({"confirm": confirm}),
-                             headers={"Origin": base_url,
+                             headers={"Origin": ISSUER,
                                       "Content-Type": "application/x-www-form-urlencoded"})
     finally:
         core.settings = original
@@ -268,7 +227,7 @@ async def test_head_on_end_session_is_405_and_signs_nobody_out(http_client, base
     assert LOGON_COOKIE in b.cookies and (await b.api("hello", {"state": "h"})).code == 200
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 async def test_end_session_takes_a_raw_sub_id_token_of_the_signed_in_user(http_client, base_url,
                                                                           core):
@@ -287,7 +246,7 @@ async def test_end_session_takes_a_raw_sub_id_token_of_the_signed_in_user(http_c
     assert LOGON_COOKIE not in b.cookies
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 async def test_end_session_does_not_redirect_to_a_dynamic_client_without_its_hint(
         http_client, base_url, core):
@@ -309,7 +268,7 @@ async def test_end_session_does_not_redirect_to_a_dynamic_client_without_its_hin
     assert resp.headers["Location"] == "https://evil.example.test/phish?state=x"
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 async def test_end_session_still_redirects_for_a_static_client_with_nobody_signed_in(
         http_client, base_url):
@@ -319,7 +278,7 @@ async def test_end_session_still_redirects_for_a_static_client_with_nobody_signe
     assert resp.code == 302 and resp.headers["Location"] == WEB_RP["redirect_uri"] + "?state=y"
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 async def test_a_confirmation_token_does_not_sign_out_another_user(http_client, base_url):
     alice = await signed_in(http_client, base_url)
@@ -327,7 +286,7 @@ async def test_a_confirmation_token_does_not_sign_out_another_user(http_client, 
         "client_id": "web-rp", "state": "a", "post_logout_redirect_uri": WEB_RP["redirect_uri"]}))
     assert page.code == 200
     confirm = re.search(rb'name="confirm" value="([^"]+)"', page.body).group(1).decode()
-    form = {"Content-Type": "application/x-www-form-urlencoded", "Origin": base_url}
+    form = {"Content-Type": "application/x-www-form-urlencoded", "Origin": ISSUER}
     bob = await signed_in(http_client, base_url, "bob", "builder")
     resp = await bob.fetch(END, method="POST", body=urlencode({"confirm": confirm}), headers=form)
     assert resp.code == 400 and b"another sign-in" in resp.body
@@ -348,7 +307,7 @@ async def test_access_token_as_id_token_hint_is_refused_at_end_session(http_clie
         "id_token_hint": tokens["access_token"],
         "post_logout_redirect_uri": "https://trusted.example.test/cb"}))
     assert resp.code == 400 and "Location" not in resp.headers
-    assert "__Secure-KKT" in b.cookies
+    assert "__Host-KKT" in b.cookies
 
 
 # An unregistered post_logout_redirect_uri: as Konnect (its identity/managers/identifier.go
@@ -357,7 +316,6 @@ async def test_access_token_as_id_token_hint_is_refused_at_end_session(http_clie
 
 UNREGISTERED = ("https://evil.example/", "https://trusted.example.test/cb/x",
                 "https://trusted.example.test/cb?x=1")
-
 
 
 async def id_token_of_trusted_client(b: Browser) -> str:
@@ -378,14 +336,14 @@ async def test_signed_in_user_with_an_unregistered_uri_gets_the_sign_out_confirm
     assert page.code == 200 and "Location" not in page.headers
     assert b'id="endsession"' in page.body
     assert uri.encode() not in page.body and b"Trusted RP" not in page.body
-    assert "__Secure-KKT" in b.cookies  # nothing happened yet
+    assert "__Host-KKT" in b.cookies  # nothing happened yet
     assert uri.split("/")[2] not in page.headers["Content-Security-Policy"]
     confirm = re.search(rb'name="confirm" value="([^"]+)"', page.body).group(1).decode()
     done = await b.fetch(END, method="POST", body=urlencode({"confirm": confirm}),
-                         headers={"Origin": base_url,
+                         headers={"Origin": ISSUER,
                                   "Content-Type": "application/x-www-form-urlencoded"})
     assert done.code == 302 and done.headers["Location"] == "/signin/v1/goodbye?done=1"
-    assert "__Secure-KKT" not in b.cookies
+    assert "__Host-KKT" not in b.cookies
 
 
 @pytest.mark.gen_test

@@ -13,17 +13,9 @@ from services.identifier.api import LOGON_IP_LIMIT, LOGON_WINDOW, LogonHandler
 from shared.session import LOGON_COOKIE
 from tests.support.browser import Browser, sign_in
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.users import cheap_hash
-
-USERS = [f"user{i}" for i in range(3)]
-
-
-SIGN_IN_USERS = (
-    {"username": "alice", "password": cheap_hash("wonderland"), "name": "Alice Example",
-     "email": "alice@example.test", "email_verified": True, "id": 1001, "uuid": "u-alice"},
-    *({"username": u, "password": cheap_hash("pw-" + u), "id": 2000 + i, "uuid": f"u-{u}"}
-      for i, u in enumerate(USERS)))
-
+from tests.support.malformed import DEEP
+from tests.support.users import SIGN_IN_NAMES, SIGN_IN_USERS
+from tests.support.op import ISSUER
 
 TRUSTED_HELLO = {"flow": "oidc", "client_id": "trusted-rp",
                  "redirect_uri": "https://trusted.example.test/cb", "scope": "openid"}
@@ -40,10 +32,7 @@ BAD_STATES = ["a\r\nX-Evil: 1", "中", "tab\there", "\x00", 5, ["s"], {"s": 1}, 
 def _raw(b: Browser, name: str, raw: str):
     return b.fetch(f"/signin/v1/identifier/_/{name}", method="POST", body=raw.encode(),
                    headers={"Content-Type": "application/json", "Kopano-Konnect-XSRF": "1",
-                            "Origin": b.base})
-
-
-DEEP = "[" * 3000 + "]" * 3000          # past every parser's limit (json: RecursionError)
+                            "Origin": b.origin})
 
 
 pytestmark = pytest.mark.op(users=SIGN_IN_USERS, clock="offset")
@@ -55,12 +44,12 @@ async def test_api_csrf_defences_and_bad_credentials(http_client, base_url):
     b = Browser(http_client, base_url)
     body = {"state": "s", "params": ["alice", "wonderland", "1"]}
     no_header = await b.fetch("/signin/v1/identifier/_/logon", method="POST", body=json.dumps(body),
-                              headers={"Content-Type": "application/json", "Origin": base_url})
-    assert no_header.code == 400 and "__Secure-KKT" not in b.cookies
+                              headers={"Content-Type": "application/json", "Origin": ISSUER})
+    assert no_header.code == 400 and "__Host-KKT" not in b.cookies
     foreign = await b.api("logon", body, Origin="https://evil.example")
-    assert foreign.code == 400 and "__Secure-KKT" not in b.cookies
+    assert foreign.code == 400 and "__Host-KKT" not in b.cookies
     wrong = await sign_in(b, password="nope")
-    assert wrong.code == 204 and "__Secure-KKT" not in b.cookies
+    assert wrong.code == 204 and "__Host-KKT" not in b.cookies
     hello = await b.api("hello", {"state": "h"})
     assert hello.code == 204
 
@@ -171,8 +160,8 @@ async def test_lone_surrogates_are_400(http_client, base_url):
 @pytest.mark.gen_test(timeout=120)
 async def test_more_successful_sign_ins_than_the_ip_limit_all_succeed(http_client, base_url):
     b = Browser(http_client, base_url)
-    names = ["alice", *USERS]
-    passwords = {"alice": "wonderland", **{u: "pw-" + u for u in USERS}}
+    names = ["alice", *SIGN_IN_NAMES]
+    passwords = {"alice": "wonderland", **{u: "pw-" + u for u in SIGN_IN_NAMES}}
     codes = []
     for i in range(LOGON_IP_LIMIT + 10):
         user = names[i % len(names)]
@@ -205,5 +194,5 @@ async def test_identifier_api_deep_json_is_400(http_client, base_url, name):
     b = Browser(http_client, base_url)
     resp = await b.fetch(f"/signin/v1/identifier/_/{name}", method="POST", body=DEEP,
                          headers={"Content-Type": "application/json", "Kopano-Konnect-XSRF": "1",
-                                  "Origin": base_url})
+                                  "Origin": ISSUER})
     assert resp.code == 400 and json.loads(resp.body)["error"] == "invalid_request"

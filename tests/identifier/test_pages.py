@@ -10,7 +10,7 @@ from shared.deps import Core
 from tests.support.browser import Browser
 from tests.support.fixtures import DYNAMIC_REGISTRATION
 from tests.support.op import settings_for
-from tests.support.users import cheap_hash
+from tests.support.users import SIGN_IN_USERS
 
 
 def _identifier(state, redis_url, extra):  # noqa: F811
@@ -26,16 +26,6 @@ def _identifier(state, redis_url, extra):  # noqa: F811
 
 def _lang(resp) -> str:
     return re.search(rb'<html lang="([a-z]+)"', resp.body).group(1).decode()
-
-
-USERS = [f"user{i}" for i in range(3)]
-
-
-SIGN_IN_USERS = (
-    {"username": "alice", "password": cheap_hash("wonderland"), "name": "Alice Example",
-     "email": "alice@example.test", "email_verified": True, "id": 1001, "uuid": "u-alice"},
-    *({"username": u, "password": cheap_hash("pw-" + u), "id": 2000 + i, "uuid": f"u-{u}"}
-      for i, u in enumerate(USERS)))
 
 
 @pytest.mark.gen_test

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from shared.session import LOGON_COOKIE, LOGON_TTL, Logon
+from shared.session import LOGON_COOKIE, LOGON_TTL_MAX, Logon
 from shared.store import Store
 from tests.support.browser import (
     TRUSTED,
@@ -18,16 +18,7 @@ from tests.support.browser import (
     sign_in,
     userinfo_status,
 )
-from tests.support.users import cheap_hash
-
-USERS = [f"user{i}" for i in range(3)]
-
-
-SIGN_IN_USERS = (
-    {"username": "alice", "password": cheap_hash("wonderland"), "name": "Alice Example",
-     "email": "alice@example.test", "email_verified": True, "id": 1001, "uuid": "u-alice"},
-    *({"username": u, "password": cheap_hash("pw-" + u), "id": 2000 + i, "uuid": f"u-{u}"}
-      for i, u in enumerate(USERS)))
+from tests.support.users import SIGN_IN_USERS
 
 
 async def hello(b: Browser) -> int:
@@ -76,9 +67,17 @@ async def test_a_copy_of_the_logon_cookie_is_no_session_after_sign_out(http_clie
     assert end.code == 302 and end.headers["Location"] == "/signin/v1/goodbye?done=1"
 
 
+LIFETIMES = [pytest.param(None, marks=pytest.mark.op(users=SIGN_IN_USERS, clock="offset"),
+                          id="default"),
+             pytest.param(7200, id="logon-cookie-expiration", marks=pytest.mark.op(
+                 users=SIGN_IN_USERS, clock="offset",
+                 args=("--logon-cookie-expiration", "7200")))]
+
+
 @pytest.mark.gen_test
+@pytest.mark.parametrize("maximum", LIFETIMES)
 async def test_the_not_before_lives_as_long_as_the_logon_cookie(http_client, base_url, core,
-                                                                redis_server):
+                                                                redis_server, maximum):
     b = Browser(http_client, base_url)
     await sign_in(b)
     await b.api("logoff", {"state": "o1"})
@@ -91,8 +90,28 @@ async def test_the_not_before_lives_as_long_as_the_logon_cookie(http_client, bas
         client.close()
     assert len(sign_outs) == 1
     not_before, until = (int(v) for v in sign_outs[0].split())
-    ttl = until - time.time()
-    assert ttl > LOGON_TTL - 5 and ttl > core.tokens.access_ttl
+    ttl = until - core.now()
+    assert ttl > (maximum or LOGON_TTL_MAX) - 5 and ttl > core.tokens.access_ttl
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("maximum", LIFETIMES)
+async def test_a_sign_in_lasts_the_browser_session_unless_a_maximum_is_set(
+        http_client, base_url, clock, maximum):
+    """Konnect's logon cookie is a browser session cookie whose contents never expire (its
+    identifier/cookie.go, identifier.go): so is ours (bounded by LOGON_TTL_MAX), unless
+    `--logon-cookie-expiration` sets a maximum. Never a persistent cookie."""
+    b = Browser(http_client, base_url)
+    logon = await sign_in(b)
+    header = [h for h in logon.headers.get_list("Set-Cookie") if h.startswith(LOGON_COOKIE)][0]
+    assert "expires" not in header.lower() and "max-age" not in header.lower()
+    clock.offset += 30 * 86400 if maximum is None else maximum - 60
+    assert await hello(b) == 200
+    if maximum is None:
+        clock.offset += LOGON_TTL_MAX - 30 * 86400 + 60
+    else:
+        clock.offset += 120
+    assert await hello(b) == 204
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -120,7 +139,7 @@ async def test_signing_in_again_right_after_signing_out_is_a_session(http_client
 @pytest.mark.gen_test(timeout=30)
 async def test_a_logon_is_refused_when_redis_cannot_say_whether_it_ended(
         http_client, base_url, core, private_redis):
-    """Fails closed (security.md: the revocation check): 503, never a session."""
+    """Fails closed (a sign-out that cannot be checked may have happened): 503, never a session."""
     shared_store, core.store = core.store, Store.from_url(private_redis.url)
     b = Browser(http_client, base_url)
     try:

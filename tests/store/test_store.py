@@ -672,9 +672,10 @@ async def test_stopped_redis_is_store_unavailable_and_the_same_store_recovers(
 
 @pytest.mark.gen_test
 async def test_a_redis_restart_costs_no_request(private_redis, private_store):
-    """A restart leaves every pooled connection dead: the command that meets one runs again
-    on a new connection, and the other idle ones are dropped, so no later request meets a
-    dead connection. (This Redis has no persistence: it comes back empty, a new generation.)"""
+    """A restart leaves every pooled connection dead (requests must be back to 100 % at
+    once): the command that meets one runs again on a new connection, and the other idle
+    ones are dropped, so no later request meets a dead connection. (This Redis has no
+    persistence: it comes back empty, a new generation.)"""
     pool = private_store._link.client.connection_pool
     for first in (lambda: private_store.is_revoked(jti="x", sub=SUB, iat=private_store.now()),
                   lambda: private_store.put_json("k", "first", 1, 60)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -13,10 +14,13 @@ import sys
 import time
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlencode
 
 import requests
 
 from tests.support import apicheck
+from tests.support.http import basic
+from tests.support.op import pkce_pair
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = ("identifier", "authorize", "token", "userinfo")
@@ -77,6 +81,29 @@ class Group:
     def listen(self, program: str) -> str:
         return "http://" + self.env[f"KONNECT_{program.upper()}_LISTEN"]
 
+    def code_flow(self, agent, **extra: str) -> dict:
+        """Sign in as the demo user for the demo client (code flow with PKCE) through the
+        proxy; returns the token endpoint's answer. `agent`: tests/support/agent.py."""
+        demo = self.demo
+        redirect_uri = self.demo_url + "/callback"
+        verifier, challenge = pkce_pair()
+        params = {"client_id": demo["client_id"], "redirect_uri": redirect_uri,
+                  "response_type": "code", "scope": "openid profile email offline_access",
+                  "state": secrets.token_hex(8), "nonce": secrets.token_hex(8),
+                  "code_challenge": challenge, "code_challenge_method": "S256", **extra}
+        start = f"{self.issuer}/signin/v1/identifier/_/authorize?{urlencode(params)}"
+        outcome = agent.run(start, demo["username"], demo["password"], stop_outside=True)
+        assert outcome.url.startswith(redirect_uri), (outcome.status, outcome.body[:300],
+                                                      outcome.url)
+        result = outcome.params
+        assert result["state"] == params["state"] and result["iss"] == self.issuer
+        resp = agent.session.post(self.issuer + "/konnect/v1/token", timeout=10, data={
+            "grant_type": "authorization_code", "code": result["code"],
+            "redirect_uri": redirect_uri, "code_verifier": verifier},
+            headers={"Authorization": basic(demo["client_id"], demo["client_secret"])})
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
     def session(self) -> requests.Session:
         s = requests.Session()
         s.trust_env = False
@@ -86,13 +113,17 @@ class Group:
 
     # -- life cycle -------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> None:
+    def launch(self) -> None:
+        """Run the command (make run's), its output to `log`, without waiting for anything."""
         self.state.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
         self.process = subprocess.Popen(self.command,
                                         cwd=ROOT, env=self.env, stdout=out,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -108,3 +108,16 @@ async def mint_code(core: Core, *, client_id: str = "web-rp",
                   auth_time=int(core.now()) - 5 if auth_time is None else auth_time,
                   sid="sid-1", created=int(core.now()))
     return await core.store.put_code(grant.to_record(), core.settings.code_expiration)
+
+
+def startup_problems(tmp_path, redis_url, extra_registry: str = "",
+                     extra_args: tuple = ()) -> list:
+    """What the start-up (`Core.from_settings`) refuses with this registry and flags."""
+    from shared.config import StartupError
+    state = make_state(tmp_path / "state", registry=REGISTRY + extra_registry)
+    try:
+        core = Core.from_settings(settings_for("authorize", state, redis_url, extra_args))
+    except StartupError as err:
+        return err.problems
+    del core
+    return []

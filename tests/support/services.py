@@ -29,7 +29,7 @@ ALL_SCOPES = ("openid", "profile", "email", "konnect/id", "konnect/uuid", "offli
 
 @contextlib.asynccontextmanager
 async def serving(application):
-    """An app on a port of its own (another process, as far as the client can tell)."""
+    """Another app on a port of its own (another process, as far as the client can tell)."""
     sock, port = bind_unused_port()
     server = HTTPServer(application)
     server.add_sockets([sock])

@@ -6,19 +6,27 @@ children, which run PHP): config.php, authsources.php (exampleauth:UserPass user
 IdP's signing key and certificate, the hosted IdP and our SP in flat-file metadata.
 The IdP signs its assertions (`saml20.sign.assertion`), takes unsigned AuthnRequests (as
 Konnect's SP sends), releases attributes in the basic name format and offers single logout
-by HTTP-Redirect.
+by HTTP-Redirect. With `sign_metadata` it signs its metadata too (`metadata.sign.enable`),
+with a key of its own (cert/metadata.key, .crt).
+
+For metadata an attacker would serve: `Documents` (a loopback HTTP server of the test's
+own) and `sign_metadata_document` (xmlsec1 signs a changed copy with a given key, as the
+IdP would have).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,8 +77,10 @@ class SimpleSAMLphp:
     """`users`: username -> (password, attributes). `sp`: our SP's entity ID, ACS and SLO."""
 
     def __init__(self, *, users: dict, sp_entity_id: str, acs: str, slo: str,
-                 user: str = "www-data", assertion_lifetime: int = 300) -> None:
+                 user: str = "www-data", assertion_lifetime: int = 300,
+                 sign_metadata: bool = False) -> None:
         self.assertion_lifetime = assertion_lifetime
+        self.sign_metadata = sign_metadata
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/simplesaml/"
         self.metadata_url = self.base + "saml2/idp/metadata.php"
@@ -94,6 +104,7 @@ class SimpleSAMLphp:
         for sub in ("config", "metadata", "cert", "log", "tmp", "sessions", "data", "run"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         self_signed(d / "cert", "idp")
+        self_signed(d / "cert", "metadata")
         config = {
             "baseurlpath": self.base, "certdir": str(d / "cert") + "/",
             "loggingdir": str(d / "log") + "/", "datadir": str(d / "data") + "/",
@@ -119,7 +130,11 @@ class SimpleSAMLphp:
                "auth": "users", "saml20.sign.assertion": True, "sign.logout": True,
                "assertion.lifetime": self.assertion_lifetime, "saml20.sign.response": False,
                "attributes.NameFormat": "urn:oasis:names:tc:SAML:2.0:attrname-format:basic",
-               "NameIDFormat": "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"}
+               "NameIDFormat": "urn:oasis:names:tc:SAML:2.0:nameid-format:transient",
+               # its metadata signed with a key of its own (not the assertions' key)
+               "metadata.sign.enable": self.sign_metadata,
+               "metadata.sign.privatekey": "metadata.key",
+               "metadata.sign.certificate": "metadata.crt"}
         (d / "metadata" / "saml20-idp-hosted.php").write_text(
             "<?php\n$metadata['__DYNAMIC:1__'] = " + _php(idp) + ";\n")
         sp = {"AssertionConsumerService": [{"Binding": "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST",
@@ -215,15 +230,84 @@ Alias /simplesaml {WWW}
 
 
 ACS = "/signin/v1/identifier/saml2/acs"
+MD = "urn:oasis:names:tc:SAML:2.0:metadata"
+SIGNATURE = re.compile(r"<ds:Signature\b.*?</ds:Signature>", re.S)
+_TEMPLATE = """<ds:Signature xmlns:ds="http://www.w3.org/2000/09/xmldsig#"><ds:SignedInfo>\
+<ds:CanonicalizationMethod Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/>\
+<ds:SignatureMethod Algorithm="{method}"/><ds:Reference URI="#{id}"><ds:Transforms>\
+<ds:Transform Algorithm="http://www.w3.org/2000/09/xmldsig#enveloped-signature"/>\
+<ds:Transform Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/></ds:Transforms>\
+<ds:DigestMethod Algorithm="{digest}"/><ds:DigestValue/></ds:Reference></ds:SignedInfo>\
+<ds:SignatureValue/><ds:KeyInfo><ds:X509Data/></ds:KeyInfo></ds:Signature>"""
+
+
+def unsigned(xml: str) -> str:
+    """The document without its XML declaration and signatures."""
+    return SIGNATURE.sub("", xml.split("?>", 1)[1] if xml.startswith("<?xml") else xml).strip()
+
+
+def sign_metadata_document(xml: str, key: Path, cert: Path, *, sha1: bool = False) -> bytes:
+    """`xml` (unsigned, its root an EntityDescriptor or EntitiesDescriptor with an ID)
+    signed by xmlsec1 with `key`, the signature the root's first child, as SimpleSAMLphp
+    places it; RSA-SHA256 (or RSA-SHA1 with SHA-1 digests)."""
+    start = re.search(r"<md:(EntityDescriptor|EntitiesDescriptor)\b[^>]*>", xml)
+    root_id = re.search(r'\bID="([^"]+)"', start.group(0)).group(1)
+    template = _TEMPLATE.format(
+        id=root_id,
+        method="http://www.w3.org/2000/09/xmldsig#rsa-sha1" if sha1
+        else "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+        digest="http://www.w3.org/2000/09/xmldsig#sha1" if sha1
+        else "http://www.w3.org/2001/04/xmlenc#sha256")
+    document = xml[:start.end()] + template + xml[start.end():]
+    with tempfile.TemporaryDirectory(prefix="konnect-sign-") as tmp:
+        source, out = Path(tmp) / "in.xml", Path(tmp) / "out.xml"
+        source.write_text(document)
+        subprocess.run(["xmlsec1", "--sign", "--privkey-pem", f"{key},{cert}",
+                        "--id-attr:ID", f"{MD}:{start.group(1)}", "--output", str(out),
+                        str(source)], check=True, capture_output=True, timeout=30)
+        return out.read_bytes()
+
+
+class Documents:
+    """A loopback HTTP server of the test's own: `url(name)` serves `documents[name]` as
+    SAML metadata (what a man in the middle or a broken web server would send)."""
+
+    def __init__(self) -> None:
+        self.documents: dict = {}
+        documents = self.documents
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+                body = documents.get(self.path.lstrip("/"))
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", "application/samlmetadata+xml")
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = "http://127.0.0.1:%d/" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, name: str) -> str:
+        return self.base + name
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @contextmanager
 def saml_site(base: Path, *, lifetime: int = 300, default: bool = False,
-              metadata_file: bool = False):
+              metadata_file: bool = False, signed_metadata: bool = False):
     """SimpleSAMLphp (users alice and mallory, uid attributes; assertions living `lifetime`
     seconds) and the OP under test (`down`, local user alice, clock skew 1 s) with it as
     the authority `idp` (trusted, end_session_enabled; `default` as asked; the IdP's
-    metadata from a file the operator keeps with `metadata_file`)."""
+    metadata from a file the operator keeps with `metadata_file`; with `signed_metadata`
+    the IdP signs it and the entry names its certificate)."""
     from .upstream import write_state
     down = Group(base / "down", extra_env={"KONNECTD_CLOCK_SKEW": "1"})
     idp = SimpleSAMLphp(users={"alice": ("alice-idp-pw", {"uid": ["alice"]}),
@@ -231,7 +315,7 @@ def saml_site(base: Path, *, lifetime: int = 300, default: bool = False,
                         sp_entity_id=down.issuer + "/signin/v1/identifier/saml2/metadata",
                         acs=down.issuer + ACS,
                         slo=down.issuer + "/signin/v1/identifier/_/saml2/slo",
-                        assertion_lifetime=lifetime)
+                        assertion_lifetime=lifetime, sign_metadata=signed_metadata)
     idp.start()
     try:
         metadata = idp.metadata_url
@@ -239,10 +323,15 @@ def saml_site(base: Path, *, lifetime: int = 300, default: bool = False,
             kept = base / "idp-metadata.xml"
             kept.write_bytes(requests.get(idp.metadata_url, timeout=10).content)
             metadata = f"file://{kept}"
-        write_state(down, users={"alice": "alice-local-pw"}, clients=[], authorities=[{
-            "id": "idp", "name": "SimpleSAMLphp", "authority_type": "saml2", "discover": True,
-            "trusted": True, "insecure": True, "metadata_endpoint": metadata,
-            "identity_claim_name": "uid", "end_session_enabled": True, "default": default}])
+        entry = {"id": "idp", "name": "SimpleSAMLphp", "authority_type": "saml2",
+                 "discover": True, "trusted": True, "insecure": True,
+                 "metadata_endpoint": metadata, "identity_claim_name": "uid",
+                 "end_session_enabled": True, "default": default}
+        if signed_metadata:
+            kept = base / "idp-metadata-signing.crt"
+            shutil.copy(idp.dir / "cert" / "metadata.crt", kept)
+            entry["metadata_signing_certificates"] = [str(kept)]
+        write_state(down, users={"alice": "alice-local-pw"}, clients=[], authorities=[entry])
         down.start()
         try:
             yield {"down": down, "idp": idp}

@@ -45,3 +45,12 @@ def _token_alice() -> dict:
 # tests.support.op.ALICE (the identity `mint_code` puts into codes) as a users-file entry, so
 # that the token service finds her at every grant, as in production
 TOKEN_ALICE = _token_alice()
+
+
+# the identifier tests' users: alice and three more with cheap hashes (many sign-ins)
+SIGN_IN_NAMES = [f"user{i}" for i in range(3)]
+SIGN_IN_USERS = (
+    {"username": "alice", "password": cheap_hash("wonderland"), "name": "Alice Example",
+     "email": "alice@example.test", "email_verified": True, "id": 1001, "uuid": "u-alice"},
+    *({"username": u, "password": cheap_hash("pw-" + u), "id": 2000 + i, "uuid": f"u-{u}"}
+      for i, u in enumerate(SIGN_IN_NAMES)))

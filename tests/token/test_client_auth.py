@@ -3,18 +3,24 @@ credentials, none, private_key_jwt with replay protection and the registered alg
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from urllib.parse import urlencode
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared import jose
-from shared.keys import SigningKey, public_jwk
+from shared.keys import SigningKey
+from tests.support.clients import CLIENT_KEY, EC_KEY, EXTRA_CLIENTS, JWT_CLIENT, RSA_KEY
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.http import code_form, post, token
+from tests.support.http import (
+    assertion,
+    code_form,
+    post,
+    redeem_with_assertion,
+    token,
+)
+from tests.support.malformed import JWT_DEEP_HEADER, JWT_DEEP_PAYLOAD
 from tests.support.op import (
     ISSUER,
     REGISTRY,
@@ -22,82 +28,6 @@ from tests.support.op import (
     mint_code,
 )
 from tests.support.users import TOKEN_ALICE
-
-CLIENT_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-JWT_CLIENT = f"""
-  - id: jwt-rp
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(CLIENT_KEY), kid="c1"))}
-"""
-
-
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-
-
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-EXTRA_CLIENTS = f"""
-  - id: jwt-ec
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(EC_KEY), kid="c1"))}
-  - id: jwt-ps
-    token_endpoint_auth_method: private_key_jwt
-    token_endpoint_auth_signing_alg: PS256
-    redirect_uris: [https://jwt-ps.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(RSA_KEY), kid="r1"))}
-  - id: code-only-rp
-    secret: code-only
-    grant_types: [authorization_code]
-    redirect_uris: [https://code-only.example.test/cb]
-"""
-
-
-def assertion(key, alg, kid, client_id, **claims):
-    signer = SigningKey(kid=kid, public=key.public_key(), algs=frozenset({alg}), alg=alg,
-                        private=key)
-    now = int(time.time())
-    body = {"iss": client_id, "sub": client_id, "aud": ISSUER + "/konnect/v1/token",
-            "jti": f"jti-{time.monotonic_ns()}", "exp": now + 60, **claims}
-    return jose.sign({k: v for k, v in body.items() if v is not None}, signer)
-
-
-async def redeem_with_assertion(http_client, base_url, core, client_id, redirect_uri, value):
-    code = await mint_code(core, client_id=client_id, redirect_uri=redirect_uri)
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-            "client_assertion_type": ASSERTION_TYPE, "client_assertion": value}
-    return await post(http_client, base_url, "/konnect/v1/token", form)
-
-
-DEEP = "[" * 3000 + "]" * 3000          # past every parser's limit (json: RecursionError)
-
-
-def b64(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-HEAD_OK = b64(json.dumps({"alg": "RS256", "typ": "JWT"}))
-
-
-JWT_DEEP_HEADER = b64(DEEP) + "." + b64("{}") + ".AAAA"
-
-
-JWT_DEEP_PAYLOAD = HEAD_OK + "." + b64(DEEP) + ".AAAA"
-
 
 pytestmark = pytest.mark.op(registry=REGISTRY + JWT_CLIENT, users=(TOKEN_ALICE,), service="token", apps=("token",))
 

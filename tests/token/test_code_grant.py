@@ -8,24 +8,23 @@ import json
 from urllib.parse import urlencode
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared import jose
 from shared.grants import Grant
 from shared.identity import Identity
-from shared.keys import public_jwk
 from tests.support.browser import (
     TRUSTED,
-    Browser,
     authorize_url,
+    code_for,
     query_of,
     sign_in,
     signed_in,
+    token_request,
     userinfo_status,
 )
+from tests.support.clients import EXTRA_CLIENTS, JWT_CLIENT
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.http import TRUSTED_AUTH, basic, code_form, introspect, post, token
-from tests.support.store import flush, leftovers, redemption_marker
+from tests.support.http import basic, code_form, introspect, post, token
 from tests.support.op import (
     ALICE,
     ISSUER,
@@ -34,32 +33,8 @@ from tests.support.op import (
     mint_code,
     pkce_pair,
 )
+from tests.support.store import flush, leftovers, redemption_marker
 from tests.support.users import TOKEN_ALICE
-
-CLIENT_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-JWT_CLIENT = f"""
-  - id: jwt-rp
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(CLIENT_KEY), kid="c1"))}
-"""
-
-
-async def token_request(b: Browser, form: dict, auth: str = TRUSTED_AUTH):
-    return await b.http.fetch(b.base + "/konnect/v1/token", method="POST", raise_error=False,
-                              headers={"Authorization": auth,
-                                       "Content-Type": "application/x-www-form-urlencoded"},
-                              body=urlencode(form))
-
-
-async def code_for(b: Browser, scope: str = "openid profile") -> str:
-    resp = await b.fetch(authorize_url(response_type="code", scope=scope, prompt="none", **TRUSTED))
-    assert resp.code == 302, resp.body
-    return query_of(resp.headers["Location"])["code"]
 
 
 class Calls:
@@ -73,33 +48,6 @@ class Calls:
             self.ops.append(op)
             return await original(op, fn)
         store._call = counted
-
-
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-EXTRA_CLIENTS = f"""
-  - id: jwt-ec
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(EC_KEY), kid="c1"))}
-  - id: jwt-ps
-    token_endpoint_auth_method: private_key_jwt
-    token_endpoint_auth_signing_alg: PS256
-    redirect_uris: [https://jwt-ps.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(RSA_KEY), kid="r1"))}
-  - id: code-only-rp
-    secret: code-only
-    grant_types: [authorization_code]
-    redirect_uris: [https://code-only.example.test/cb]
-"""
 
 
 pytestmark = pytest.mark.op(registry=REGISTRY + JWT_CLIENT, users=(TOKEN_ALICE,), service="token", apps=("token",))

@@ -7,70 +7,16 @@ import json
 from urllib.parse import urlencode
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from shared.keys import public_jwk
+from tests.support.clients import EXTRA_CLIENTS, JWT_CLIENT
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.http import basic, post, token
+from tests.support.http import basic, introspect_as, post, redeem, token
 from tests.support.op import (
     ISSUER,
     REGISTRY,
     SECRET,
-    mint_code,
 )
 from tests.support.users import TOKEN_ALICE
-
-CLIENT_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-JWT_CLIENT = f"""
-  - id: jwt-rp
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(CLIENT_KEY), kid="c1"))}
-"""
-
-
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-EXTRA_CLIENTS = f"""
-  - id: jwt-ec
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(EC_KEY), kid="c1"))}
-  - id: jwt-ps
-    token_endpoint_auth_method: private_key_jwt
-    token_endpoint_auth_signing_alg: PS256
-    redirect_uris: [https://jwt-ps.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(RSA_KEY), kid="r1"))}
-  - id: code-only-rp
-    secret: code-only
-    grant_types: [authorization_code]
-    redirect_uris: [https://code-only.example.test/cb]
-"""
-
-
-async def redeem(http_client, base_url, core, client_id="web-rp", secret=SECRET,
-                 redirect_uri="https://rp.example.test/cb", **extra):
-    code = await mint_code(core, client_id=client_id, redirect_uri=redirect_uri)
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
-    return await post(http_client, base_url, "/konnect/v1/token", dict(form, **extra),
-                      {"Authorization": basic(client_id, secret)})
-
-
-async def introspect_as(http_client, base_url, form, headers=None):
-    return await post(http_client, base_url, "/konnect/v1/introspect", form, headers)
-
 
 pytestmark = pytest.mark.op(registry=REGISTRY + JWT_CLIENT, users=(TOKEN_ALICE,), service="token", apps=("token",))
 
@@ -145,9 +91,11 @@ async def test_jwks_has_public_keys_only(http_client, base_url, state):
     resp = await http_client.fetch(base_url + "/konnect/v1/jwks.json")
     assert resp.headers["Content-Type"] == "application/jwk-set+json"
     keys = json.loads(resp.body)["keys"]
-    assert {state["kid"], "default", state["kid"] + "-rs256"} <= {k["kid"] for k in keys}
+    # the key once (and as Konnect's `default`): it signs every RSA alg and names none
+    # (RFC 7517 §4.4); no RS256 copy of it
+    assert {k["kid"] for k in keys} == {state["kid"], "default"}
     for key in keys:
-        assert key["use"] == "sig" and key["alg"] and "d" not in key and "p" not in key
+        assert key["use"] == "sig" and "alg" not in key and "d" not in key and "p" not in key
 
 
 @pytest.mark.gen_test

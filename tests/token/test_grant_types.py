@@ -6,57 +6,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared.grants import Grant
-from shared.keys import public_jwk
 from shared.store import new_token
+from tests.support.clients import EXTRA_CLIENTS
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.http import basic, post
+from tests.support.http import basic, post, redeem
 from tests.support.op import (
     ALICE,
     REGISTRY,
     SECRET,
-    mint_code,
 )
 from tests.support.users import TOKEN_ALICE
 
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-EXTRA_CLIENTS = f"""
-  - id: jwt-ec
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(EC_KEY), kid="c1"))}
-  - id: jwt-ps
-    token_endpoint_auth_method: private_key_jwt
-    token_endpoint_auth_signing_alg: PS256
-    redirect_uris: [https://jwt-ps.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(RSA_KEY), kid="r1"))}
-  - id: code-only-rp
-    secret: code-only
-    grant_types: [authorization_code]
-    redirect_uris: [https://code-only.example.test/cb]
-"""
-
-
 DYN_WEB = {"redirect_uris": ["https://dyn.example.test/cb"], "client_name": "Dyn RP"}
-
-
-async def redeem(http_client, base_url, core, client_id="web-rp", secret=SECRET,
-                 redirect_uri="https://rp.example.test/cb", **extra):
-    code = await mint_code(core, client_id=client_id, redirect_uri=redirect_uri)
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
-    return await post(http_client, base_url, "/konnect/v1/token", dict(form, **extra),
-                      {"Authorization": basic(client_id, secret)})
 
 
 async def register(http_client, base_url, metadata):
@@ -110,8 +73,9 @@ async def test_client_without_the_refresh_grant_gets_no_refresh_token_and_cannot
 
 @pytest.mark.gen_test
 async def test_grant_types_of_the_static_registry_stay_informational(http_client, base_url, core):
-    """As in Konnect (konnect.md §5.1): a YAML entry listing only authorization_code keeps
-    getting and using refresh tokens, so a migrated registry does not break its apps."""
+    """As in Konnect, which never enforces `grant_types` (identity/clients/models.go): a YAML
+    entry listing only authorization_code keeps getting and using refresh tokens, so a
+    migrated registry does not break its apps."""
     uri = "https://code-only.example.test/cb"
     resp, issued = await redeem(http_client, base_url, core, "code-only-rp", "code-only", uri)
     assert resp.code == 200 and issued["refresh_token"], issued

@@ -3,18 +3,26 @@ is a registered trusted client."""
 
 from __future__ import annotations
 
-import base64
 import json
-import time
 from urllib.parse import urlencode
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from shared import jose
-from shared.keys import SigningKey, public_jwk
+from tests.support.clients import EC_KEY, EXTRA_CLIENTS, JWT_CLIENT
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.http import TRUSTED_AUTH, basic, code_form, introspect, post, token
+from tests.support.http import (
+    ASSERTION_TYPE,
+    TRUSTED_AUTH,
+    assertion,
+    basic,
+    code_form,
+    introspect,
+    introspect_as,
+    redeem,
+    redeem_with_assertion,
+    token,
+)
+from tests.support.malformed import JWT_DEEP_HEADER, JWT_DEEP_PAYLOAD
 from tests.support.op import (
     ALICE,
     ISSUER,
@@ -23,94 +31,6 @@ from tests.support.op import (
     mint_code,
 )
 from tests.support.users import TOKEN_ALICE
-
-CLIENT_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-JWT_CLIENT = f"""
-  - id: jwt-rp
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(CLIENT_KEY), kid="c1"))}
-"""
-
-
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-
-
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-EXTRA_CLIENTS = f"""
-  - id: jwt-ec
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(EC_KEY), kid="c1"))}
-  - id: jwt-ps
-    token_endpoint_auth_method: private_key_jwt
-    token_endpoint_auth_signing_alg: PS256
-    redirect_uris: [https://jwt-ps.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(RSA_KEY), kid="r1"))}
-  - id: code-only-rp
-    secret: code-only
-    grant_types: [authorization_code]
-    redirect_uris: [https://code-only.example.test/cb]
-"""
-
-
-async def redeem(http_client, base_url, core, client_id="web-rp", secret=SECRET,
-                 redirect_uri="https://rp.example.test/cb", **extra):
-    code = await mint_code(core, client_id=client_id, redirect_uri=redirect_uri)
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
-    return await post(http_client, base_url, "/konnect/v1/token", dict(form, **extra),
-                      {"Authorization": basic(client_id, secret)})
-
-
-async def introspect_as(http_client, base_url, form, headers=None):
-    return await post(http_client, base_url, "/konnect/v1/introspect", form, headers)
-
-
-def assertion(key, alg, kid, client_id, **claims):
-    signer = SigningKey(kid=kid, public=key.public_key(), algs=frozenset({alg}), alg=alg,
-                        private=key)
-    now = int(time.time())
-    body = {"iss": client_id, "sub": client_id, "aud": ISSUER + "/konnect/v1/token",
-            "jti": f"jti-{time.monotonic_ns()}", "exp": now + 60, **claims}
-    return jose.sign({k: v for k, v in body.items() if v is not None}, signer)
-
-
-async def redeem_with_assertion(http_client, base_url, core, client_id, redirect_uri, value):
-    code = await mint_code(core, client_id=client_id, redirect_uri=redirect_uri)
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-            "client_assertion_type": ASSERTION_TYPE, "client_assertion": value}
-    return await post(http_client, base_url, "/konnect/v1/token", form)
-
-
-DEEP = "[" * 3000 + "]" * 3000          # past every parser's limit (json: RecursionError)
-
-
-def b64(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-HEAD_OK = b64(json.dumps({"alg": "RS256", "typ": "JWT"}))
-
-
-JWT_DEEP_HEADER = b64(DEEP) + "." + b64("{}") + ".AAAA"
-
-
-JWT_DEEP_PAYLOAD = HEAD_OK + "." + b64(DEEP) + ".AAAA"
-
 
 pytestmark = pytest.mark.op(registry=REGISTRY + EXTRA_CLIENTS, users=(TOKEN_ALICE,), args=DYNAMIC_REGISTRATION, service="token", apps=("token",))
 
@@ -135,7 +55,7 @@ async def test_introspection_shows_own_tokens_only_unless_trusted(http_client, b
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize("form,headers", [
-    # an unregistered id with a redirect_uri on the issuer's origin (implicit trust, §5.4)
+    # an unregistered id with a redirect_uri on the issuer's origin (Konnect's implicit trust)
     ({"client_id": "anyone", "redirect_uri": ISSUER + "/cb"}, None),
     ({"client_id": "anyone", "client_secret": "guess", "redirect_uri": ISSUER + "/cb"}, None),
     ({"redirect_uri": ISSUER + "/cb"}, {"Authorization": basic("anyone", "guess")}),

@@ -11,39 +11,32 @@ import time
 from urllib.parse import urlencode
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from shared.keys import public_jwk
 from tests.support.browser import (
     TRUSTED,
-    Browser,
     authorize_url,
+    code_for,
+    post_form,
     query_of,
     signed_in,
+    token_request,
+    userinfo,
     userinfo_status,
 )
+from tests.support.clients import (
+    EXTRA_CLIENTS,
+    JWT_CLIENT,
+    ODD_ORIGIN_REGISTRY,
+)
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.http import TRUSTED_AUTH, basic, code_form, introspect, post, token
-from tests.support.store import flush, leftovers
+from tests.support.http import basic, code_form, introspect, post, redeem, token
 from tests.support.op import (
     REGISTRY,
     SECRET,
     mint_code,
 )
+from tests.support.store import flush, leftovers
 from tests.support.users import ALICE_ENTRY, BOB_ENTRY, TOKEN_ALICE
-
-CLIENT_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-JWT_CLIENT = f"""
-  - id: jwt-rp
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(CLIENT_KEY), kid="c1"))}
-"""
-
 
 OTHER = ("trusted-rp", "other-secret")
 
@@ -68,77 +61,6 @@ def in_the_window(core, action):
 
 def refresh_form(rt, **extra):
     return {"grant_type": "refresh_token", "refresh_token": rt, **extra}
-
-
-async def token_request(b: Browser, form: dict, auth: str = TRUSTED_AUTH):
-    return await b.http.fetch(b.base + "/konnect/v1/token", method="POST", raise_error=False,
-                              headers={"Authorization": auth,
-                                       "Content-Type": "application/x-www-form-urlencoded"},
-                              body=urlencode(form))
-
-
-async def code_for(b: Browser, scope: str = "openid profile") -> str:
-    resp = await b.fetch(authorize_url(response_type="code", scope=scope, prompt="none", **TRUSTED))
-    assert resp.code == 302, resp.body
-    return query_of(resp.headers["Location"])["code"]
-
-
-ODD_CB = "https://RP.Odd.Example.test:443/cb"
-
-
-REGISTRY_3 = REGISTRY + f"""
-  - id: odd-origin-rp
-    trusted: yes
-    secret: odd-secret
-    redirect_uris: ["{ODD_CB}"]
-"""
-
-
-async def post_form(b: Browser, path: str, form: dict, auth: str = TRUSTED_AUTH):
-    return await b.http.fetch(b.base + path, method="POST", raise_error=False,
-                              headers={"Authorization": auth,
-                                       "Content-Type": "application/x-www-form-urlencoded"},
-                              body=urlencode(form))
-
-
-async def userinfo(b: Browser, access_token: str):
-    return await b.http.fetch(b.base + "/konnect/v1/userinfo", raise_error=False,
-                              headers={"Authorization": "Bearer " + access_token})
-
-
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-EXTRA_CLIENTS = f"""
-  - id: jwt-ec
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(EC_KEY), kid="c1"))}
-  - id: jwt-ps
-    token_endpoint_auth_method: private_key_jwt
-    token_endpoint_auth_signing_alg: PS256
-    redirect_uris: [https://jwt-ps.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(RSA_KEY), kid="r1"))}
-  - id: code-only-rp
-    secret: code-only
-    grant_types: [authorization_code]
-    redirect_uris: [https://code-only.example.test/cb]
-"""
-
-
-async def redeem(http_client, base_url, core, client_id="web-rp", secret=SECRET,
-                 redirect_uri="https://rp.example.test/cb", **extra):
-    code = await mint_code(core, client_id=client_id, redirect_uri=redirect_uri)
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
-    return await post(http_client, base_url, "/konnect/v1/token", dict(form, **extra),
-                      {"Authorization": basic(client_id, secret)})
 
 
 pytestmark = pytest.mark.op(registry=REGISTRY + JWT_CLIENT, users=(TOKEN_ALICE,), service="token", apps=("token",))
@@ -273,7 +195,7 @@ async def test_a_refresh_in_the_sign_outs_second_gives_a_working_access_token(
     started = time.monotonic()
     resp = await token_request(b, {"grant_type": "refresh_token",
                                    "refresh_token": tokens["refresh_token"]})
-    assert resp.code == 200  # offline_access outlives the browser sign-out (architecture.md)
+    assert resp.code == 200  # offline_access outlives the browser sign-out (docs/operations.md)
     refreshed = json.loads(resp.body)
     _, claims = core.keyring.verify(refreshed["access_token"])
     assert claims["iat"] > signed_out and time.monotonic() - started < 2.5
@@ -281,7 +203,7 @@ async def test_a_refresh_in_the_sign_outs_second_gives_a_working_access_token(
     assert await userinfo_status(b, tokens["access_token"]) == 401  # the one from before: revoked
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 async def test_a_narrowed_refresh_narrows_the_claims(http_client, base_url, core):
     b = await signed_in(http_client, base_url)
@@ -313,7 +235,7 @@ async def test_a_narrowed_refresh_narrows_the_claims(http_client, base_url, core
     assert json.loads((await userinfo(b, again["access_token"])).body)["email"]
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 @pytest.mark.gen_test(timeout=30)
 async def test_a_trusted_clients_claims_request_survives_a_refresh(http_client, base_url, core):
     """The Konnect behaviour kept: a trusted client asking `email` through `claims` without

@@ -4,190 +4,37 @@ families, replayed codes, sign-outs, within the clock skew."""
 from __future__ import annotations
 
 import json
-import time
 from http.cookies import SimpleCookie
-from typing import Any, Optional
-from urllib.parse import urlencode
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from tornado.httpclient import AsyncHTTPClient
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
 
-from services.identifier.app import make_app as identifier_app
-from services.token.app import make_app as token_app
-from services.userinfo.app import make_app as userinfo_app
 from shared import jose
-from shared.deps import Core
-from shared.keys import public_jwk
+from shared.session import LOGON_COOKIE
 from shared.store import tag_of
+from tests.support.clients import EXTRA_CLIENTS, JWT_CLIENT
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.http import basic, code_form, introspect, post, token
+from tests.support.http import basic, code_form, introspect, post, redeem, token
 from tests.support.op import (
+    ISSUER,
     REGISTRY,
     SECRET,
     mint_code,
     pkce_pair,
 )
-from tests.support.services import ALL_SCOPES
+from tests.support.services import OP
 from tests.support.users import TOKEN_ALICE
-
-CLIENT_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-JWT_CLIENT = f"""
-  - id: jwt-rp
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(CLIENT_KEY), kid="c1"))}
-"""
-
-
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-EXTRA_CLIENTS = f"""
-  - id: jwt-ec
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(EC_KEY), kid="c1"))}
-  - id: jwt-ps
-    token_endpoint_auth_method: private_key_jwt
-    token_endpoint_auth_signing_alg: PS256
-    redirect_uris: [https://jwt-ps.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(RSA_KEY), kid="r1"))}
-  - id: code-only-rp
-    secret: code-only
-    grant_types: [authorization_code]
-    redirect_uris: [https://code-only.example.test/cb]
-"""
-
-
-async def redeem(http_client, base_url, core, client_id="web-rp", secret=SECRET,
-                 redirect_uri="https://rp.example.test/cb", **extra):
-    code = await mint_code(core, client_id=client_id, redirect_uri=redirect_uri)
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
-    return await post(http_client, base_url, "/konnect/v1/token", dict(form, **extra),
-                      {"Authorization": basic(client_id, secret)})
-
-
-APPS = {"token": token_app, "userinfo": userinfo_app, "identifier": identifier_app}
-
-
-class Clock:
-    """The wall clock plus an offset every service shares (tests move it, never sleep)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
-class OP:
-    """The token, userinfo and identifier services, each served on its own port."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.cores: dict[str, Core] = {}
-        self.urls: dict[str, str] = {}
-        self._servers: list[HTTPServer] = []
-        self.http = AsyncHTTPClient(force_instance=True)
-
-    def serve(self, name: str, core: Core) -> None:
-        sock, port = bind_unused_port()
-        server = HTTPServer(APPS[name](core.settings, core))
-        server.add_sockets([sock])
-        self._servers.append(server)
-        self.cores[name], self.urls[name] = core, f"http://127.0.0.1:{port}"
-
-    async def close(self) -> None:
-        self.http.close()
-        for server in self._servers:
-            server.stop()
-            await server.close_all_connections()
-        for core in self.cores.values():
-            await core.close()
-
-    @property
-    def token_core(self) -> Core:
-        return self.cores["token"]
-
-    async def fetch(self, service: str, path: str, **kw: Any):
-        resp = await self.http.fetch(self.urls[service] + path, raise_error=False, **kw)
-        body = resp.body.decode("utf-8", "replace")
-        if resp.code >= 400:  # nothing internal in an error
-            assert not any(word in body.lower() for word in ("traceback", "ldap", "redis"))
-        ctype = resp.headers.get("Content-Type", "")
-        return resp, (json.loads(body) if ctype.startswith("application/json") and body else None)
-
-    async def form(self, path: str, form: dict, auth=("web-rp", SECRET)):
-        return await self.fetch("token", path, method="POST", body=urlencode(form),
-                                headers={"Content-Type": "application/x-www-form-urlencoded",
-                                         "Authorization": basic(*auth)})
-
-    async def identity(self, username: str, password: str):
-        identity = await self.token_core.users.authenticate(username, password)
-        assert identity is not None
-        return identity
-
-    async def code(self, identity, scopes=ALL_SCOPES, **kw) -> str:
-        return await mint_code(self.token_core, identity=identity, scopes=scopes, **kw)
-
-    async def redeem(self, code: str) -> tuple[int, dict]:
-        resp, body = await self.form("/konnect/v1/token", {
-            "grant_type": "authorization_code", "code": code,
-            "redirect_uri": "https://rp.example.test/cb"})
-        return resp.code, body
-
-    async def tokens(self, identity, scopes=ALL_SCOPES, **kw) -> dict:
-        status, body = await self.redeem(await self.code(identity, scopes, **kw))
-        assert status == 200, body
-        return body
-
-    async def refresh(self, refresh_token: str) -> tuple[int, dict]:
-        resp, body = await self.form("/konnect/v1/token", {"grant_type": "refresh_token",
-                                                           "refresh_token": refresh_token})
-        return resp.code, body
-
-    async def revoke(self, token: str, hint: Optional[str] = None) -> None:
-        form = {"token": token, **({"token_type_hint": hint} if hint else {})}
-        resp, _ = await self.form("/konnect/v1/revoke", form)
-        assert resp.code == 200
-
-    async def userinfo(self, access_token: str):
-        return await self.fetch("userinfo", "/konnect/v1/userinfo",
-                                headers={"Authorization": f"Bearer {access_token}"})
-
-    async def userinfo_status(self, access_token: str) -> int:
-        resp, body = await self.userinfo(access_token)
-        if resp.code == 401:  # RFC 6750 §3.1, and nothing but the code
-            assert resp.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
-            assert body == {"error": "invalid_token"}
-        return resp.code
 
 
 async def _logon_cookie(op: OP, username: str, password: str) -> str:
-    origin = op.urls["identifier"]
     resp, body = await op.fetch("identifier", "/signin/v1/identifier/_/logon", method="POST",
                                 body=json.dumps({"state": "s1", "params": [username, password, "1"]}),
-                                headers={"Content-Type": "application/json", "Origin": origin,
+                                headers={"Content-Type": "application/json", "Origin": ISSUER,
                                          "Kopano-Konnect-XSRF": "1"})
     assert resp.code == 200, body
     jar = SimpleCookie()
     for header in resp.headers.get_list("Set-Cookie"):
         jar.load(header)
-    return f"__Secure-KKT={jar['__Secure-KKT'].value}"
+    return f"{LOGON_COOKIE}={jar[LOGON_COOKIE].value}"
 
 
 def _remaining(redis_server, op: OP, kind: str, ident: str, sub: str) -> float:
@@ -332,7 +179,7 @@ async def test_logoff_makes_userinfo_refuse_access_tokens_issued_before(op_user)
     resp, body = await op.fetch("identifier", "/signin/v1/identifier/_/logoff", method="POST",
                                 body=json.dumps({"state": "o1"}),
                                 headers={"Content-Type": "application/json", "Cookie": cookie,
-                                         "Origin": op.urls["identifier"],
+                                         "Origin": ISSUER,
                                          "Kopano-Konnect-XSRF": "1"})
     assert resp.code == 200 and body["success"] is True
     assert await op.userinfo_status(before["access_token"]) == 401

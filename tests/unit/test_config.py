@@ -38,7 +38,8 @@ def _run(service, *args, env=None):
                           env=environ, capture_output=True, text=True, timeout=60)
 
 
-# konnect.md §3.2: every `konnectd serve` flag, with a value Konnect accepts for kc/ldap.
+# Konnect's cmd/konnectd/serve.go: every `konnectd serve` flag, with a value Konnect accepts
+# for kc/ldap.
 # Left out on purpose (docs/konnect-compatibility.md): --iss (above), --signing-private-key,
 # (files that must exist), --uri-base-path (refused: not built), --allow-client-guests
 # (tests/authorities/test_guests.py),
@@ -119,7 +120,8 @@ def test_repeatable_flags_and_space_separated_env(tmp_path):
 
 
 def test_cfg_trusted_proxies_takes_effect(tmp_path):
-    """Konnect's binscript misspelt this key, so it never worked (quirk Q20)."""
+    """Konnect's binscript misspelt this key, so it never worked (`trused_proxies` in
+    scripts/kopano-konnectd.binscript)."""
     cfg = tmp_path / "k.cfg"
     cfg.write_text("trusted_proxies = 10.0.0.1 192.168.0.0/16\nallowed_scopes = openid email\n")
     s = load(ISS + ["--config", str(cfg)])
@@ -217,7 +219,7 @@ def test_kc_client_certificate_and_key_go_together(tmp_path):
 
 
 def test_cookie_manager_needs_its_arguments():
-    """Konnect crashes here (quirk Q21); we report it."""
+    """Konnect crashes here (cmd/konnectd/serve.go reads the missing argument); we report it."""
     assert any("cookie" in p for p in problems_of(ISS + ["cookie"]))
 
 
@@ -380,16 +382,16 @@ def test_a_redis_url_refused_by_redis_py_is_a_startup_problem(tmp_path):
 
 
 def test_konnect_serve_flags_are_all_accepted():
-    """konnect.md §3.2: a Konnect command line (systemd unit, Docker ARGS) must not stop the
-    start-up with "unrecognized arguments" (argparse exit 2)."""
+    """Konnect's cmd/konnectd/serve.go: a Konnect command line (systemd unit, Docker ARGS) must
+    not stop the start-up with "unrecognized arguments" (argparse exit 2)."""
     argv = ISS + [part for flag in KONNECT_SERVE_FLAGS for part in flag]
     settings = load_settings(argv, {}, service="token")
     assert settings.access_token_expiration == 600
 
 
 def test_pprof_flags_are_accepted_with_konnects_defaults():
-    """konnect.md §3.2 `--with-pprof` / `--pprof-listen` (false / 127.0.0.1:6060): accepted,
-    no effect (docs/konnect-compatibility.md)."""
+    """Konnect's `--with-pprof` / `--pprof-listen` (false / 127.0.0.1:6060 in cmd/konnectd/serve.go):
+    accepted, no effect (docs/konnect-compatibility.md)."""
     defaults = load_settings(ISS, {}, service="token")
     assert (defaults.with_pprof, defaults.pprof_listen) == (False, "127.0.0.1:6060")
     on = load_settings(ISS + ["--with-pprof", "--pprof-listen", "0.0.0.0:6060"], {},

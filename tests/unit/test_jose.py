@@ -15,9 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from shared import jose
 from shared.keys import SigningKey, VerificationKey, client_key, public_jwk
-
-RSA_KEY = rsa.generate_private_key(65537, 2048)
-
+from tests.support.clients import RSA_KEY
+from tests.support.malformed import DEEP, MIDDLE, b64
 
 EC_KEYS = {"ES256": ec.generate_private_key(ec.SECP256R1()),
            "ES384": ec.generate_private_key(ec.SECP384R1()),
@@ -28,10 +27,6 @@ ED_KEY = ed25519.Ed25519PrivateKey.generate()
 
 
 HASH = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def unb64(text: str) -> bytes:
@@ -54,12 +49,6 @@ def forge(header: dict, claims: dict, signature: bytes = b"sig") -> str:
 
 
 ALL_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
-
-
-DEEP = "[" * 3000 + "]" * 3000          # past every parser's limit (json: RecursionError)
-
-
-MIDDLE = '{"a":' * 300 + "1" + "}" * 300  # parses in orjson and json, re-encodes in neither
 
 
 @pytest.mark.parametrize("alg", ALL_ALGS)

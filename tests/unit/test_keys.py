@@ -3,6 +3,7 @@ shared/keytool.py)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -17,7 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from shared import jose, keytool
 from shared.keys import (
+    AlgorithmNotSigned,
     KeyLoadError,
+    KeysUnavailable,
+    SigningKey,
     client_key,
     load_key_file,
     load_keyring,
@@ -233,12 +237,27 @@ def test_validation_keys_path_must_be_a_directory(tmp_path, rsa_key):
         load_keyring([], validation_keys_path=str(tmp_path / "missing"))
 
 
-def test_no_key_gives_a_random_key_with_a_loud_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="konnect.keys"):
-        ring = load_keyring([])
-    assert ring.ephemeral and ring.signer.alg == "PS256"
-    assert any("NO SIGNING KEY" in r.message for r in caplog.records)
-    assert ring.verify(ring.sign({"a": 1}))[1] == {"a": 1}
+def test_no_key_is_no_keyring_and_an_ephemeral_one_signs_nothing_until_confirmed(rsa_key):
+    """A process never makes a random key of its own any more: without a signing key the
+    group shares one (shared/ephemeral.py), and until it is confirmed nothing is signed,
+    verified or published with the process's candidate."""
+    with pytest.raises(KeyLoadError, match="no signing key"):
+        load_keyring([])
+    ring = load_keyring([], ephemeral_signer=("candidate", rsa_key))
+    assert ring.ephemeral and not ring.ready
+    for use in (lambda: ring.sign({"a": 1}), lambda: ring.verification_key("candidate"),
+                ring.jwks, ring.id_token_signer, ring.access_token_signer):
+        with pytest.raises(KeysUnavailable):
+            use()
+    assert ring.signing_algs[0] == "PS256" and "RS512" in ring.can_sign  # discovery's, known
+    group_key = rsa.generate_private_key(65537, 2048)
+    ring.adopt_signer("ephemeral-group", group_key, "PS256")
+    assert ring.ready and ring.signer.kid == "ephemeral-group"
+    header, claims = ring.verify(ring.sign({"a": 1}))
+    assert header["kid"] == "ephemeral-group" and claims == {"a": 1}
+    assert public_jwk(group_key)["n"] in {k["n"] for k in ring.jwks()["keys"]}
+    assert public_jwk(rsa_key)["n"] not in {k["n"] for k in ring.jwks()["keys"]}
+    assert ring.verification_key("candidate") is None
 
 
 def test_jwks_holds_only_public_parts(tmp_path, rsa_key):
@@ -247,31 +266,82 @@ def test_jwks_holds_only_public_parts(tmp_path, rsa_key):
              write_pem(tmp_path / "o.pem", ed25519.Ed25519PrivateKey.generate())]
     ring = load_keyring([str(p) for p in paths])
     keys = {k["kid"]: k for k in ring.jwks()["keys"]}
-    assert keys["r"]["alg"] == "PS256" and keys["e"]["alg"] == "ES256" and keys["o"]["alg"] == "EdDSA"
+    # RFC 7517 §4.4: the RSA key signs every RSA alg, so it names none (as Konnect's JWKS);
+    # EC and Ed25519 keys have one alg each, and say so
+    assert "alg" not in keys["r"] and keys["e"]["alg"] == "ES256" and keys["o"]["alg"] == "EdDSA"
     for key in keys.values():
         assert key["use"] == "sig" and not PRIVATE_MEMBERS & key.keys()
     assert keys["default"]["n"] == keys["r"]["n"]
-    assert ring.signing_algs == ["PS256", "ES256", "EdDSA", "RS256"]
+    assert set(keys) == {"r", "e", "o", "default"}  # one entry per key: no -rs256 copy
+    assert ring.signing_algs == ["PS256", "RS256", "RS384", "RS512", "PS384", "PS512",
+                                 "ES256", "EdDSA"]
     assert ring.signer_for("ES256").kid == "e"
-    assert keys["r-rs256"]["alg"] == "RS256" and keys["r-rs256"]["n"] == keys["r"]["n"]
-    with pytest.raises(KeyError):
-        ring.signer_for("RS384")
+    assert ring.signer_for("RS384").kid == "r" and ring.signer_for("RS384").alg == "RS384"
+    with pytest.raises(AlgorithmNotSigned, match="ES384"):  # a P-256 key signs ES256 only
+        ring.signer_for("ES384")
+
+
+def test_an_rsa_key_signs_and_verifies_every_rsa_alg_unless_its_jwk_pins_one(tmp_path, rsa_key):
+    """Konnect's oidc/provider/provider.go `SetSigningKey`: an RSA key signs RS256/384/512
+    and PS256/384/512. A JWK with `alg` keeps its key to that one alg."""
+    ring = load_keyring([str(write_pem(tmp_path / "r.pem", rsa_key))])
+    for alg in sorted(jose.RSA_ALGS):
+        header, claims = ring.verify(ring.sign({"a": alg}, alg=alg))
+        assert header == {"alg": alg, "kid": "r", "typ": "JWT"} and claims == {"a": alg}
+    with pytest.raises(AlgorithmNotSigned):
+        ring.sign({"a": 1}, alg="ES256")
+    pinned = tmp_path / "pinned.json"
+    pinned.write_text(json.dumps(dict(private_jwk(rsa_key), alg="RS256")))
+    pinned_ring = load_keyring([str(pinned)], signing_method="RS256")
+    assert pinned_ring.can_sign == {"RS256"} and pinned_ring.signing_algs == ["RS256"]
+    assert {k["alg"] for k in pinned_ring.jwks()["keys"]} == {"RS256"}
+    with pytest.raises(AlgorithmNotSigned):
+        pinned_ring.sign({"a": 1}, alg="PS256")
+    # what a pinned key does not sign, it does not accept either
+    forged = jose.sign({"a": 1}, ring.signer.for_alg("PS256"), headers={"kid": "pinned"})
+    with pytest.raises(jose.JoseError, match="algorithm not allowed"):
+        pinned_ring.verify(forged)
+
+
+@pytest.mark.parametrize("alg", ["HS256", "none", "ES256", "EdDSA"])
+def test_an_rsa_keys_kid_never_accepts_an_alg_its_type_cannot_have(tmp_path, rsa_key, alg):
+    ring = load_keyring([str(write_pem(tmp_path / "r.pem", rsa_key))])
+    token = ring.sign({"a": 1})
+    head = base64.urlsafe_b64encode(json.dumps({"alg": alg, "kid": "r"}).encode()).rstrip(b"=")
+    with pytest.raises(jose.JoseError, match="algorithm not allowed"):
+        ring.verify(head.decode() + token[token.index("."):])
 
 
 def test_id_tokens_default_to_rs256_for_clients_that_registered_no_alg(tmp_path, rsa_key):
     ring = load_keyring([str(write_pem(tmp_path / "r.pem", rsa_key))])
-    assert ring.id_token_signer().kid == "r-rs256" and ring.id_token_signer().alg == "RS256"
-    assert ring.id_token_signer("PS256").kid == "r"
+    assert ring.id_token_signer().kid == "r" and ring.id_token_signer().alg == "RS256"
+    assert ring.id_token_signer("PS512").kid == "r" and ring.id_token_signer("PS512").alg == "PS512"
     token = jose.sign({"a": 1}, ring.id_token_signer())
     assert ring.verify(token)[0]["alg"] == "RS256"
     ec_ring = load_keyring([str(write_pem(tmp_path / "e.pem", ec.generate_private_key(ec.SECP256R1())))],
                            signing_method="ES256")
     assert ec_ring.id_token_signer().alg == "ES256" and ec_ring.signing_algs == ["ES256"]
+    with pytest.raises(AlgorithmNotSigned):  # never another alg than the one registered
+        ec_ring.id_token_signer("RS256")
+
+
+def test_id_tokens_of_earlier_versions_kid_rs256_still_verify(tmp_path, rsa_key):
+    """Earlier versions signed RS256 ID tokens under `<kid>-rs256`: an `id_token_hint` may
+    be one of them. It verifies (RS256 only), and is no longer published."""
+    ring = load_keyring([str(write_pem(tmp_path / "r.pem", rsa_key))])
+    old = SigningKey(kid="r-rs256", public=rsa_key.public_key(), algs=jose.RSA_ALGS,
+                     alg="RS256", private=rsa_key)
+    assert ring.verify(jose.sign({"a": 1}, old))[1] == {"a": 1}
+    with pytest.raises(jose.JoseError, match="algorithm not allowed"):
+        ring.verify(jose.sign({"a": 1}, old, alg="PS256"))
+    assert "r-rs256" not in {k["kid"] for k in ring.jwks()["keys"]}
 
 
 def test_signing_key_repr_hides_private_material(tmp_path, rsa_key):
     ring = load_keyring([str(write_pem(tmp_path / "r.pem", rsa_key))])
-    assert repr(ring.signer) == "SigningKey(kid='r', algs=frozenset({'PS256'}), alg='PS256')"
+    text = repr(ring.signer)
+    assert text.startswith("SigningKey(kid='r', algs=frozenset({") and text.endswith("alg='PS256')")
+    assert str(rsa_key.private_numbers().d) not in text and "private" not in text
 
 
 def test_client_key_without_alg_accepts_its_family_only(rsa_key):
@@ -358,7 +428,7 @@ def test_jwk_members_of_the_wrong_type_are_a_clear_error(tmp_path, rsa_key, memb
         client_key({**public_jwk(rsa_key), **member})
 
 
-def test_jwk_for_encryption_is_refused_as_signing_and_validation_key(tmp_path, rsa_key):
+def test_jwk_for_encryption_is_refused_as_signing_and_validation_key(tmp_path, rsa_key, caplog):
     """RFC 7517 §4.2: "use": "enc" is a key for encryption, never for signatures."""
     (tmp_path / "val").mkdir()
     enc = tmp_path / "enc.json"
@@ -366,8 +436,11 @@ def test_jwk_for_encryption_is_refused_as_signing_and_validation_key(tmp_path, r
     (tmp_path / "val" / "old.json").write_text(json.dumps(dict(public_jwk(rsa_key), use="enc")))
     with pytest.raises(KeyLoadError, match=r"enc\.json: JWK has \"use\": 'enc'"):
         load_keyring([str(enc)])
-    with pytest.raises(KeyLoadError, match=r"old\.json: JWK has \"use\": 'enc'"):
-        load_keyring([], validation_keys_path=str(tmp_path / "val"))
+    with caplog.at_level(logging.WARNING, logger="konnect.keys"):  # skipped, as Konnect
+        ring = load_keyring([str(write_pem(tmp_path / "s.pem", rsa_key))],
+                            validation_keys_path=str(tmp_path / "val"))
+    assert "old" not in {k["kid"] for k in ring.jwks()["keys"]}
+    assert any("old.json: JWK has \"use\": 'enc'" in r.getMessage() for r in caplog.records)
     verify_only = tmp_path / "verify.json"          # RFC 7517 §4.3 key_ops without "sign"
     verify_only.write_text(json.dumps(dict(private_jwk(rsa_key), key_ops=["verify"])))
     with pytest.raises(KeyLoadError, match="does not allow signing"):
@@ -378,8 +451,8 @@ def test_jwk_for_encryption_is_refused_as_signing_and_validation_key(tmp_path, r
 
 
 @pytest.mark.parametrize("kind", ["/dev/zero", "directory", "fifo"])
-def test_a_key_path_that_is_not_a_regular_file_is_refused_before_reading(tmp_path, kind):
-    """security.md FT-15: a symlink to /dev/zero read without end (the size check trusted
+def test_a_key_path_that_is_not_a_regular_file_is_refused_before_reading(tmp_path, kind, caplog):
+    """A symlink to /dev/zero read without end (the size check trusted
     st_size, which is 0); a FIFO blocked the start waiting for a writer."""
     link = tmp_path / "konnectd-signing-private-key.pem"
     if kind == "/dev/zero":
@@ -393,8 +466,11 @@ def test_a_key_path_that_is_not_a_regular_file_is_refused_before_reading(tmp_pat
     validation = tmp_path / "val"
     validation.mkdir()
     (validation / "zero.pem").symlink_to("/dev/zero")
-    with pytest.raises(KeyLoadError, match="zero.pem: not a regular file"):
-        load_keyring([], validation_keys_path=str(validation))
+    signing = write_pem(tmp_path / "s.pem", rsa.generate_private_key(65537, 2048))
+    with caplog.at_level(logging.WARNING, logger="konnect.keys"):  # skipped, never read
+        ring = load_keyring([str(signing)], validation_keys_path=str(validation))
+    assert "zero" not in {k["kid"] for k in ring.jwks()["keys"]}
+    assert any("zero.pem: not a regular file" in r.getMessage() for r in caplog.records)
 
 
 def test_a_key_file_over_64_kib_is_refused(tmp_path):
@@ -408,7 +484,7 @@ def test_a_key_file_over_64_kib_is_refused(tmp_path):
                                       (0o640, "group"), (0o602, "others")])
 def test_a_private_key_open_to_group_or_others_loads_with_a_loud_warning(tmp_path, rsa_key,
                                                                        caplog, mode, who):
-    """security.md FT-15 allows "refuse, or warn loudly": we warn (existing Konnect keys may
+    """Refuse (as OpenSSH) or warn loudly: we warn (existing Konnect keys may
     be 0640/0644), naming the file and its mode. 0600 and 0400 are quiet."""
     path = write_pem(tmp_path / "exposed.pem", rsa_key)
     os.chmod(path, mode)
@@ -429,6 +505,8 @@ def test_a_private_key_open_to_group_or_others_loads_with_a_loud_warning(tmp_pat
 def test_a_public_validation_key_readable_by_all_is_quiet(tmp_path, rsa_key, caplog):
     (tmp_path / "val").mkdir()
     os.chmod(write_public_pem(tmp_path / "val" / "old.pem", rsa_key), 0o644)
+    signing = write_pem(tmp_path / "s.pem", rsa_key)
+    os.chmod(signing, 0o600)
     with caplog.at_level(logging.WARNING, logger="konnect.keys"):
-        load_keyring([], validation_keys_path=str(tmp_path / "val"))
+        load_keyring([str(signing)], validation_keys_path=str(tmp_path / "val"))
     assert not [r for r in caplog.records if "PRIVATE KEY FILE" in r.getMessage()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.origins import names_host, normal_origin, origin_of, serialized_origin
+from shared.origins import normal_origin, origin_of, same_origin, serialized_origin
 
 
 @pytest.mark.parametrize("uri,expected", [
@@ -40,19 +40,37 @@ def test_serialized_origin(uri, origin):
     assert serialized_origin(uri) == origin
 
 
-@pytest.mark.parametrize("source,host,same", [
-    ("https://idp.example.test", "idp.example.test", True),
-    ("https://IDP.example.test/signin/v1/identifier", "idp.example.TEST", True),
-    ("https://idp.example.test:8443", "idp.example.test:8443", True),
-    ("https://idp.example.test:8443", "idp.example.test", False),
-    ("https://evil.example", "idp.example.test", False),
-    ("https://idp.example.test.evil.example", "idp.example.test", False),
-    ("null", "idp.example.test", False),                 # an opaque origin
-    ("", "", False),                                     # nothing to compare: never the same
-    ("", None, False),
+ISSUER = "https://idp.example.test"
+
+
+@pytest.mark.parametrize("source,issuer,same", [
+    (ISSUER, ISSUER, True),
+    ("https://IDP.example.test/signin/v1/identifier?x=1", ISSUER, True),   # a Referer
+    ("https://idp.example.test:443", ISSUER, True),                        # the default port
+    (ISSUER, ISSUER + "/konnect", True),                                   # an issuer with a path
+    ("https://idp.example.test:8443", "https://idp.example.test:8443/", True),
+    ("https://xn--bcher-kva.example", "https://bücher.example", True),     # IDNA, as browsers
+    # the same host, another origin: scheme, port, subdomain, a trailing dot
+    ("http://idp.example.test", ISSUER, False),
+    ("http://idp.example.test:443", ISSUER, False),
+    ("https://idp.example.test:8443", ISSUER, False),
+    (ISSUER, "https://idp.example.test:8443", False),
+    ("wss://idp.example.test", ISSUER, False),
+    ("https://sub.idp.example.test", ISSUER, False),
+    ("https://idp.example.test.", ISSUER, False),
+    ("https://idp.example.test.evil.example", ISSUER, False),
+    ("https://evil.example", ISSUER, False),
+    ("http://127.0.0.1:8443", "https://localhost:8443", False),            # loopback not folded
+    ("https://idp.example.test:x", ISSUER, False),                         # no port at all
+    ("https://idp.example.test:99999", ISSUER, False),
+    ("null", ISSUER, False),                                               # an opaque origin
+    ("idp.example.test", ISSUER, False),
+    ("//idp.example.test", ISSUER, False),
+    ("", ISSUER, False),
+    (ISSUER, "", False),
 ])
-def test_names_host_compares_the_authority_of_origin_or_referer_with_host(source, host, same):
-    assert names_host(source, host) is same
+def test_same_origin_compares_scheme_host_and_port_with_the_issuers(source, issuer, same):
+    assert same_origin(source, issuer) is same
 
 
 @pytest.mark.parametrize("uri,origin", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -13,7 +14,7 @@ from shared.clients import Client, ClientRegistry, RegistryError
 from shared.config import StartupError
 from shared.deps import Core
 from shared.keys import public_jwk
-from tests.support.op import ISSUER, REGISTRY, make_state, settings_for
+from tests.support.op import ISSUER, REGISTRY, make_state, settings_for, startup_problems
 
 EXAMPLE_ISSUER = "https://idp.example.com"
 
@@ -69,15 +70,14 @@ RSA_2048 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 _PRIVATE_2048 = {**public_jwk(RSA_2048), "d": "AQAB"}
 
 
-def _startup_problems(tmp_path, redis_url, extra_registry: str = "",
-                      extra_args: tuple = ()) -> list[str]:
+def _skipped(tmp_path, redis_url, extra_registry: str, client_id: str = "extra-rp") -> list[str]:
+    """The problems for which the entry of `client_id` was skipped at start-up (the OP
+    starts without it, as Konnect's does)."""
     state = make_state(tmp_path / "state", registry=REGISTRY + extra_registry)
-    try:
-        core = Core.from_settings(settings_for("authorize", state, redis_url, extra_args))
-    except StartupError as err:
-        return err.problems
-    del core
-    return []
+    core = Core.from_settings(settings_for("authorize", state, redis_url))
+    assert core.registry.get(client_id) is None and core.registry.get("web-rp") is not None
+    return [p for label, found in core.registry.skipped.items() if f'"{client_id}"' in label
+            for p in found]
 
 
 def _client(**members) -> str:
@@ -169,9 +169,11 @@ def test_post_logout_uris_registered_or_redirect_uris(registry):
     assert not kwm.post_logout_redirect_uri_ok("http://kwm.local/other")
 
 
-def test_every_problem_is_reported_at_once(tmp_path):
-    with pytest.raises(RegistryError) as info:
-        load(tmp_path, """
+def test_every_bad_entry_is_skipped_with_every_problem_named(tmp_path, caplog):
+    """Konnect's identity/clients/registry.go skips an entry it cannot use, with a warning:
+    so do we, naming each problem, and the good entries load."""
+    caplog.set_level("WARNING", logger="konnect.clients")
+    registry = load(tmp_path, """
             clients:
               - id: a
                 redirect_uris: [http://a.example/cb]
@@ -192,35 +194,68 @@ def test_every_problem_is_reported_at_once(tmp_path):
               - id: g
                 redirect_uris: [https://g.example/cb]
                 id_token_signed_response_alg: HS256
+              - id: good
+                redirect_uris: [https://good.example/cb]
         """)
-    problems = info.value.problems
-    text = "\n".join(problems)
-    assert 'clients[0] (id "a"): redirect_uris[0] must use https (or set insecure: yes)' in problems
-    assert 'clients[1] (id "b"): application_type must be web or native' in problems
-    assert 'clients[2] (id "c"): redirect_uris is required (at least one)' in problems
-    assert "clients[3]: id is required" in problems
-    assert 'clients[4] (id "e"): redirect_uris[0] must not contain a fragment' in problems
-    assert 'clients[4] (id "e"): redirect_uris[1] must be absolute' in problems
-    assert 'clients[4] (id "e"): trusted must be true or false' in problems
-    assert 'clients[4] (id "e"): unknown field(s) redirect_uri' in problems
-    assert "loopback" in text and 'clients[5] (id "f")' in text
-    assert 'clients[6] (id "a"): duplicate id' in problems
-    assert "HS256" in text
+    assert [c.id for c in registry] == ["good"]
+    skipped = registry.skipped
+    assert 'redirect_uris[0] must use https (or set insecure: yes)' in skipped['clients[0] (id "a")']
+    assert 'application_type must be web or native' in skipped['clients[1] (id "b")']
+    assert 'redirect_uris is required (at least one)' in skipped['clients[2] (id "c")']
+    assert "id is required" in skipped["clients[3]"]
+    assert {'redirect_uris[0] must not contain a fragment', 'redirect_uris[1] must be absolute',
+            'trusted must be true or false'} <= set(skipped['clients[4] (id "e")'])
+    assert "loopback" in " ".join(skipped['clients[5] (id "f")'])
+    assert any("duplicate id" in p for p in skipped['clients[6] (id "a")'])  # both a's go
+    assert "HS256" in " ".join(skipped['clients[7] (id "g")'])
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert 'CLIENT SKIPPED, clients[4] (id "e")' in text
+    assert "unknown field(s) ignored: redirect_uri (did you mean redirect_uris?)" in text
+
+
+def test_a_skipped_entry_is_never_an_implicitly_trusted_client(tmp_path):
+    """An entry on the issuer's origin that was skipped would otherwise come back as an
+    implicitly trusted client (consent skipped) the moment it is asked for."""
+    registry = load(tmp_path, """
+            clients:
+              - id: on-the-issuer
+                trusted: "no"
+                redirect_uris: [https://idp.example.com/app/cb]
+        """)
+    assert registry.get("on-the-issuer") is None and registry.skipped
+    assert registry.lookup("on-the-issuer", "https://idp.example.com/app/cb") is None
+    assert registry.lookup("another", "https://idp.example.com/app/cb").trusted
+
+
+def test_unknown_keys_of_an_entry_are_ignored_with_a_warning_as_konnect_does(tmp_path, caplog):
+    caplog.set_level("WARNING", logger="konnect.clients")
+    registry = load(tmp_path, """
+            clients:
+              - id: x
+                redirect_uris: [https://x.example/cb]
+                trusted_scope: [profile]
+                logo: https://x.example/logo.png
+        """)
+    client = registry.get("x")
+    assert client is not None and client.trusted_scopes == () and not registry.skipped
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "trusted_scope (did you mean trusted_scopes?)" in text and "logo" in text
 
 
 def test_insecure_does_not_waive_redirect_uris(tmp_path):
-    with pytest.raises(RegistryError, match="redirect_uris is required"):
-        load(tmp_path, "clients:\n  - id: x\n    insecure: yes\n")
+    registry = load(tmp_path, "clients:\n  - id: x\n    insecure: yes\n")
+    assert registry.get("x") is None
+    assert "redirect_uris is required (at least one)" in registry.skipped['clients[0] (id "x")']
 
 
 def test_private_key_jwt_needs_jwks(tmp_path):
-    with pytest.raises(RegistryError, match="private_key_jwt needs jwks"):
-        load(tmp_path, """
+    registry = load(tmp_path, """
             clients:
               - id: x
                 token_endpoint_auth_method: private_key_jwt
                 redirect_uris: [https://x.example/cb]
         """)
+    assert registry.skipped['clients[0] (id "x")'] == ["private_key_jwt needs jwks"]
 
 
 def test_missing_file_and_bad_yaml_are_clear_errors(tmp_path):
@@ -280,18 +315,18 @@ def test_repr_never_shows_the_secret(registry):
     ([{**public_jwk(RSA_2048), "alg": "ES256"}], "alg that does not fit the key"),
     ([], "no keys at all"),
 ])
-def test_registry_jwks_with_an_unusable_key_is_a_startup_error(tmp_path, redis_url, keys, why):
+def test_registry_jwks_with_an_unusable_key_skips_the_client(tmp_path, redis_url, keys, why):
     """RFC 7517 §4-5 and RFC 7518 §6: a client's registered keys must be public signing keys
     this OP can use. Before, such a key loaded and was skipped in `client_key_lookup` at
-    request time (request objects, private_key_jwt): no start-up error, and a private key
-    or shared secret sat in the registry unnoticed."""
-    problems = _startup_problems(tmp_path, redis_url, _client(jwks={"keys": keys}))
-    assert problems and any("extra-rp" in p and "jwks" in p for p in problems), (why, problems)
+    request time (request objects, private_key_jwt) without a word, and a private key or
+    shared secret sat in the registry unnoticed: the client is skipped, loudly."""
+    problems = _skipped(tmp_path, redis_url, _client(jwks={"keys": keys}))
+    assert any("jwks" in p for p in problems), (why, problems)
 
 
 def test_registry_jwks_with_good_keys_still_loads(tmp_path, redis_url):
     good = {**public_jwk(RSA_2048), "kid": "k1", "alg": "RS256", "use": "sig"}
-    assert _startup_problems(tmp_path, redis_url, _client(jwks={"keys": [good]})) == []
+    assert startup_problems(tmp_path, redis_url, _client(jwks={"keys": [good]})) == []
 
 
 @pytest.mark.parametrize("origin", [
@@ -302,45 +337,70 @@ def test_registry_jwks_with_good_keys_still_loads(tmp_path, redis_url):
     "javascript://extra.example.test",
     "https://extra example.test",
 ])
-def test_registry_malformed_origin_is_a_startup_error(tmp_path, redis_url, origin):
+def test_registry_malformed_origin_skips_the_client(tmp_path, redis_url, origin):
     """RFC 6454 §6.1: an origin serialises as scheme "://" host [ ":" port ]. These loaded
     silently before (only path and a non-empty query were checked)."""
-    problems = _startup_problems(tmp_path, redis_url, _client(origins=[origin]))
-    assert any("extra-rp" in p and "origins[0]" in p for p in problems), problems
+    problems = _skipped(tmp_path, redis_url, _client(origins=[origin]))
+    assert any("origins[0]" in p for p in problems), problems
 
 
 def test_registry_good_origins_still_load(tmp_path, redis_url):
     origins = ["https://extra.example.test", "https://extra.example.test:8443", "http://[::1]:3000"]
-    assert _startup_problems(tmp_path, redis_url, _client(origins=origins)) == []
+    assert startup_problems(tmp_path, redis_url, _client(origins=origins)) == []
 
 
-def test_registry_jwks_with_two_keys_of_one_kid_is_a_startup_error(tmp_path, redis_url):
+def test_registry_jwks_with_two_keys_of_one_kid_skips_the_client(tmp_path, redis_url):
     """RFC 7517 §4.5 (distinct kids in a set), RFC 7515 §4.1.4 (the kid picks the key):
     `client_key_lookup` kept only the last of two keys sharing a kid, so the first one
     (say the key a client still signs with during a rotation) silently verified nothing."""
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     keys = [{**public_jwk(RSA_2048), "kid": "k1"}, {**public_jwk(other), "kid": "k1"}]
-    problems = _startup_problems(tmp_path, redis_url, _client(jwks={"keys": keys}))
-    assert any("extra-rp" in p and "kid" in p for p in problems), problems
+    problems = _skipped(tmp_path, redis_url, _client(jwks={"keys": keys}))
+    assert any("kid" in p for p in problems), problems
     keyless = [public_jwk(RSA_2048), public_jwk(other)]
-    problems = _startup_problems(tmp_path / "b", redis_url, _client(jwks={"keys": keyless}))
-    assert any("extra-rp" in p and "kid" in p for p in problems), problems
+    problems = _skipped(tmp_path / "b", redis_url, _client(jwks={"keys": keyless}))
+    assert any("kid" in p for p in problems), problems
 
 
-def test_registry_with_a_misspelt_top_level_key_is_a_startup_error(tmp_path, redis_url):
-    """konnect.md §5.1: the clients are under `clients:`. A file with `client:` loaded as an
-    empty registry: every registered client gone without a start-up error."""
+def test_registry_with_a_misspelt_clients_key_is_a_startup_error(tmp_path, redis_url):
+    """Konnect's identity/clients/models.go: the clients are under `clients:`. A file with
+    `client:` would start the OP without any client (Konnect's does): refused, on purpose."""
     state = make_state(tmp_path / "state", registry=REGISTRY.replace("clients:", "client:", 1))
     with pytest.raises(StartupError) as info:
         Core.from_settings(settings_for("authorize", state, redis_url))
     assert any("client" in p and "top-level" in p for p in info.value.problems), info.value.problems
 
 
+def test_another_unknown_top_level_key_beside_clients_is_ignored_with_a_warning(tmp_path,
+                                                                               redis_url, caplog):
+    caplog.set_level("WARNING", logger="konnect.clients")
+    state = make_state(tmp_path / "state", registry=REGISTRY + "\nscopes:\n  - openid\n")
+    core = Core.from_settings(settings_for("authorize", state, redis_url))
+    assert core.registry.get("web-rp") is not None
+    assert any("unknown top-level key(s) scopes ignored" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("member", ["id_token_signed_response_alg", "userinfo_signed_response_alg"])
+def test_a_registered_alg_no_key_signs_is_a_startup_error(tmp_path, redis_url, member):
+    """Its tokens would fail, and another alg instead would break the client: refused at
+    start-up, naming the client and what the keys sign. With a key that signs it, it loads."""
+    problems = startup_problems(tmp_path, redis_url, _client(**{member: "ES256"}))
+    assert any("extra-rp" in p and f"{member} ES256 cannot be signed" in p
+               and "RS384" in p for p in problems), problems
+    state = make_state(tmp_path / "ec", registry=REGISTRY + _client(**{member: "ES256"}))
+    access_key = str(Path(state["key"]).parent / "konnectd-access-token-private-key.pem")
+    core = Core.from_settings(settings_for("authorize", state, redis_url,
+                                           ["--access-token-signing-key", access_key]))
+    assert getattr(core.registry.get("extra-rp"), member) == "ES256"
+    for alg in ("RS384", "PS512"):  # the RSA key signs every RSA alg
+        assert startup_problems(tmp_path / alg, redis_url, _client(**{member: alg})) == []
+
+
 def test_registry_warns_about_a_weak_secret(tmp_path, redis_url, caplog):
-    """security.md IN-07: a 10-character secret is refused or warned about (RFC 6819
+    """A 10-character secret should be refused or warned about (RFC 6819
     §5.1.4.2.2); warned, so Konnect files keep loading, and the secret is never echoed."""
     caplog.set_level("WARNING", logger="konnect.clients")
-    assert _startup_problems(tmp_path, redis_url, _client(secret="0123456789")) == []
+    assert startup_problems(tmp_path, redis_url, _client(secret="0123456789")) == []
     warnings = [r.getMessage() for r in caplog.records if "extra-rp" in r.getMessage()]
     assert warnings and "10 characters" in warnings[0] and "0123456789" not in warnings[0]
 

@@ -8,21 +8,8 @@ import pytest
 
 from shared import scopes
 from shared import scopes as scopelib
-from shared.config import StartupError
-from shared.deps import Core
 from shared.identity import Identity
-from tests.support.op import REGISTRY, make_state, settings_for
-
-
-def _startup_problems(tmp_path, redis_url, extra_registry: str = "",
-                      extra_args: tuple = ()) -> list[str]:
-    state = make_state(tmp_path / "state", registry=REGISTRY + extra_registry)
-    try:
-        core = Core.from_settings(settings_for("authorize", state, redis_url, extra_args))
-    except StartupError as err:
-        return err.problems
-    del core
-    return []
+from tests.support.op import startup_problems
 
 
 def test_scope_parsing_and_supported_lists():
@@ -74,11 +61,11 @@ def test_standard_claims_name_every_claim_a_scope_releases():
 ])
 def test_scopes_yaml_key_that_is_no_scope_name_is_a_startup_error(tmp_path, redis_url, text, why):
     """RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ). Every key under
-    `scopes:` becomes a supported, grantable scope (konnect.md §6.2), so a YAML null or
-    boolean key silently advertised and granted "None" or "True"."""
+    `scopes:` becomes a supported, grantable scope (Konnect's identifier/identifier.go), so a
+    YAML null or boolean key silently advertised and granted "None" or "True"."""
     path = tmp_path / "scopes.yaml"
     path.write_text(text)
-    problems = _startup_problems(tmp_path, redis_url,
+    problems = startup_problems(tmp_path, redis_url,
                                  extra_args=("--identifier-scopes-conf", str(path)))
     assert any(str(path) in p for p in problems), (why, problems)
 
@@ -87,7 +74,7 @@ def test_konnect_style_scopes_yaml_still_loads(tmp_path, redis_url):
     path = tmp_path / "scopes.yaml"
     path.write_text("mapping:\n  kopano/kwm: chat\nscopes:\n  chat:\n    description: Use chat\n"
                     "  kopano/kwm:\n    priority: 5\n  konnect/guestok:\n")
-    assert _startup_problems(tmp_path, redis_url,
+    assert startup_problems(tmp_path, redis_url,
                              extra_args=("--identifier-scopes-conf", str(path))) == []
 
 

@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from shared.sealed import MAX_SEALED, Sealer, SealError, SecretError, load_secret
+from shared.keys import KeysUnavailable
+from shared.sealed import MAX_SEALED, Sealer, SealError, SecretError, load_secret, new_secret
 
 SECRET = bytes(range(32))
 
@@ -127,12 +128,28 @@ def test_load_secret_missing_file(tmp_path):
         load_secret(str(tmp_path / "nope"), logger=logging.getLogger("t"))
 
 
-def test_no_secret_gives_a_random_one_and_a_loud_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="t"):
-        first = load_secret(None, logger=logging.getLogger("t"))
-    second = load_secret("", logger=logging.getLogger("t"))
-    assert len(first) == 32 and first != second
-    assert any("NO ENCRYPTION SECRET" in r.message for r in caplog.records)
+def test_an_ephemeral_sealer_seals_and_opens_nothing_until_it_has_the_groups_secret():
+    """Without --encryption-secret the group shares one secret (shared/ephemeral.py): a
+    process's own random one is never used before the group's is confirmed."""
+    own, group = new_secret(), new_secret()
+    assert len(own) == 32 and own != group
+    sealer = Sealer(own, ephemeral=True)
+    with pytest.raises(KeysUnavailable):
+        sealer.seal("logon", {"a": 1}, 60)
+    with pytest.raises(KeysUnavailable):
+        sealer.unseal("logon", Sealer(group).seal("logon", {"a": 1}, 60))
+    sealer.adopt(group)
+    assert sealer.unseal("logon", Sealer(group).seal("logon", {"a": 1}, 60)) == {"a": 1}
+    assert Sealer(group).unseal("logon", sealer.seal("logon", {"b": 2}, 60)) == {"b": 2}
+    with pytest.raises(SealError):  # the process's own secret is gone
+        sealer.unseal("logon", Sealer(own).seal("logon", {"a": 1}, 60))
+
+
+def test_a_secrets_tag_names_it_without_telling_it():
+    secret = new_secret()
+    assert Sealer(secret).tag("x") == Sealer(secret).tag("x") != Sealer(new_secret()).tag("x")
+    assert Sealer(secret).tag("x") != Sealer(secret).tag("y")
+    assert len(Sealer(secret).tag("x")) == 16 and secret.hex()[:16] != Sealer(secret).tag("x")
 
 
 def test_sealer_refuses_a_short_secret():

@@ -7,19 +7,10 @@ import pytest
 
 from shared.identity import Identity
 from shared.tokens import TokenError
+from tests.support.clients import ODD_ORIGIN_REGISTRY
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.op import ISSUER, REGISTRY
+from tests.support.op import ISSUER
 from tests.support.users import ALICE_ENTRY, BOB_ENTRY
-
-ODD_CB = "https://RP.Odd.Example.test:443/cb"
-
-
-REGISTRY_3 = REGISTRY + f"""
-  - id: odd-origin-rp
-    trusted: yes
-    secret: odd-secret
-    redirect_uris: ["{ODD_CB}"]
-"""
 
 
 def test_open_id_token_hint_refuses_access_tokens_and_keeps_id_tokens(core):  # noqa: F811
@@ -32,7 +23,7 @@ def test_open_id_token_hint_refuses_access_tokens_and_keeps_id_tokens(core):  # 
     assert core.tokens.open_id_token_hint(id_token)["sub"] == alice.sub
 
 
-@pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+@pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 def test_our_validation_refuses_the_forged_payload_of_the_old_code(core):
     """Even the payload reproduction 01 got from the old code (kc.isAccessToken, kc.identity,
     no exp) is refused by our own validation: an access token has an `exp`."""

@@ -10,10 +10,10 @@ import json
 import pytest
 import tornado.web
 
-from shared import jose
+from shared import jose, keytool
 from shared.errors import OAuth2Error
 from shared.identity import Identity, public_subject
-from shared.keys import load_keyring
+from shared.keys import Keyring, load_keyring
 from shared.store import Store
 from shared.tokens import TokenError, Tokens, is_revoked
 from shared.web import BaseHandler
@@ -34,9 +34,15 @@ class Clock:
         return self.t
 
 
+def random_keyring(directory) -> Keyring:
+    """A keyring of its own: a new RSA key file, its kid `test-kid`."""
+    keytool.generate(directory, bits=2048, access_token_key=False)
+    return load_keyring([str(directory / keytool.LINK_NAME)], signing_kid="test-kid")
+
+
 @pytest.fixture(scope="module")
-def keyring():
-    return load_keyring([], signing_kid="test-kid")
+def keyring(tmp_path_factory):
+    return random_keyring(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture
@@ -108,6 +114,13 @@ def test_id_token_hashes_follow_the_signing_alg(tokens, keyring):
     assert header["alg"] == "RS256"  # OIDC Registration §2 default
     ps = keyring.verify(tokens.id_token(client_id="rp", identity=ALICE, access_token="AT", alg="PS256"))
     assert ps[1]["at_hash"] == jose.left_hash("AT", "PS256")
+    # OIDC Core §3.3.2.11: the left half of the hash of the alg's size (SHA-384, SHA-512)
+    for alg, size in (("RS384", 48), ("PS512", 64), ("RS512", 64)):
+        header, signed = keyring.verify(tokens.id_token(client_id="rp", identity=ALICE,
+                                                        access_token="AT", code="C", alg=alg))
+        assert header["alg"] == alg
+        assert signed["at_hash"] == jose.left_hash("AT", alg) and signed["c_hash"] == jose.left_hash("C", alg)
+        assert len(base64.urlsafe_b64decode(signed["at_hash"] + "==")) == size // 2
     assert claims["nonce"] == "n-1" and claims["sid"] == "s-1" and claims["auth_time"] == 5
     assert claims["at_hash"] == jose.left_hash("AT", "RS256")
     assert claims["c_hash"] == jose.left_hash("CODE", "RS256")
@@ -142,8 +155,8 @@ def test_other_issuer_is_refused(keyring, clock):
         Tokens(keyring, ISSUER, now=clock).validate_access_token(minted.token)
 
 
-def test_token_signed_by_an_unknown_key_is_refused(tokens, clock):
-    stranger = Tokens(load_keyring([], signing_kid="test-kid"), ISSUER, now=clock)
+def test_token_signed_by_an_unknown_key_is_refused(tokens, clock, tmp_path):
+    stranger = Tokens(random_keyring(tmp_path), ISSUER, now=clock)
     minted = stranger.access_token(client_id="rp", identity=ALICE, scopes=["openid"], family="f")
     with pytest.raises(TokenError, match="signature"):
         tokens.validate_access_token(minted.token)
@@ -198,3 +211,30 @@ async def test_paused_redis_times_out_to_503(http_client, base_url, app):
     finally:
         deps["redis"].resume()
     await deps["store"].close()
+
+
+@pytest.mark.parametrize("kind,alg,half", [("ec384", "ES384", 24), ("ed25519", "EdDSA", 32),
+                                           ("ec256", "ES256", 16)])
+def test_an_ec_or_ed25519_key_signs_its_alg_when_a_client_registered_it(tmp_path, clock, kind,
+                                                                        alg, half):
+    """With an EC or Ed25519 key beside the RSA one, a client's registered ES*/EdDSA signs
+    its tokens, at_hash of that alg's hash (SHA-512 for EdDSA over Ed25519); the RSA key
+    signs the rest."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    keytool.generate(tmp_path, bits=2048, access_token_key=False)
+    other = {"ec384": lambda: ec.generate_private_key(ec.SECP384R1()),
+             "ec256": lambda: ec.generate_private_key(ec.SECP256R1()),
+             "ed25519": ed25519.Ed25519PrivateKey.generate}[kind]()
+    (tmp_path / "other.pem").write_bytes(other.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    ring = load_keyring([str(tmp_path / keytool.LINK_NAME), str(tmp_path / "other.pem")])
+    tokens = Tokens(ring, ISSUER, now=clock)
+    header, claims = ring.verify(tokens.id_token(client_id="rp", identity=ALICE,
+                                                 access_token="AT", alg=alg))
+    assert header["alg"] == alg and header["kid"] == "other"
+    assert claims["at_hash"] == jose.left_hash("AT", alg)
+    assert len(base64.urlsafe_b64decode(claims["at_hash"] + "==")) == half
+    assert ring.verify(tokens.id_token(client_id="rp", identity=ALICE))[0]["alg"] == "RS256"
+    assert alg in ring.signing_algs and len({a for a in ring.signing_algs if a[:2] == alg[:2]}) == 1

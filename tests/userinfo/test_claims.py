@@ -12,24 +12,23 @@ from services.userinfo.handlers import userinfo_claims
 from shared.identity import Identity
 from shared.session import LOGON_COOKIE
 from shared.tokens import TokenError
-from tests.support.browser import TRUSTED, Browser, authorize_url, query_of, signed_in
+from tests.support.browser import (
+    TRUSTED,
+    Browser,
+    authorize_url,
+    post_form,
+    query_of,
+    register,
+    signed_in,
+    userinfo,
+)
+from tests.support.clients import ODD_ORIGIN_REGISTRY
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.http import TRUSTED_AUTH, basic
-from tests.support.op import ISSUER, REGISTRY
+from tests.support.http import basic
+from tests.support.op import ISSUER
 from tests.support.users import ALICE_ENTRY, BOB_ENTRY
 
 END = "/signin/v1/identifier/_/endsession"
-
-
-ODD_CB = "https://RP.Odd.Example.test:443/cb"
-
-
-REGISTRY_3 = REGISTRY + f"""
-  - id: odd-origin-rp
-    trusted: yes
-    secret: odd-secret
-    redirect_uris: ["{ODD_CB}"]
-"""
 
 
 # What review r3 sent (reproduction 01): a claims request whose values would make a userinfo
@@ -41,26 +40,6 @@ FORGE = {"userinfo": {
     "kc.provider": {"value": "identifier-kc"}, "nonce": {"value": "n-forged"},
     "auth_time": {"value": 1}, "acr": {"value": "2"}, "azp": {"value": "x"},
     "custom": {"value": "chosen by the client"}, "email": {"value": "forged@example.test"}}}
-
-
-async def post_form(b: Browser, path: str, form: dict, auth: str = TRUSTED_AUTH):
-    return await b.http.fetch(b.base + path, method="POST", raise_error=False,
-                              headers={"Authorization": auth,
-                                       "Content-Type": "application/x-www-form-urlencoded"},
-                              body=urlencode(form))
-
-
-async def userinfo(b: Browser, access_token: str):
-    return await b.http.fetch(b.base + "/konnect/v1/userinfo", raise_error=False,
-                              headers={"Authorization": "Bearer " + access_token})
-
-
-async def register(b: Browser, **metadata) -> dict:
-    body = {"redirect_uris": ["https://dyn.example.test/cb"], **metadata}
-    resp = await b.http.fetch(b.base + "/konnect/v1/register", method="POST", raise_error=False,
-                              body=json.dumps(body), headers={"Content-Type": "application/json"})
-    assert resp.code == 201, resp.body
-    return json.loads(resp.body)
 
 
 async def consented_code(b: Browser, client: dict, scope: str, claims: dict) -> str:
@@ -92,7 +71,7 @@ async def signed_userinfo(http_client, base_url) -> tuple[Browser, dict, str]:
     return b, client, resp.body.decode()
 
 
-pytestmark = pytest.mark.op(registry=REGISTRY_3, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
+pytestmark = pytest.mark.op(registry=ODD_ORIGIN_REGISTRY, users=(ALICE_ENTRY, BOB_ENTRY), args=DYNAMIC_REGISTRATION)
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -158,7 +137,8 @@ async def test_userinfo_releases_a_requested_standard_claim_only_with_its_scope(
     access = core.tokens.access_token(client_id="web-rp", identity=alice, scopes=["openid"],
                                       family="f", claims=claims).token
     assert json.loads((await userinfo(b, access)).body) == {"sub": alice.sub}
-    # a trusted client's claims request is authorized as asked (konnect.md §6.9)
+    # a trusted client's claims request is authorized as asked (as Konnect's
+    # identity/managers/identifier.go)
     trusted = core.tokens.access_token(client_id="trusted-rp", identity=alice, scopes=["openid"],
                                        family="f", claims=claims).token
     assert json.loads((await userinfo(b, trusted)).body)["email"] == "alice@example.test"
@@ -167,9 +147,9 @@ async def test_userinfo_releases_a_requested_standard_claim_only_with_its_scope(
 @pytest.mark.gen_test
 async def test_claims_request_userinfo_part_releases_claims_with_their_scope(users_op):
     """A standard claim asked for in `claims.userinfo` needs its scope among the token's
-    for a client that is not trusted (konnect.md §6.9; RFC 6749 §6: a refresh may narrow
-    them); a trusted client's claims request is authorized as asked (tests/userinfo/test_userinfo.py,
-    this module). An untrusted client used to get them without."""
+    for a client that is not trusted (Konnect's identity/managers/identifier.go; RFC 6749
+    §6: a refresh may narrow them); a trusted client's claims request is authorized as asked
+    (tests/userinfo/test_userinfo.py, this module). An untrusted client used to get them without."""
     op = users_op
     identity = await op.identity("alice", "wonderland")
     claims = {"userinfo": {"email": None, "given_name": {"essential": True}},

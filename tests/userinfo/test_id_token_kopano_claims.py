@@ -15,7 +15,7 @@ import pytest
 
 from services.authorize.app import make_app as authorize_app
 from shared.deps import Core
-from shared.session import LOGON_COOKIE, Logon
+from shared.session import LOGON_COOKIE, Logon, logon_ttl
 from tests.support.kopano_standin import KopanoStandIn, KopanoUser
 from tests.support.op import make_state, settings_for
 
@@ -54,7 +54,8 @@ def app(kc_core):
 
 async def authorize_as_alice(http_client, base_url, core, response_type, scope):
     alice = await core.users.authenticate("alice", "pw")
-    cookie = Logon(identity=alice, auth_time=int(time.time()) - 5, sid="sid-1").seal(core.sealer)
+    cookie = Logon(identity=alice, auth_time=int(time.time()) - 5,
+                   sid="sid-1").seal(core.sealer, logon_ttl(core.settings))
     params = dict(TRUSTED, response_type=response_type, scope=scope, nonce="n", state="s")
     resp = await http_client.fetch(
         f"{base_url}/signin/v1/identifier/_/authorize?{urlencode(params)}",

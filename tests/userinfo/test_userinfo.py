@@ -3,22 +3,20 @@ revocation, signed answers."""
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from urllib.parse import urlencode
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from services.userinfo.app import make_app as userinfo_app
 from shared import jose
 from shared.deps import Core
-from shared.keys import public_jwk
 from tests.support.browser import Browser, userinfo_status
+from tests.support.clients import EXTRA_CLIENTS
 from tests.support.fixtures import DYNAMIC_REGISTRATION
-from tests.support.services import serving
+from tests.support.malformed import JWT_DEEP_HEADER, JWT_DEEP_PAYLOAD
 from tests.support.op import (
     ALICE,
     ISSUER,
@@ -26,6 +24,7 @@ from tests.support.op import (
     USERS,
     settings_for,
 )
+from tests.support.services import serving
 from tests.support.users import TOKEN_ALICE
 
 
@@ -50,50 +49,6 @@ async def get(http_client, base_url, token=None, *, method="GET", form=None, hea
         body = urlencode(form or {})
     return await http_client.fetch(f"{base_url}/konnect/v1/userinfo{query}", method=method,
                                    body=body, headers=hdrs, raise_error=False)
-
-
-DEEP = "[" * 3000 + "]" * 3000          # past every parser's limit (json: RecursionError)
-
-
-def b64(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-HEAD_OK = b64(json.dumps({"alg": "RS256", "typ": "JWT"}))
-
-
-JWT_DEEP_HEADER = b64(DEEP) + "." + b64("{}") + ".AAAA"
-
-
-JWT_DEEP_PAYLOAD = HEAD_OK + "." + b64(DEEP) + ".AAAA"
-
-
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-EXTRA_CLIENTS = f"""
-  - id: jwt-ec
-    token_endpoint_auth_method: private_key_jwt
-    redirect_uris: [https://jwt.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(EC_KEY), kid="c1"))}
-  - id: jwt-ps
-    token_endpoint_auth_method: private_key_jwt
-    token_endpoint_auth_signing_alg: PS256
-    redirect_uris: [https://jwt-ps.example.test/cb]
-    jwks:
-      keys:
-        - {json.dumps(dict(public_jwk(RSA_KEY), kid="r1"))}
-  - id: code-only-rp
-    secret: code-only
-    grant_types: [authorization_code]
-    redirect_uris: [https://code-only.example.test/cb]
-"""
 
 
 pytestmark = pytest.mark.op(users=tuple(USERS["users"]), service="userinfo", apps=("userinfo",))
@@ -139,8 +94,9 @@ async def test_raw_sub_scope_returns_the_raw_subject(http_client, base_url, core
 @pytest.mark.parametrize("client_id,email", [("trusted-rp", True), ("web-rp", False)])
 async def test_claims_request_userinfo_part(http_client, base_url, core, client_id, email):
     """A standard claim asked for without its scope: a trusted client's claims request is
-    authorized as asked (konnect.md §6.9), another client's is narrowed to the token's
-    scopes; a requested `value` is never echoed (OIDC Core §5.5.1; tests/userinfo/test_claims.py)."""
+    authorized as asked (as Konnect's identity/managers/identifier.go), another client's is
+    narrowed to the token's scopes; a requested `value` is never echoed (OIDC Core §5.5.1;
+    tests/userinfo/test_claims.py)."""
     claims = {"userinfo": {"email": None, "custom": {"value": "x"}, "other": {"essential": True}}}
     body = json.loads((await get(http_client, base_url, (await mint(
         core, ("openid",), claims=claims, client_id=client_id)).token)).body)

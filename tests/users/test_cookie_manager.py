@@ -162,3 +162,21 @@ async def test_prompt_login_goes_to_the_web_apps_sign_in_and_continues_without_i
     seen = len(webapp.seen)
     chosen = await get(http_client, base_url, authorize_path(prompt="select_account"))
     assert "code" in result(chosen) and len(webapp.seen) == seen + 1  # ignored, as Konnect
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("cookie", ["webapp=s-alice; webapp=s-mallory",
+                                    "webapp=s-mallory; lang=en; webapp=s-alice",
+                                    "webapp=s-alice;webapp =s-alice"])
+async def test_the_web_applications_cookie_sent_twice_is_refused(http_client, base_url,
+                                                                 webapp, cookie):
+    """A second session cookie of the web application (a sibling subdomain's or another
+    path's) beside the user's: which session is the user's cannot be told, so neither is
+    asked about nor picked by order (login CSRF otherwise): a page, no code."""
+    webapp.sessions["s-mallory"] = dict(ALICE, sub="mallory", name="Mallory")
+    resp = await get(http_client, base_url, authorize_path(prompt="none"), cookie=cookie)
+    assert resp.code == 400 and b"more than once" in resp.body
+    assert "Location" not in resp.headers
+    assert webapp.seen == []
+    alone = await get(http_client, base_url, authorize_path(prompt="none"))
+    assert "code" in result(alone) and len(webapp.seen) == 1

@@ -278,7 +278,7 @@ async def test_concurrent_authenticate_calls_complete_without_blocking_the_loop(
 
 @pytest.mark.gen_test
 async def test_trickling_server_is_unavailable_at_the_deadline_and_frees_every_worker(uri, kc):
-    """security.md FT-10: a server that sends one byte every 50 ms never trips a 0.5 s read
+    """A server that sends one byte every 50 ms never trips a 0.5 s read
     timeout; the overall deadline (the timeout) answers 503, and the workers let go, so the
     pool serves again as soon as the server does."""
     kc.trickle = 0.05

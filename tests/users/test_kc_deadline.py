@@ -14,7 +14,7 @@ import tornado.simple_httpclient
 from services.identifier.app import make_app as identifier_app
 from shared.deps import Core
 from shared.users import BackendUnavailable
-from tests.support.op import make_state, settings_for
+from tests.support.op import ISSUER, make_state, settings_for
 from tests.support.silent import SilentServer
 
 TIMEOUT = 2          # --kc-timeout, seconds
@@ -84,7 +84,7 @@ async def test_fifty_concurrent_sign_ins_to_a_silent_server_answer_503_within_th
             base_url + "/signin/v1/identifier/_/logon", method="POST", raise_error=False,
             request_timeout=30, body=json.dumps({"state": "s", "params": [f"user{i}", "pw", "1"]}),
             headers={"Content-Type": "application/json", "Kopano-Konnect-XSRF": "1",
-                     "Origin": base_url})
+                     "Origin": ISSUER})
 
     try:
         answers = await asyncio.gather(*(timed(sign_in(i)) for i in range(CONCURRENT)))

@@ -12,7 +12,7 @@ from services.identifier.app import make_app as identifier_app
 from shared.users import make_backend
 from shared.users.base import MAX_PASSWORD, MAX_USERNAME
 from shared.users.ldap import LDAPBackend
-from tests.support.op import ldap_flags, make_core, make_state
+from tests.support.op import ISSUER, ldap_flags, make_core, make_state
 
 PASSWORD = "input pw*(1)"
 
@@ -91,7 +91,7 @@ async def test_the_logon_api_answers_a_refused_password_like_a_wrong_one(
         return await http_client.fetch(
             base_url + "/signin/v1/identifier/_/logon", method="POST", raise_error=False,
             headers={"Content-Type": "application/json", "Kopano-Konnect-XSRF": "1",
-                     "Origin": base_url},
+                     "Origin": ISSUER},
             body=json.dumps({"params": ["alice", pw, "1"], "state": "s1"}))
 
     wrong, refused = await logon("wrong password"), await logon(password)

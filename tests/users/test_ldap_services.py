@@ -45,7 +45,7 @@ async def test_ldap_raw_sub_scope_returns_the_dn(ldap_op, slapd_server, ldap_ou)
     assert resp.code == 200 and body == {"sub": dn}
     _, id_claims = ldap_op.token_core.keyring.verify(tokens["id_token"])
     assert id_claims["sub"] == dn
-    # the access token's sub stays Konnect's public subject (konnect.md §6.1)
+    # the access token's sub stays Konnect's public subject (as its oidc/provider/tokens.go)
     assert jose.unverified_claims(tokens["access_token"])["sub"] == \
         public_subject(dn, "identifier-ldap")
 

@@ -12,7 +12,8 @@ import pytest
 from shared import errors
 from shared.errors import OAuth2Error, Unavailable
 from shared.service import application, make_server
-from shared.web import BaseHandler, CORSHandler, PageHandler, parse_networks
+from shared.web import (AmbiguousCookie, BaseHandler, CORSHandler, PageHandler, cookie_pairs,
+                        parse_networks, single_cookie)
 
 SECRET = "s3cr3t-do-not-leak"
 
@@ -56,7 +57,8 @@ class Echo(BaseHandler):
 def app():
     deps = SimpleNamespace(trusted_networks=parse_networks(["127.0.0.0/8", "10.0.0.0/8"]))
     return application([(r"/boom", Boom, {"deps": deps}), (r"/page", Page, {"deps": deps}),
-                        (r"/echo", Echo, {"deps": deps})], deps)
+                        (r"/echo", Echo, {"deps": deps}),
+                        (r"/cookie", CookieEcho, {"deps": deps})], deps)
 
 
 @pytest.fixture
@@ -299,7 +301,7 @@ def test_location_refuses_without_verified_redirect_uri():
 
 
 def test_add_params_replaces_existing_keys_instead_of_duplicating():
-    """Konnect quirk Q3: response parameters were added next to the RP's own."""
+    """Konnect added response parameters next to the RP's own, duplicating keys."""
     uri = errors.add_params("https://rp/cb?state=old&x=1", [("state", "new")])
     assert uri == "https://rp/cb?x=1&state=new"
 
@@ -495,3 +497,50 @@ async def test_after_a_stop_signal_answers_close_their_connection(app):
     writer.close()
     await asyncio.wait_for(task, 10)
     assert app.inflight == 0
+
+
+@pytest.mark.parametrize("header, pairs", [
+    ("a=1; b=2", [("a", "1"), ("b", "2")]),
+    ("a=1;b=x=y==", [("a", "1"), ("b", "x=y==")]),        # a value keeps its own "="
+    ("  a =  1 ; ;b=", [("a", "1"), ("b", "")]),
+    ("flag; =nameless; a=1", [("a", "1")]),               # no name, no cookie
+    ('q="quoted"', [("q", '"quoted"')]),                  # taken as sent
+    ("", []),
+])
+def test_cookie_pairs_split_a_cookie_header_as_rfc_6265_says(header, pairs):
+    assert cookie_pairs(header) == pairs
+
+
+@pytest.mark.parametrize("header", ["k=1; k=2", "k=1; k=1", "k=1;k =2", "k=; k=2",
+                                    "a=0; k=1; b=0; k=2; k=3"])
+def test_a_cookie_sent_more_than_once_is_refused(header):
+    with pytest.raises(AmbiguousCookie) as refused:
+        single_cookie(header, "k")
+    assert refused.value.status_code == 400 and refused.value.error == "invalid_request"
+    assert "k=" not in refused.value.description  # no value in the answer or the log
+    assert single_cookie(header, "a") in (None, "0") and single_cookie(header, "kk") is None
+
+
+class CookieEcho(BaseHandler):
+    def get(self):
+        self.write_json({"k": self.get_cookie("k", "absent")})
+
+
+@pytest.mark.gen_test
+async def test_get_cookie_reads_every_cookie_field_and_refuses_a_name_twice(http_client, base_url):
+    """Tornado's own parser keeps one of two cookies of a name (by order); ours refuses,
+    also when the two come in separate Cookie fields (HTTP/2 may split them)."""
+    from tornado.httputil import HTTPHeaders
+
+    async def ask(*fields):
+        headers = HTTPHeaders()
+        for field in fields:
+            headers.add("Cookie", field)
+        return await http_client.fetch(base_url + "/cookie", headers=headers, raise_error=False)
+
+    assert json.loads((await ask("k=1")).body) == {"k": "1"}
+    assert json.loads((await ask("x=1")).body) == {"k": "absent"}
+    assert json.loads((await ask("x=1", "k=2")).body) == {"k": "2"}
+    for fields in (("k=1; k=2",), ("k=1", "k=2"), ("k=1", "x=0; k=1")):
+        resp = await ask(*fields)
+        assert resp.code == 400 and json.loads(resp.body)["error"] == "invalid_request"

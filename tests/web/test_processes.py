@@ -128,8 +128,8 @@ def test_startup_problem_exits_2_with_clear_message(problem, dev_state, tmp_path
     elif problem == "short_secret":
         secret = tmp_path / "short.key"
         secret.write_bytes(b"x" * 16)
-    else:
-        registry.write_text("clients:\n  - id: bad\n    redirect_uris: [http://rp.example/cb]\n")
+    else:  # (an entry with a problem is skipped with a warning, as Konnect; this hides all)
+        registry.write_text("client:\n  - id: bad\n    redirect_uris: [https://rp.example/cb]\n")
     result = subprocess.run(
         [sys.executable, "-m", "services.token", "--iss", "https://idp.example.test",
          "--signing-method", "ES256", "--signing-private-key", str(key),
@@ -138,7 +138,7 @@ def test_startup_problem_exits_2_with_clear_message(problem, dev_state, tmp_path
         timeout=60)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    expected = {"corrupt_key": "corrupt.pem", "short_secret": "16", "bad_registry": "bad"}
+    expected = {"corrupt_key": "corrupt.pem", "short_secret": "16", "bad_registry": "top-level"}
     assert expected[problem] in result.stderr
 
 

@@ -1,4 +1,4 @@
-// First-party script of the sign-in pages: calls the identifier JSON API (konnect.md §2.12).
+// First-party script of the sign-in pages: calls the identifier JSON API (docs/identifier-api.yaml).
 (function () {
   "use strict";
   var messages = JSON.parse(document.getElementById("messages").textContent);

@@ -53,7 +53,8 @@ async function main() {
   // 1. discovery: the document's issuer must equal this URL exactly (https only)
   const cfg = await client.discovery(new URL(config.issuer), config.client_id, {}, auth);
   cfg[client.customFetch] = recordingFetch;
-  // The ID token's signature is checked against jwks_uri only with this (peers.md §2).
+  // The ID token's signature is checked against jwks_uri only with this (openid-client skips
+  // it by default, as OIDC Core §3.1.3.7 allows over TLS).
   client.enableNonRepudiationChecks(cfg);
   const meta = cfg.serverMetadata();
 
