@@ -649,10 +649,12 @@ class _Guard:
         self._logged: set = set()   # verdicts logged, (run_id, replid, verdict)
         self._lock: asyncio.Lock | None = None
 
-    async def check(self, conn: Any, *, waits: int, wait_ms: int, cluster: bool) -> dict:
+    async def check(self, conn: Any, *, waits: int, wait_ms: int, cluster: bool,
+                    replicated: Optional[bool] = None) -> dict:
         """Returns INFO's server and replication facts; raises RedisConnectionError for a
         replica (one server, Sentinel). One check at a time per process: the others wait
-        for it and find the server verified."""
+        for it and find the server verified. `replicated`: whether durable writes wait for
+        the replicas (default: `waits` > 0), so that a promoted replica holds them all."""
         info = _info(await _raw(conn, "INFO", "server", "replication", "persistence"))
         if info.get("role") != "master":
             if cluster:
@@ -664,7 +666,8 @@ class _Guard:
             self._lock = asyncio.Lock()
         async with self._lock:
             if self._identity(info) not in self.verified:
-                await self._verify(conn, info, waits=waits, wait_ms=wait_ms, cluster=cluster)
+                await self._verify(conn, info, waits=waits, wait_ms=wait_ms, cluster=cluster,
+                                   replicated=bool(waits) if replicated is None else replicated)
         return info
 
     @staticmethod
@@ -678,7 +681,7 @@ class _Guard:
             log.log(level, message, *args)
 
     async def _verify(self, conn: Any, info: dict, *, waits: int, wait_ms: int,
-                      cluster: bool) -> None:
+                      cluster: bool, replicated: bool) -> None:
         run_id = info.get("run_id", "")
         tags, marker_key = ALL_TAGS, self.prefix + "server"
         if cluster:
@@ -695,7 +698,7 @@ class _Guard:
                            "buckets start now", _server_name(conn))
         elif marker.get("run_id") == run_id:
             pass
-        elif waits and replid2 and replid2 == marker.get("replid"):
+        elif replicated and replid2 and replid2 == marker.get("replid"):
             self._log_once(info, logging.INFO, "redis: %s took over from %s with every "
                            "acknowledged write", _server_name(conn),
                            marker.get("run_id", "?")[:8])
@@ -937,8 +940,10 @@ class _ClusterLink(_Link):
         return client
 
     async def on_connect(self, conn: Any) -> None:
+        # right after a failover the slot map may not name this primary yet (no replicas
+        # counted for it): whether writes wait for replicas is the deployment's setting
         await self.guard.check(conn, waits=self._shard_replicas(conn), wait_ms=self.wait_ms,
-                               cluster=True)
+                               cluster=True, replicated=self.target.replicas != 0)
 
     def _shard_replicas(self, conn: Any) -> int:
         if self.target.replicas is not None:

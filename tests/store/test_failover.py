@@ -68,8 +68,12 @@ async def test_sentinel_failovers_spend_nothing_twice_and_lose_no_revocation(
 
 @pytest.mark.gen_test(timeout=300)
 async def test_a_cluster_primary_killed_spends_nothing_twice_and_loses_no_revocation(
-        state, tmp_path_factory):
+        state, tmp_path_factory, caplog):
+    caplog.set_level(logging.INFO, logger="konnect.store")
     with ClusterGroup(tmp_path_factory.mktemp("cluster")) as group:
         report = await _run(state, group.url(), [("cluster primary killed", group.kill_master)],
                             grants=400)
     _assert_safe(report)
+    store_log = [r.getMessage() for r in caplog.records if r.name == "konnect.store"]
+    assert any("took over from" in m for m in store_log), store_log
+    assert not [m for m in store_log if "is not the server" in m]
