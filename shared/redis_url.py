@@ -206,14 +206,14 @@ def _check_single(shown: str, parts, scheme: str) -> None:
         return
     if not parts.hostname:
         raise ValueError(f"{shown!r}: needs a host")
+    if "," in parts.netloc:
+        raise ValueError(f"{shown!r}: several hosts need redis+sentinel:// or "
+                         "redis+cluster://")
     try:
         port = parts.port
     except ValueError:
         port = -1
     if port is not None and not 0 < port < 65536:
         raise ValueError(f"{shown!r}: the port is not a number from 1 to 65535")
-    if "," in parts.netloc:
-        raise ValueError(f"{shown!r}: several hosts need redis+sentinel:// or "
-                         "redis+cluster://")
     if not re.fullmatch(r"/?([0-9]{1,5})?", parts.path):
         raise ValueError(f"{shown!r}: the path must be a database number")
