@@ -830,7 +830,7 @@ class _Link:
         await conn.on_connect()
         await self._count_replicas()
         info = await self.guard.check(conn, waits=self.replicas, wait_ms=self.wait_ms,
-                                      cluster=False)
+                                      cluster=False, replicated=self._replicated())
         if self.target.replicas is None and self.kind == "single" \
                 and int(info.get("connected_slaves", 0) or 0) and not self._warned:
             self._warned = True
@@ -840,6 +840,10 @@ class _Link:
 
     async def _count_replicas(self) -> None:
         """How many replicas a durable write waits for, when the URL does not say."""
+
+    def _replicated(self) -> bool:
+        """Whether durable writes wait for replicas (a promoted replica holds them all)."""
+        return bool(self.replicas)
 
     async def execute(self, key: str, args: tuple, durable: bool) -> Any:
         waits = self.replicas if durable else 0
@@ -895,9 +899,15 @@ class _SentinelLink(_Link):
             except RedisError as err:
                 errors.append(type(err).__name__)
                 continue
-            self.replicas = len(replicas)
+            # never fewer than seen before: during a failover a Sentinel may list the new
+            # primary's replicas late, and a write must not stop waiting for them meanwhile
+            # (a replica removed for good: SENTINEL RESET, then restart the services)
+            self.replicas = max(self.replicas, len(replicas))
             return
         raise RedisConnectionError(f"no Sentinel lists the replicas: {', '.join(errors)}")
+
+    def _replicated(self) -> bool:
+        return self.target.replicas != 0  # the count may lag during a failover
 
     async def close(self) -> None:
         await self.client.aclose()
