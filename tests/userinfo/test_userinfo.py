@@ -3,6 +3,7 @@ revocation, signed answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from urllib.parse import urlencode
@@ -255,3 +256,42 @@ async def test_cors_preflight_allows_the_bearer_header_and_lists_its_methods(htt
     assert resp.headers["Access-Control-Allow-Methods"] == "GET, HEAD, POST, OPTIONS"
     assert "authorization" in resp.headers["Access-Control-Allow-Headers"].lower()
     assert "Access-Control-Allow-Credentials" not in resp.headers
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("loss", ["FLUSHALL", "restart without persistence"])
+async def test_losing_redis_data_never_revives_a_revoked_token(http_client, state, users_path,
+                                                             private_redis, loss):
+    """A revoked access token stays refused at userinfo when Redis loses its data (a
+    FLUSHALL, a restore of an older state, a restart without persistence): everything
+    issued before the loss is refused (users sign in again), never revived; tokens issued
+    after it work."""
+    ucore = Core.with_users(settings_for("userinfo", state, private_redis.url,
+                                         ["--users-file", str(users_path)]))
+    try:
+        async with serving(userinfo_app(ucore.settings, ucore)) as url:
+            async def status(token: str) -> int:
+                resp = await http_client.fetch(url + "/konnect/v1/userinfo", raise_error=False,
+                                               headers={"Authorization": "Bearer " + token})
+                return resp.code
+
+            await asyncio.sleep(1.1)  # tokens issued in a second after the generation began
+            revoked = await mint(ucore, family="fam-revoked")
+            kept = await mint(ucore, family="fam-kept")
+            assert await status(revoked.token) == 200 and await status(kept.token) == 200
+            await ucore.store.revoke_jti(revoked.jti, revoked.exp, sub=(await alice(ucore)).sub)
+            assert await status(revoked.token) == 401
+            await asyncio.sleep(1.1)
+            if loss == "FLUSHALL":
+                with private_redis.client() as raw:
+                    raw.flushall()
+            else:
+                private_redis.stop()
+                private_redis.start()
+            assert await status(revoked.token) == 401  # the revocation is gone; still refused
+            assert await status(kept.token) == 401     # as is all that came before
+            await asyncio.sleep(1.1)
+            fresh = await mint(ucore, family="fam-fresh")
+            assert await status(fresh.token) == 200
+    finally:
+        await ucore.close()
