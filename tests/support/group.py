@@ -8,7 +8,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ import requests
 from tests.support import apicheck
 from tests.support.http import basic
 from tests.support.op import pkce_pair
+from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = ("identifier", "authorize", "token", "userinfo")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Group:

@@ -32,7 +32,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.support.servers import (RedisServer, ServerStartError, _find, _free_port,
+from tests.support.servers import (RedisServer, ServerStartError, _find, free_port,
                                    _ServerProcess)
 
 SERVICE = "mymaster"
@@ -350,7 +350,7 @@ class ClusterGroup(_Group):
     def _cluster_options(port: int) -> list:
         """Its own cluster bus port (not port + 10000, which may be out of range or taken),
         kept across restarts in the node's configuration file's name."""
-        bus = _BUS_PORTS.setdefault(port, _free_port())
+        bus = _BUS_PORTS.setdefault(port, free_port())
         return ["--cluster-config-file", f"nodes-{port}.conf", "--cluster-port", str(bus)]
 
     def _servers(self) -> list:

@@ -47,10 +47,22 @@ def _stop_leftovers() -> None:
         server.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_HANDED_OUT: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on, never one this process handed out before: the
+    kernel may give the same free port to two binds in a row, and a group's services, its
+    proxy and its Redis must not be given one port twice (the second to start would fail
+    to listen)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free loopback port that was not handed out already")
 
 
 def _find(name: str, hint: str, executable: str | None = None) -> str:
@@ -119,7 +131,7 @@ class _ServerProcess:
             return
         last = ""
         for _ in range(START_ATTEMPTS):
-            port = self._candidates.pop(0) if self._candidates else _free_port()
+            port = self._candidates.pop(0) if self._candidates else free_port()
             try:
                 self._launch(port)
             except _PortTaken as err:

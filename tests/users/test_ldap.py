@@ -22,7 +22,7 @@ from shared.config import load_settings
 from shared.identity import public_subject
 from shared.users import BackendConfigError, BackendUnavailable, make_backend
 from shared.users.ldap import Attributes, LDAPBackend
-from tests.support.servers import SlapdServer, _free_port
+from tests.support.servers import SlapdServer, free_port
 
 PASSWORD = "wonder land*(pw)"
 
@@ -69,7 +69,7 @@ class TlsSlapd(SlapdServer):
 
     def __init__(self, directory, cert: str, key: str, **kw) -> None:
         super().__init__(directory, **kw)
-        self.cert, self.key, self.tls_port = cert, key, _free_port()
+        self.cert, self.key, self.tls_port = cert, key, free_port()
 
     @property
     def ldaps_url(self) -> str:
