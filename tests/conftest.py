@@ -39,6 +39,21 @@ def io_loop():
 apicheck.install()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with the tail of every running process group's log
+    (tests/support/group.py): what the services said is the first thing a failure in CI
+    needs, and the group's state directory is gone by then."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    from tests.support.group import RUNNING
+    for group in list(RUNNING):
+        report.sections.append((f"log of the group at {group.issuer} (last 6000 characters)",
+                                group.output()[-6000:]))
+
+
 @pytest.fixture(autouse=True)
 def identifier_api_responses_match_the_description():
     """Fails a test that got an identifier API response docs/identifier-api.yaml does not

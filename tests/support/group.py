@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlencode
@@ -24,6 +25,8 @@ from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = ("identifier", "authorize", "token", "userinfo")
+#: the groups running now: a failed test's report ends with their logs (tests/conftest.py)
+RUNNING: "weakref.WeakSet[Group]" = weakref.WeakSet()
 
 
 class Group:
@@ -118,6 +121,7 @@ class Group:
 
     def start(self, timeout: float = 60.0) -> None:
         self.launch()
+        RUNNING.add(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -177,6 +181,7 @@ class Group:
         raise AssertionError(f"{program}: not {count} running: {self.ctl('status')}")
 
     def stop(self, timeout: float = 30.0) -> int:
+        RUNNING.discard(self)
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
         self.process.send_signal(signal.SIGTERM)
