@@ -83,8 +83,10 @@ async def serve(service: str, app: tornado.web.Application, settings: Any, deps:
         extra.add_sockets(tornado.netutil.bind_sockets(mport, mhost or None,
                                                        reuse_port=(service == "token")))
         log.info("%s metrics on %s", service, settings.metrics_listen)
+    warm = asyncio.ensure_future(check_store(deps))
     await stop.wait()
     log.info("%s stopping", service)
+    warm.cancel()
     server.stop()
     if extra is not None:
         extra.stop()
@@ -103,6 +105,22 @@ async def serve(service: str, app: tornado.web.Application, settings: Any, deps:
     if closer is not None:
         await closer()
     logs.flush_access_log()
+
+
+async def check_store(deps: Any) -> None:
+    """Connect to Redis once at start-up, beside serving: the first connection checks the
+    server's continuity and, on a new or emptied database, starts its generation
+    (shared/store.py), so that it begins when the group starts, before anything is issued,
+    rather than on the first request's connection, a moment after that request read the
+    clock. Redis not answering yet is no error here: requests answer 503 until it does."""
+    store = getattr(deps, "store", None)
+    if store is None:
+        return
+    try:
+        await store.ping()
+    except Exception as err:  # noqa: BLE001 - logged, the requests report it as they come
+        log.info("redis not reachable at start-up (%s); requests will try again",
+                 type(err).__name__)
 
 
 async def drain(app: tornado.web.Application, grace: float, service: str = "") -> None:

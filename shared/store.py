@@ -346,11 +346,14 @@ return 0
 """
 
 # A replay marker (Store.first_use). KEYS: the marker, the bucket. ARGV: ttl, now, when the
-# item was issued. An item from before the generation may have been used already (its
-# marker lost with the rest): refused.
+# item was issued ("": not known). An item from before the generation may have been used
+# already (its marker lost with the rest): refused. Without an issue time there is nothing
+# to compare: the caller's own clock reading is no issue time (a generation begun by
+# another process, or by this call's first connection, a moment after the caller read
+# its clock would refuse a first use).
 _FIRST_USE = _LUA_BUCKET + """
 local g = bucket(KEYS[2], tonumber(ARGV[2]))
-if tonumber(ARGV[3]) < g then return 0 end
+if ARGV[3] ~= '' and tonumber(ARGV[3]) < g then return 0 end
 if redis.call('SET', KEYS[1], '1', 'EX', ARGV[1], 'NX') then return 1 end
 return 0
 """
@@ -1454,11 +1457,11 @@ class Store:
         h = digest(_check_ident("ident", ident))
         tag = tag_of(kind + ":" + h)
         ex, now = _check_ttl(ttl), int(self.now())
-        since = now if issued_at is None else _check_time("issued_at", issued_at)
+        since = "" if issued_at is None else min(_check_time("issued_at", issued_at), now)
         return bool(await self._script(
             "first_use", "first_use",
             [self._tagged("once", tag, f"{kind}:{h}"), self.bucket(tag)],
-            [ex, now, min(since, now)], durable=True))
+            [ex, now, since], durable=True))
 
     # -- rate limits -----------------------------------------------------------------------
 

@@ -113,3 +113,34 @@ def test_new_generation_command_without_redis_is_an_error_not_a_traceback():
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and done.stderr.splitlines()[-1].startswith("error: ")
     assert "Traceback" not in done.stderr and "secret" not in done.stderr
+
+
+class SteppingClock:
+    """A clock that moves on 0.6 s at every reading."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t - 0.6
+
+    def __call__(self) -> float:
+        self.t += 0.6
+        return self.t
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_first_use_at_the_first_connection_to_an_empty_database_counts(private_redis):
+    """The caller reads the clock; its first connection then finds no generation marker and
+    starts the database's generation a moment later, in the next second. A first use
+    without an issue time (the state of a sign-in through an upstream OP) is still the
+    first, not "already used"; one with an issue time from before the generation is
+    refused as before."""
+    start = 1_800_000_000.7
+    store = Store.from_url(private_redis.url, now=SteppingClock(start))
+    try:
+        assert await store.first_use("authority-state", "state-1", 600)
+        assert await store.generation("000") > int(start)  # the generation began later
+        assert not await store.first_use("authority-state", "state-1", 600)
+        assert await store.first_use("authority-state", "state-2", 600)
+        assert not await store.first_use("client-assertion", "jti-1", 600,
+                                         issued_at=int(start) - 5)
+    finally:
+        await store.close()

@@ -67,6 +67,27 @@ pytestmark = pytest.mark.op(apps=("identifier",))
 
 
 @pytest.mark.parametrize("service", SERVICES)
+def test_each_service_starts_an_empty_redis_generation_before_any_request(service, dev_state,
+                                                                         private_redis):
+    """At start-up, not at its first request, a process checks Redis's continuity: on an
+    empty database the generation begins then (shared/service.py, check_store), so that a
+    request's first connection never starts it a moment after the request read the clock."""
+    client = private_redis.client()
+    proc, _ = start(service, dev_state, "--redis-url", private_redis.url)
+    try:
+        deadline = time.monotonic() + 15
+        while not client.exists("konnect:server") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.exists("konnect:server")
+        assert int(client.hget("konnect:revoked:{000}", "g")) <= time.time()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        client.close()
+    proc.stderr.close()
+
+
+@pytest.mark.parametrize("service", SERVICES)
 def test_service_serves_health_check_and_stops_on_sigterm(service, dev_state):
     proc, url = start(service, dev_state)
     try:
