@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from shared.store import RotationOutcome, Store, new_token
+from tests.support.clock import SteppingClock
 from tests.support.redis_ha import RedisNode
 
 SUB = "sub-alice"
@@ -115,17 +116,6 @@ def test_new_generation_command_without_redis_is_an_error_not_a_traceback():
     assert "Traceback" not in done.stderr and "secret" not in done.stderr
 
 
-class SteppingClock:
-    """A clock that moves on 0.6 s at every reading."""
-
-    def __init__(self, t: float) -> None:
-        self.t = t - 0.6
-
-    def __call__(self) -> float:
-        self.t += 0.6
-        return self.t
-
-
 @pytest.mark.gen_test(timeout=30)
 async def test_a_first_use_at_the_first_connection_to_an_empty_database_counts(private_redis):
     """The caller reads the clock; its first connection then finds no generation marker and
@@ -134,7 +124,7 @@ async def test_a_first_use_at_the_first_connection_to_an_empty_database_counts(p
     first, not "already used"; one with an issue time from before the generation is
     refused as before."""
     start = 1_800_000_000.7
-    store = Store.from_url(private_redis.url, now=SteppingClock(start))
+    store = Store.from_url(private_redis.url, now=SteppingClock(start, step=0.6))
     try:
         assert await store.first_use("authority-state", "state-1", 600)
         assert await store.generation("000") > int(start)  # the generation began later

@@ -23,3 +23,15 @@ class OffsetClock:
 
     def __call__(self) -> float:
         return time.time() + self.offset
+
+
+class SteppingClock:
+    """A clock that moves on `step` seconds at every reading, starting at `t`: two readings
+    of one operation fall in different seconds when a test needs them to."""
+
+    def __init__(self, t: float, *, step: float) -> None:
+        self.t, self.step = t - step, step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
