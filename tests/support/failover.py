@@ -120,6 +120,10 @@ class Run:
     async def prepare(self) -> None:
         """Mint the codes (spread over the identities), `grants` of them."""
         store = Store.from_url(self.t.redis_url)
+        # connected before the clock is read, as a service is at start-up: the first
+        # connection to an empty database starts its generation, which must not postdate
+        # the codes (shared/service.py, check_store)
+        await store.ping()
         now = int(time.time())
         records = [Grant(client_id=self.t.client_id, identity=identity, scopes=list(SCOPES),
                          redirect_uri=self.t.redirect_uri, nonce="n", sid="s",
@@ -373,9 +377,11 @@ async def wait_cost(url: str, *, identity: Identity, grants: int = 200) -> dict:
     sep = "&" if "?" in url else "?"
     stores = {"wait": Store.from_url(url), "no_wait": Store.from_url(url + sep + "replicas=0")}
     took: dict[str, list] = {name: [] for name in stores}
-    record = Grant(client_id="rp", identity=identity, scopes=list(SCOPES), redirect_uri="x",
-                   created=int(time.time())).to_record()
     try:
+        for store in stores.values():  # connected before the clock is read (as in prepare)
+            await store.ping()
+        record = Grant(client_id="rp", identity=identity, scopes=list(SCOPES),
+                       redirect_uri="x", created=int(time.time())).to_record()
         for name, store in stores.items():  # warm up: connections, scripts
             await _one_grant(store, record)
         for i in range(grants):
