@@ -319,8 +319,11 @@ class LDAPBackend(UserBackend):
             raise BackendUnavailable("ldap: no answer in time") from None
 
     def _run(self, deadline: Deadline, fn: Callable[..., Any], *args: Any) -> Any:
+        if deadline.remaining() <= 0:  # waited its whole time for a thread: do nothing
+            log.warning("ldap %s: all %d connections busy for %d s", fn.__name__.strip("_"),
+                        self.workers, self.timeout)
+            raise BackendUnavailable("ldap: no answer in time")
         deadline.started = True
-        deadline.check()  # given up on already: do nothing
         return fn(deadline, *args)
 
     # -- in the thread pool -----------------------------------------------------------------
@@ -511,7 +514,10 @@ class LDAPBackend(UserBackend):
                 raise BackendUnavailable(f"ldap: {type(err).__name__}") from None
             except (LDAPException, OSError) as err:
                 self._discard(conn)
-                if attempt == 1 and reused and deadline.remaining() > 0:
+                if deadline.remaining() <= 0:  # the socket timed out at the deadline
+                    log.warning("ldap search: no answer within %d s", self.timeout)
+                    raise BackendUnavailable("ldap: no answer in time") from None
+                if attempt == 1 and reused:
                     log.info("ldap %s:%d: pooled connection failed (%s), reconnecting",
                              self.host, self.port, type(err).__name__)
                     continue
